@@ -29,3 +29,15 @@ class IndexError_(LexsearchError):
 
 class NotBuiltError(LexsearchError):
     """A command that this version does not implement yet."""
+
+
+class CollectionNotFoundError(IndexError_):
+    """No collection with that name or path (it has never been indexed)."""
+
+
+class ModelMismatchError(IndexError_):
+    """The collection was written by another model; the message names the command that rebuilds it."""
+
+
+class CollectionBusyError(IndexError_):
+    """Another process is already indexing into the same collection."""
