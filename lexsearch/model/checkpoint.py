@@ -1,0 +1,184 @@
+"""Build a LexVLA model from a config, and save / load checkpoints.
+
+A checkpoint is a folder:
+
+    config.json           the ModelConfig (base model ids or paths, kept vocabulary ids, sparsification, dims)
+    lexvla.safetensors    only the trainable weights (adapter, Z_img, LoRA, temperature, dense heads)
+    base/vision, base/lm  local base models, when the config names local folders (tiny presets); hub ids
+                          (facebook/dinov2-base, meta-llama/Llama-2-7b-hf) are loaded with from_pretrained
+
+Nothing is unpickled: weights are safetensors, everything else JSON. Loading refuses, with a clear message,
+a checkpoint whose vocabulary or dimensions do not match the base models it names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from lexsearch.config import from_dict, to_dict
+from lexsearch.errors import ModelError
+from lexsearch.model.config import ModelConfig
+from lexsearch.model.lexvla import LexVLA
+from lexsearch.model.vocab import filter_vocabulary
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "lexvla.safetensors"
+FORMAT_VERSION = 1
+
+
+def _resolve(name: str, root: Path | None) -> str:
+    """A relative local path is relative to the checkpoint folder; anything else is a hub id or a path."""
+    if root is not None and not Path(name).is_absolute() and (root / name).exists():
+        return str(root / name)
+    return name
+
+
+def quiet_transformers() -> None:
+    """No per-shard progress bars or advice on stderr: lexsearch reports its own progress."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def load_bases(config: ModelConfig, root: Path | None = None, dtype: torch.dtype = torch.float32):
+    """(vision, lm, tokenizer) named by the config, through transformers' ``from_pretrained``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, Dinov2Model
+
+    quiet_transformers()
+
+    vision_cls = {"dinov2": Dinov2Model, "clip": CLIPVisionModel}.get(config.vision_type)
+    if vision_cls is None:
+        raise ModelError(f"unknown vision_type {config.vision_type!r} (use dinov2 or clip)")
+    vision_name = _resolve(config.vision_model, root)
+    lm_name = _resolve(config.lm_model, root)
+    tok_name = _resolve(config.tokenizer, root) if config.tokenizer else lm_name
+    try:
+        vision = vision_cls.from_pretrained(vision_name, dtype=dtype)
+        lm = AutoModelForCausalLM.from_pretrained(lm_name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(tok_name)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot load the base models ({vision_name}, {lm_name}): {str(exc).splitlines()[0]}"
+        ) from exc
+    if tokenizer.pad_token_id is None:  # Llama ships without a pad token; any id works under the mask
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return vision, lm, tokenizer
+
+
+def build_model(config: ModelConfig, root: Path | None = None, dtype: torch.dtype = torch.float32) -> LexVLA:
+    """A fresh LexVLA (trainable parts at their initial values) on the config's bases.
+
+    An empty ``config.vocab_ids`` is filled by the vocabulary filter.
+    """
+    vision, lm, tokenizer = load_bases(config, root, dtype)
+    if not config.vocab_ids:
+        config.vocab_ids = filter_vocabulary(tokenizer)
+    elif max(config.vocab_ids) >= len(tokenizer):
+        raise ModelError(
+            f"the checkpoint's vocabulary (max id {max(config.vocab_ids)}) does not fit the tokenizer of "
+            f"{config.lm_model} ({len(tokenizer)} pieces): wrong base model?"
+        )
+    if vision.config.hidden_size % config.adapter_heads:
+        raise ModelError(f"adapter_heads={config.adapter_heads} does not divide the backbone width")
+    return LexVLA(config, vision, lm, tokenizer)
+
+
+def save_checkpoint(model: LexVLA, out_dir: Path, root: Path | None = None) -> Path:
+    """Write config.json + lexvla.safetensors (trainable weights only) to ``out_dir``.
+
+    Base models that are local folders (``root``-relative or absolute) are copied into ``out_dir/base`` so the
+    checkpoint is self-contained; hub ids stay ids.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = ModelConfig(**to_dict(model.config))
+    for field, sub in (("vision_model", "vision"), ("lm_model", "lm"), ("tokenizer", "tokenizer")):
+        name = getattr(config, field)
+        if not name:
+            continue
+        src = Path(_resolve(name, root))
+        if src.is_dir():
+            dest = out_dir / "base" / sub
+            if src.resolve() != dest.resolve():
+                if dest.exists():
+                    shutil.rmtree(dest)
+                shutil.copytree(src, dest)
+            setattr(config, field, f"base/{sub}")
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.trainable_state_dict().items()}
+    tmp = out_dir / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "lexsearch", "version": str(FORMAT_VERSION)})
+    tmp.replace(out_dir / WEIGHTS_FILE)
+    payload = {"format_version": FORMAT_VERSION, "model": to_dict(config)}
+    (out_dir / CONFIG_FILE).write_text(json.dumps(payload, indent=1))
+    return out_dir
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    """The ModelConfig of a checkpoint folder, or a ModelError saying what is wrong with it."""
+    path = Path(model_dir) / CONFIG_FILE
+    if not Path(model_dir).is_dir():
+        raise ModelError(f"model folder not found: {model_dir}")
+    if not path.is_file():
+        raise ModelError(f"{model_dir} is not a lexsearch model (no {CONFIG_FILE}); train one with 'lexsearch train'")
+    try:
+        payload = json.loads(path.read_text())
+        return from_dict(ModelConfig, payload["model"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path} is not a valid lexsearch model config: {exc}") from exc
+
+
+def load_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32) -> LexVLA:
+    """Rebuild the model from its bases and load the trained weights, refusing mismatches."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"{model_dir} has no {WEIGHTS_FILE}")
+    model = build_model(config, root=model_dir, dtype=dtype)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"cannot read {weights}: {exc}") from exc
+    expected = model.trainable_state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelError(
+            f"{weights} does not match the model its config describes "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}): was it saved by another version?"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise ModelError(
+                f"{weights}: {name} has shape {tuple(tensor.shape)} but the model needs "
+                f"{tuple(expected[name].shape)} (vocabulary or dimensions differ from the base models)"
+            )
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def fingerprint(model_dir: Path) -> str:
+    """A stable id of a checkpoint: hash of its config and trained weights (what an index records)."""
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        with open(Path(model_dir) / name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,77 @@
+"""The LexVLA architecture as a dataclass: one field per choice, with the paper's value or ours (and why).
+
+Tags as in LEXVLA.md: [paper] stated in the paper, [choice] our default where the paper is silent.
+A config round-trips through JSON and is stored with every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The in-context prompt, verbatim from the paper. "[TEXT]" is replaced by the caption or query.
+PAPER_PROMPT = (
+    'The focus of "The man is riding a white horse." lies on important words:"man", "riding", "white", '
+    '"horse". The focus of "[TEXT]" lies on important words:'
+)
+
+
+@dataclass
+class ModelConfig:
+    # --- vision tower -------------------------------------------------------------------------------------
+    vision_type: str = "dinov2"  # "dinov2" | "clip": which transformers class loads `vision_model`
+    vision_model: str = "facebook/dinov2-base"  # [paper] hub id, or a local path (relative = to checkpoint)
+    image_size: int = 224  # [choice] the paper does not publish its resolution
+    # Normalisation the backbone was pretrained with (ImageNet for DINOv2; CLIP has its own).
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # --- adapter: one pre-LN self-attention block at backbone width, then MLP -> LM width [paper: ~17M] ---
+    adapter_heads: int = 12
+    adapter_mlp_ratio: float = 4.0
+    adapter_hidden: int = 2048  # [choice] width of the projection MLP (768 -> 2048 -> 4096)
+    # --- text tower ---------------------------------------------------------------------------------------
+    lm_model: str = "meta-llama/Llama-2-7b-hf"  # [paper] hub id or local path of a causal LM
+    tokenizer: str = ""  # "" = the LM's own tokenizer
+    prompt: str = PAPER_PROMPT  # [paper]
+    # Appended after the prompt. The paper's prompt ends at `words:`; where the tokenizer splits `:"`,
+    # the next token the LM predicts is the quote, not a content word, so `"` can be a better read-out.
+    prompt_end: str = ""  # [paper] "" ; tiny preset uses '"'
+    lora_r: int = 8  # [choice] r=8 on all linear projections = 20.0M params = 0.297% of Llama-2-7B
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    max_text_tokens: int = 64  # caption tokens after the prompt prefix (longer captions are cut)
+    # --- vocabulary ---------------------------------------------------------------------------------------
+    # Kept tokenizer ids (the columns of every vector). Filled by the vocabulary filter at build time.
+    vocab_ids: list[int] = field(default_factory=list)
+    # --- sparsification at inference [paper] ----------------------------------------------------------------
+    sparsify: str = "threshold"  # "threshold" (> 1/sqrt(V)) | "topk" | "none"
+    top_k: int = 512  # used when sparsify == "topk" ("Q(512)")
+    # --- optional dense heads (beyond the paper): 0 turns them off ------------------------------------------
+    dense_dim: int = 0
+    # --- temperature [paper]: init 0.07, logit scale clamped at 100 (as CLIP) -------------------------------
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+    # --- bookkeeping --------------------------------------------------------------------------------------
+    preset: str = "custom"
+    # Tiny presets build their bases from these configs instead of loading weights (see model/tiny.py).
+    vision_config: dict[str, Any] = field(default_factory=dict)
+    lm_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab_ids)
+
+    def prompt_parts(self) -> tuple[str, str]:
+        """The prompt around the text: (prefix, suffix). The prefix is shared by every text in a batch."""
+        if "[TEXT]" not in self.prompt:
+            raise ValueError("prompt must contain [TEXT]")
+        prefix, suffix = self.prompt.split("[TEXT]", 1)
+        return prefix, suffix + self.prompt_end
+
+    def __post_init__(self) -> None:
+        # JSON turns tuples into lists; keep the declared types so configs compare equal after a round trip.
+        self.image_mean = tuple(self.image_mean)
+        self.image_std = tuple(self.image_std)
+        self.lora_targets = tuple(self.lora_targets)
+        self.vocab_ids = [int(i) for i in self.vocab_ids]

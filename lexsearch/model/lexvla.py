@@ -1,0 +1,228 @@
+"""LexVLA: images and texts as sparse, non-negative vectors over one vocabulary of words.
+
+Li, Wang, Fu, Ru, Zhang, He. "Unified Lexical Representation for Interpretable Visual-Language Alignment",
+NeurIPS 2024 (arXiv 2407.17827). The whole forward pass is in this file, top to bottom:
+
+    image --frozen ViT (DINOv2)--> tokens (B, T, Hv) --adapter--> z (B, T, H)
+          --z @ Z_img^T--> (B, T, V) --max over tokens--> elu1p --> L2 norm --> s_img (B, V)
+    text  --in-context prompt--> causal LM + LoRA --> final hidden state at the last position h (B, H)
+          --h @ Z_txt^T--> (B, V) --> elu1p --> L2 norm --> s_txt (B, V)
+
+Z_txt are the frozen LM-head rows of the kept vocabulary ids; Z_img starts as a copy and is trained. The score
+of a pair is s_img . s_txt, an exact sum of per-word contributions: that sum is the explanation of a match.
+Shapes: B batch, T tokens (CLS + patches), P patches, Hv backbone width, H LM width, V kept vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lexsearch.model.config import ModelConfig
+
+
+def elu1p(x: torch.Tensor) -> torch.Tensor:
+    """ELU + 1: x + 1 for x >= 0, exp(x) below [paper]. Positive everywhere and monotone."""
+    return F.elu(x) + 1.0
+
+
+def lexical(logits: torch.Tensor) -> torch.Tensor:
+    """Logits over the vocabulary -> a non-negative, L2-normalised lexical vector (computed in float32)."""
+    return F.normalize(elu1p(logits.float()), dim=-1)
+
+
+class Adapter(nn.Module):
+    """One pre-LN self-attention block at backbone width, then a 2-layer MLP up to the LM width [paper ~17M].
+
+    With Hv=768, H=4096, hidden=2048 (the paper's sizes) it has 17.0M parameters.
+    """
+
+    def __init__(self, width: int, out_dim: int, heads: int, mlp_ratio: float, hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(width)
+        inner = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, inner), nn.GELU(), nn.Linear(inner, width))
+        self.proj = nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, out_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, Hv) -> (B, T, H)
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        x = x + self.mlp(self.norm2(x))
+        return self.proj(x)
+
+
+class LexVLA(nn.Module):
+    """The model. Frozen: the vision backbone, the LM and Z_txt. Trainable: adapter, Z_img, LoRA, temperature,
+    optional dense heads. Build it with :func:`lexsearch.model.checkpoint.build_model` (bases from configs or
+    from the hub) rather than by hand.
+    """
+
+    def __init__(self, config: ModelConfig, vision: nn.Module, lm: nn.Module, tokenizer) -> None:
+        super().__init__()
+        from peft import LoraConfig, get_peft_model
+
+        self.config = config
+        self.tokenizer = tokenizer
+        self.vision = vision.requires_grad_(False).eval()
+        # Register tokens (DINOv2 with registers) sit between CLS and the patches; they are not patches.
+        self.num_prefix_tokens = 1 + int(getattr(vision.config, "num_register_tokens", 0) or 0)
+        self.patch_size = int(vision.config.patch_size)
+        vision_width = int(vision.config.hidden_size)
+
+        lm.requires_grad_(False)
+        head = lm.get_output_embeddings().weight  # (V_full, H)
+        lm_width = head.shape[1]
+        ids = torch.tensor(config.vocab_ids, dtype=torch.long)
+        if len(ids) == 0 or int(ids.max()) >= head.shape[0]:
+            raise ValueError("config.vocab_ids must be non-empty ids of the LM's vocabulary")
+        # Z_txt: frozen LM-head rows of the kept vocabulary [paper]. A buffer, so it never gets a gradient.
+        self.register_buffer("z_txt", head.detach()[ids].float().clone(), persistent=False)  # (V, H)
+        # Z_img: trainable, initialised from Z_txt [paper].
+        self.z_img = nn.Parameter(self.z_txt.clone())  # (V, H)
+
+        self.adapter = Adapter(
+            vision_width, lm_width, config.adapter_heads, config.adapter_mlp_ratio, config.adapter_hidden
+        )
+        # LoRA on the LM's linear projections [paper: ~0.30% of Llama-2-7B]; peft freezes everything else.
+        targets = [t for t in config.lora_targets if any(n.endswith(t) for n, _ in lm.named_modules())]
+        lora = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=targets, bias="none",
+        )
+        self.lm = get_peft_model(lm, lora)
+        self.decoder = self.lm.get_base_model().get_decoder()  # the transformer without its LM head
+
+        # Learnable temperature [paper]: stored as log(1 / 0.07); the scale is clamped at 100 when used.
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+
+        # Optional dense heads (beyond the paper) for FAISS re-ranking and image-as-query; 0 = off.
+        if config.dense_dim > 0:
+            self.dense_img = nn.Linear(lm_width, config.dense_dim)
+            self.dense_txt = nn.Linear(lm_width, config.dense_dim)
+        else:
+            self.dense_img = self.dense_txt = None
+
+        prefix, suffix = config.prompt_parts()
+        # The prompt is tokenised in three parts and concatenated: prefix (with BOS) + text + suffix. The
+        # prefix is then identical for every text, so its key/value cache can be computed once per batch.
+        self.register_buffer("prefix_ids", self._ids(prefix, special=True), persistent=False)
+        self.register_buffer("suffix_ids", self._ids(suffix, special=False), persistent=False)
+
+    # ------------------------------------------------------------------------------------------- helpers
+    @property
+    def vocab_size(self) -> int:
+        return self.z_txt.shape[0]
+
+    def logit_scale(self) -> torch.Tensor:
+        """exp(log scale), clamped at ``max_logit_scale`` (100, as CLIP) [paper]."""
+        return self.log_logit_scale.exp().clamp(max=self.config.max_logit_scale)
+
+    def _ids(self, text: str, special: bool) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=special)["input_ids"], dtype=torch.long)
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text parts of the prompt (text + suffix), right-padded: ids (B, L) and attention mask (B, L).
+
+        The text is cut to ``max_text_tokens`` but the suffix is always kept: the read-out position must be
+        the prompt's end.
+        """
+        body = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        suffix = self.suffix_ids.tolist()
+        rows = [ids[: self.config.max_text_tokens] + suffix for ids in body]
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return ids, mask
+
+    # -------------------------------------------------------------------------------------------- text
+    def text_hidden(self, ids: torch.Tensor, mask: torch.Tensor, share_prefix: bool = True) -> torch.Tensor:
+        """Final hidden state (after the LM's final norm) at each text's last prompt position: (B, H).
+
+        ``share_prefix`` runs the fixed prompt prefix once and shares its key/value cache with the whole
+        batch: exact, and most of the prompt's tokens are in the prefix.
+        """
+        device = ids.device
+        bsz, length = ids.shape
+        prefix = self.prefix_ids.to(device)
+        n_prefix = prefix.shape[0]
+        full_mask = torch.cat([mask.new_ones(bsz, n_prefix), mask], dim=1)  # (B, Lp + L)
+        if share_prefix:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.decoder.config)
+            self.decoder(input_ids=prefix[None], cache=cache, use_cache=True)
+            cache.batch_repeat_interleave(bsz)
+            positions = torch.arange(n_prefix, n_prefix + length, device=device)[None].expand(bsz, -1)
+            out = self.decoder(
+                input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True
+            )
+            hidden = out.last_hidden_state  # (B, L, H)
+            last = mask.sum(1) - 1
+        else:
+            full = torch.cat([prefix[None].expand(bsz, -1), ids], dim=1)  # (B, Lp + L)
+            hidden = self.decoder(input_ids=full, attention_mask=full_mask, use_cache=False).last_hidden_state
+            last = full_mask.sum(1) - 1
+        return hidden[torch.arange(bsz, device=device), last]  # (B, H)
+
+    def encode_text(
+        self, ids: torch.Tensor, mask: torch.Tensor, share_prefix: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """s_txt (B, V) = L2norm(elu1p(h @ Z_txt^T)): next-token logits on the vocabulary, no softmax [paper];
+        and the dense text vector (B, D) or None."""
+        h = self.text_hidden(ids, mask, share_prefix=share_prefix).float()  # (B, H)
+        s_txt = lexical(h @ self.z_txt.T)  # (B, V)
+        dense = F.normalize(self.dense_txt(h), dim=-1) if self.dense_txt is not None else None
+        return s_txt, dense
+
+    def word_vectors(self, vocab_columns: torch.Tensor) -> torch.Tensor:
+        """Word-level vectors of single-piece words: L2norm(elu1p(Z_txt[w] @ Z_txt^T)) [paper]. (W, V)."""
+        return lexical(self.z_txt[vocab_columns] @ self.z_txt.T)
+
+    # ------------------------------------------------------------------------------------------- image
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Adapter tokens z (B, T, H) of images (B, 3, S, S); the backbone is frozen, so no graph through it."""
+        with torch.no_grad():
+            feats = self.vision(pixel_values=pixels.to(self._vision_dtype())).last_hidden_state  # (B, T, Hv)
+        return self.adapter(feats.float())
+
+    def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """s_img (B, V) = L2norm(elu1p(max_t z_t @ Z_img^T)) and the dense image vector (B, D) or None.
+
+        elu1p is monotone, so max-then-elu1p equals elu1p-then-max and never materialises elu1p(B, T, V).
+        CLS takes part in the max [choice].
+        """
+        z = self.image_tokens(pixels)  # (B, T, H)
+        logits = z @ self.z_img.T  # (B, T, V)
+        s_img = lexical(logits.max(dim=1).values)  # (B, V)
+        dense = F.normalize(self.dense_img(z.mean(1)), dim=-1) if self.dense_img is not None else None
+        return s_img, dense
+
+    def patch_vectors(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch-level lexical vectors (B, P, V): the same read-out on each patch token, no max [paper]."""
+        z = self.image_tokens(pixels)[:, self.num_prefix_tokens :]  # (B, P, H)
+        return lexical(z @ self.z_img.T)
+
+    def _vision_dtype(self) -> torch.dtype:
+        return next(self.vision.parameters()).dtype
+
+    # ------------------------------------------------------------------------------------- parameters
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changes (adapter, Z_img, LoRA, temperature, dense heads): what a checkpoint holds."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {n: t for n, t in self.state_dict().items() if n in names}
+
+    def train(self, mode: bool = True) -> LexVLA:
+        super().train(mode)
+        self.vision.eval()  # frozen backbone: no dropout / stochastic depth, ever
+        return self

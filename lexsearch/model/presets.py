@@ -1,0 +1,63 @@
+"""Model presets: ``paper`` (the paper's models), ``small`` (one GPU; CPU-usable queries), ``tiny`` (offline).
+
+``tiny`` is the same LexVLA code with small sizes. Its bases are built from the configs below (no weights are
+downloaded) with a tokenizer trained on the toy world's text; see :mod:`lexsearch.model.tiny`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lexsearch.errors import UsageError
+from lexsearch.model.config import ModelConfig
+
+PRESETS = ("paper", "small", "tiny")
+
+# A 4-layer ViT on 64 px images with 8 px patches (an 8 x 8 grid), DINOv2's architecture.
+TINY_VISION = dict(
+    image_size=64, patch_size=8, hidden_size=96, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=2,
+    layerscale_value=1.0, drop_path_rate=0.0,
+)
+# A 2-layer Llama; vocab_size is set from the tokenizer built on the training text.
+TINY_LM = dict(
+    hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+    max_position_embeddings=256, tie_word_embeddings=False, rms_norm_eps=1e-5,
+)
+
+
+def preset_config(name: str, **overrides) -> ModelConfig:
+    """The ModelConfig of a preset, with field overrides."""
+    if name == "paper":
+        cfg = ModelConfig(preset="paper")  # dataclass defaults are the paper's values
+    elif name == "small":
+        cfg = ModelConfig(
+            preset="small",
+            vision_model="facebook/dinov2-small",
+            adapter_heads=6,
+            adapter_hidden=1024,
+            lm_model="TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",  # Llama-2 tokenizer, 1.1B
+            dense_dim=256,
+        )
+    elif name == "tiny":
+        cfg = ModelConfig(
+            preset="tiny",
+            vision_model="base/vision",  # written next to the checkpoint by the tiny builder
+            lm_model="base/lm",
+            image_size=TINY_VISION["image_size"],
+            image_mean=(0.5, 0.5, 0.5),
+            image_std=(0.5, 0.5, 0.5),
+            adapter_heads=4,
+            adapter_mlp_ratio=2.0,
+            adapter_hidden=192,
+            prompt_end='"',  # the tiny tokenizer splits `:"`; see ModelConfig.prompt_end
+            lora_r=4,
+            lora_alpha=8,
+            lora_dropout=0.0,
+            max_text_tokens=32,
+            dense_dim=64,
+            vision_config=dict(TINY_VISION),
+            lm_config=dict(TINY_LM),
+        )
+    else:
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(cfg, **overrides)
