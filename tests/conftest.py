@@ -1,0 +1,44 @@
+"""Shared fixtures: every test runs offline, on the CPU, with its own LEXSEARCH_HOME."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests never touch a GPU, even where one exists
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # and never the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Captions in the toy world's style: enough to give the tiny tokenizer whole-word pieces.
+TINY_TEXTS = [
+    f"a {size} {colour} {shape} {where}"
+    for size in ("small", "large")
+    for colour in ("red", "green", "blue", "yellow", "purple")
+    for shape in ("circle", "square", "triangle", "star")
+    for where in ("on a plain background", "on a striped background", "at the top", "at the bottom")
+]
+
+
+@pytest.fixture(autouse=True)
+def lexsearch_home(tmp_path, monkeypatch):
+    """All user state of a test goes to a temporary LEXSEARCH_HOME."""
+    home = tmp_path / "lexsearch-home"
+    monkeypatch.setenv("LEXSEARCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def _tiny_model_master(tmp_path_factory):
+    from lexsearch.model import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model"), TINY_TEXTS, seed=0)
+
+
+@pytest.fixture
+def tiny_model_dir(_tiny_model_master, tmp_path):
+    """An untrained tiny LexVLA checkpoint (random bases built from configs), a fresh copy per test."""
+    dest = tmp_path / "tiny-model"
+    shutil.copytree(_tiny_model_master, dest)
+    return dest
