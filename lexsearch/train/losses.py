@@ -43,7 +43,9 @@ class LogitScale(nn.Module):
     gradient and Adam's momentum could keep it stuck.
     """
 
-    def __init__(self, init_temperature: float = INIT_TEMPERATURE, max_scale: float = MAX_LOGIT_SCALE) -> None:
+    def __init__(
+        self, init_temperature: float = INIT_TEMPERATURE, max_scale: float = MAX_LOGIT_SCALE
+    ) -> None:
         super().__init__()
         if init_temperature <= 0 or max_scale <= 0:
             raise UsageError("temperature and maximum logit scale must be positive")
@@ -75,14 +77,18 @@ def info_nce_terms(img: Tensor, txt: Tensor, logit_scale: Tensor | float) -> tup
     i2t is the mean cross-entropy of each image against all N texts; t2i of each text against all N images.
     """
     if img.ndim != 2 or img.shape != txt.shape:
-        raise UsageError(f"InfoNCE needs two (N, D) matrices of one shape, got {tuple(img.shape)}, {tuple(txt.shape)}")
+        raise UsageError(
+            f"InfoNCE needs two (N, D) matrices of one shape, got {tuple(img.shape)}, {tuple(txt.shape)}"
+        )
     # float32 logits: under bf16 autocast the softmax over a large batch would lose the small differences.
     logits = logit_scale * (img.float() @ txt.float().T)  # (N, N), row = image, column = text
     labels = torch.arange(img.shape[0], device=img.device)
     return F.cross_entropy(logits, labels), F.cross_entropy(logits.T, labels)
 
 
-def symmetric_info_nce(img: Tensor, txt: Tensor, logit_scale: Tensor | float, reduction: str = "sum") -> Tensor:
+def symmetric_info_nce(
+    img: Tensor, txt: Tensor, logit_scale: Tensor | float, reduction: str = "sum"
+) -> Tensor:
     """``InfoNCE(i2t) + InfoNCE(t2i)`` as in the paper (``reduction="sum"``), or their mean as in CLIP."""
     i2t, t2i = info_nce_terms(img, txt, logit_scale)
     if reduction == "sum":
@@ -180,6 +186,6 @@ class LexVLALoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"regulariser={self.regulariser_name}, lambda_img={self.lambda_img}, lambda_txt={self.lambda_txt}, "
-            f"ramp_steps={self.ramp_steps}"
+            f"regulariser={self.regulariser_name}, lambda_img={self.lambda_img}, "
+            f"lambda_txt={self.lambda_txt}, ramp_steps={self.ramp_steps}"
         )
