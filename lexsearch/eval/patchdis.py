@@ -1,0 +1,412 @@
+"""PatchDis (LexVLA, NeurIPS 2024): how well patch-level lexical vectors discriminate object classes.
+
+Class names are encoded by the text side (word-level vectors), every patch vector is scored against every
+class, each patch takes its argmax class, the predicted label map is brought to pixel resolution and
+compared with the COCO instance masks (the union of a class's instances is its mask): mIoU over classes.
+A random-assignment baseline (each patch a uniformly random candidate class, seeded) goes through the very
+same procedure in the same run, since a number without it means little (the paper: random 5.0 mIoU).
+
+The paper leaves some choices open; each is a ``PatchDisOptions`` field (defaults follow LEXVLA.md):
+class set (the annotation file's categories: COCO's 80 things), candidate classes per image (all, or only
+those present), unlabelled pixels (ignored, or counted as wrong), resolution (nearest or bilinear upsampling
+to pixels, or comparing at the patch grid).
+
+IoU is accumulated over the whole set (intersections and unions summed per class, then divided), as
+semantic-segmentation benchmarks do; classes whose union is empty are left out of the mean.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lexsearch.errors import DataError, UsageError
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = ("all", "present")
+UPSAMPLE = ("nearest", "bilinear", "patch")
+
+Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
+
+
+def _no_progress(it: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
+    return it
+
+
+# ------------------------------------------------------------------------------------------ COCO reader
+
+
+@dataclass
+class CocoImage:
+    id: int
+    file_name: str
+    path: Path
+    height: int
+    width: int
+
+
+@dataclass
+class CocoInstances:
+    """A COCO ``instances_*.json`` read without pycocotools' COCO class (which prints to stdout)."""
+
+    path: Path
+    images: list[CocoImage]
+    categories: list[tuple[int, str]]  # (category id, name) in file order
+    annotations: dict[int, list[dict]]  # image id -> its annotations
+
+    @classmethod
+    def load(cls, annotations: str | Path, images_dir: str | Path, check_files: bool = True) -> CocoInstances:
+        """Read and validate the file; every annotated image must exist under ``images_dir``."""
+        path, root = Path(annotations), Path(images_dir)
+        if not path.is_file():
+            raise DataError(f"Annotation file not found: {path}")
+        try:
+            with path.open(encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}).") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot read ({exc}).") from exc
+        if not isinstance(data, dict):
+            raise DataError(f"{path}: not a COCO annotation file (top level is not an object).")
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(data.get(key), list):
+                raise DataError(f"{path}: not a COCO instances file (no '{key}' list).")
+        if check_files and not root.is_dir():
+            raise DataError(f"Image folder not found: {root}")
+
+        try:
+            categories = [(int(c["id"]), str(c["name"])) for c in data["categories"]]
+            images = [
+                CocoImage(
+                    int(im["id"]),
+                    str(im["file_name"]),
+                    root / str(im["file_name"]),
+                    int(im["height"]),
+                    int(im["width"]),
+                )
+                for im in data["images"]
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: an image or category entry lacks a field ({exc}).") from exc
+        by_id = {im.id: im for im in images}
+        cat_ids = {c for c, _ in categories}
+        anns: dict[int, list[dict]] = {}
+        for n, a in enumerate(data["annotations"]):
+            if not isinstance(a, dict) or "segmentation" not in a:
+                raise DataError(f"{path}: annotations[{n}] has no 'segmentation'.")
+            if a.get("image_id") not in by_id:
+                raise DataError(f"{path}: annotations[{n}] refers to unknown image_id {a.get('image_id')!r}.")
+            if a.get("category_id") not in cat_ids:
+                raise DataError(
+                    f"{path}: annotations[{n}] refers to unknown category_id {a.get('category_id')!r}."
+                )
+            anns.setdefault(a["image_id"], []).append(a)
+        if check_files:
+            missing = [im.path for im in images if im.id in anns and not im.path.is_file()]
+            if missing:
+                more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+                raise DataError(
+                    f"{len(missing)} annotated image(s) not found under {root}: {missing[0]}{more}."
+                )
+        return cls(path, images, categories, anns)
+
+    def class_masks(
+        self, image: CocoImage, category_ids: Sequence[int] | None = None, include_crowd: bool = True
+    ) -> dict[int, np.ndarray]:
+        """category id -> bool (H, W) mask: the union of the image's instances of that category."""
+        from pycocotools import mask as mask_utils
+
+        h, w = image.height, image.width
+        wanted = None if category_ids is None else set(category_ids)
+        out: dict[int, np.ndarray] = {}
+        for a in self.annotations.get(image.id, []):
+            cid = a["category_id"]
+            if (wanted is not None and cid not in wanted) or (a.get("iscrowd", 0) and not include_crowd):
+                continue
+            m = _decode_segmentation(mask_utils, a["segmentation"], h, w, self.path, a.get("id"))
+            out[cid] = out[cid] | m if cid in out else m
+        return out
+
+
+def _decode_segmentation(mask_utils: Any, seg: Any, h: int, w: int, path: Path, ann_id: Any) -> np.ndarray:
+    """Polygons, uncompressed RLE (crowd) or compressed RLE -> bool (H, W)."""
+    try:
+        if isinstance(seg, list):  # polygons: [[x1, y1, x2, y2, ...], ...]
+            polys = [
+                p for p in seg if len(p) >= 6
+            ]  # fewer than 3 points has no area (and upsets pycocotools)
+            if not polys:
+                return np.zeros((h, w), dtype=bool)
+            rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+        elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+            rle = mask_utils.frPyObjects(seg, h, w)
+        elif isinstance(seg, dict) and isinstance(seg.get("counts"), (str, bytes)):
+            counts = seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]
+            rle = {"size": list(seg["size"]), "counts": counts}
+        else:
+            raise ValueError("unknown segmentation format")
+        m = mask_utils.decode(rle)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"{path}: annotation {ann_id}: bad segmentation ({exc}).") from exc
+    if m.shape[:2] != (h, w):
+        raise DataError(f"{path}: annotation {ann_id}: mask size {m.shape[:2]} is not the image's {(h, w)}.")
+    return m.astype(bool).reshape(h, w)
+
+
+# --------------------------------------------------------------------------------------- the procedure
+
+
+@dataclass
+class PatchDisOptions:
+    """The choices the paper leaves open (defaults: LEXVLA.md's [choice] entries)."""
+
+    classes: list[str] | None = None  # class names to evaluate; None = every category of the file
+    candidates: str = "all"  # "all": every class competes in every image; "present": only the image's classes
+    ignore_unlabelled: bool = True  # pixels of no evaluated class are left out (else they count as wrong)
+    upsample: str = "nearest"  # "nearest"/"bilinear" to each image's pixels, or "patch": compare on the grid
+    include_crowd: bool = True  # crowd regions are part of their class's mask
+    seed: int = 0  # random baseline
+    max_images: int | None = None  # first N annotated images (quick runs)
+
+    def validate(self) -> None:
+        if self.candidates not in CANDIDATES:
+            raise UsageError(f"candidates must be one of {', '.join(CANDIDATES)}, not {self.candidates!r}.")
+        if self.upsample not in UPSAMPLE:
+            raise UsageError(f"upsample must be one of {', '.join(UPSAMPLE)}, not {self.upsample!r}.")
+        if self.max_images is not None and self.max_images < 1:
+            raise UsageError("max_images must be at least 1.")
+
+
+@dataclass
+class IoUAccumulator:
+    """Per-class intersection and union pixel counts summed over images."""
+
+    n_classes: int
+    intersection: np.ndarray = field(init=False)
+    union: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.intersection = np.zeros(self.n_classes, dtype=np.int64)
+        self.union = np.zeros(self.n_classes, dtype=np.int64)
+
+    def update(self, pred: np.ndarray, gt: dict[int, np.ndarray], ignore_unlabelled: bool = True) -> None:
+        """Add one image: ``pred`` (H, W) class indices, ``gt`` class index -> bool (H, W) mask.
+
+        A pixel may belong to several classes (overlapping instances): each class is compared as its own
+        binary mask, so such a pixel counts for the predicted class and is missed for the other.
+        """
+        pred = np.asarray(pred)
+        if ignore_unlabelled:
+            valid = np.zeros(pred.shape, dtype=bool)
+            for m in gt.values():
+                valid |= m
+        else:
+            valid = np.ones(pred.shape, dtype=bool)
+        p = pred[valid]
+        pred_count = np.bincount(p[p >= 0], minlength=self.n_classes)[: self.n_classes]
+        union = pred_count.astype(np.int64)
+        for c, m in gt.items():
+            if m.shape != pred.shape:
+                raise UsageError(f"Mask shape {m.shape} differs from prediction shape {pred.shape}.")
+            inter = int(np.count_nonzero(pred[m] == c))
+            self.intersection[c] += inter
+            union[c] += int(np.count_nonzero(m)) - inter
+        self.union += union
+
+    def iou(self) -> np.ndarray:
+        """IoU per class in percent; NaN where the class never appears in prediction or ground truth."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.union > 0, 100.0 * self.intersection / np.maximum(self.union, 1), np.nan)
+
+    def miou(self) -> float:
+        iou = self.iou()
+        return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
+def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) linear interpolation weights, pixel centres aligned (align_corners=False)."""
+    x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    x = np.clip(x, 0, n_in - 1)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = x - lo
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    np.add.at(m, (np.arange(n_out), lo), 1 - frac)
+    np.add.at(m, (np.arange(n_out), hi), frac)
+    return m
+
+
+def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
+    # The patch whose cell holds the pixel centre: the grid is assumed to cover the whole image, stretched
+    # (the encoder resizes to a square without cropping).
+    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(int), n_in - 1)
+
+
+def predict_labels(
+    scores: np.ndarray, size: tuple[int, int], upsample: str = "nearest", allowed: np.ndarray | None = None
+) -> np.ndarray:
+    """Patch-by-class scores (h, w, C) -> label map: (H, W) for nearest/bilinear, (h, w) for ``patch``.
+
+    ``allowed``: bool (C,) mask of candidate classes; the others can never be predicted.
+    """
+    s = np.asarray(scores, dtype=np.float32)
+    if allowed is not None:
+        s = np.where(allowed[None, None, :], s, -np.inf)
+    gh, gw, _ = s.shape
+    H, W = size
+    if upsample == "patch":
+        return s.argmax(axis=2)
+    if upsample == "nearest":
+        labels = s.argmax(axis=2)
+        return labels[np.ix_(_nearest_index(H, gh), _nearest_index(W, gw))]
+    if upsample == "bilinear":
+        # Interpolate the score maps, then argmax: smoother boundaries than upsampling hard labels. Disallowed
+        # classes get a large negative instead of -inf so the weighted sums stay finite.
+        s = np.where(np.isfinite(s), s, -1e9)
+        up = np.einsum("Hh,hwc,Ww->HWc", _interp_matrix(H, gh), s, _interp_matrix(W, gw), optimize=True)
+        return up.argmax(axis=2)
+    raise UsageError(f"upsample must be one of {', '.join(UPSAMPLE)}, not {upsample!r}.")
+
+
+def masks_on_grid(masks: dict[int, np.ndarray], grid: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Sample each pixel mask at the patch centres (the ``patch`` resolution option)."""
+    out = {}
+    for c, m in masks.items():
+        H, W = m.shape
+        out[c] = m[np.ix_(_nearest_index(grid[0], H), _nearest_index(grid[1], W))]
+    return out
+
+
+@dataclass
+class ClassIoU:
+    name: str
+    iou: float
+    iou_random: float
+    gt_images: int  # images the class is annotated in
+
+
+@dataclass
+class PatchDisReport:
+    """What ``lexsearch eval patchdis`` reports (percentages)."""
+
+    miou: float
+    miou_random: float
+    n_images: int
+    per_class: list[ClassIoU]
+    options: dict[str, Any]
+    grid: tuple[int, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+
+def patchdis_scores(patch_vecs: np.ndarray, class_vecs: Any) -> np.ndarray:
+    """(P, V) patch vectors x (C, V) class vectors (dense or sparse) -> (P, C) scores."""
+    cv = class_vecs.toarray() if hasattr(class_vecs, "toarray") else np.asarray(class_vecs)
+    return np.asarray(patch_vecs, dtype=np.float32) @ cv.astype(np.float32).T
+
+
+def evaluate_patchdis(
+    encoder: Any,
+    coco: CocoInstances,
+    options: PatchDisOptions | None = None,
+    progress: Progress = _no_progress,
+) -> PatchDisReport:
+    """PatchDis with ``encoder`` (``encode_words``, ``encode_patches``, ``grid``) and the random baseline."""
+    from PIL import Image
+
+    opts = options or PatchDisOptions()
+    opts.validate()
+    name_of = dict(coco.categories)
+    if opts.classes is None:
+        cats = list(coco.categories)
+    else:
+        by_name = {n.lower(): c for c, n in coco.categories}
+        unknown = [n for n in opts.classes if n.lower() not in by_name]
+        if unknown:
+            raise UsageError(f"Classes not in {coco.path.name}: {', '.join(unknown)}.")
+        cats = [(by_name[n.lower()], name_of[by_name[n.lower()]]) for n in dict.fromkeys(opts.classes)]
+    if not cats:
+        raise DataError(f"{coco.path}: no categories to evaluate.")
+    cat_index = {cid: i for i, (cid, _) in enumerate(cats)}
+    names = [n for _, n in cats]
+
+    class_vecs = encoder.encode_words(names).sparse  # (C, V)
+    grid = tuple(int(g) for g in encoder.grid)
+    n_patches = grid[0] * grid[1]
+    images = [im for im in coco.images if coco.annotations.get(im.id)]
+    if opts.max_images is not None:
+        images = images[: opts.max_images]
+    if not images:
+        raise DataError(f"{coco.path}: no annotated images.")
+
+    rng = np.random.default_rng(opts.seed)
+    model_acc, rand_acc = IoUAccumulator(len(cats)), IoUAccumulator(len(cats))
+    gt_images = np.zeros(len(cats), dtype=np.int64)
+    n_used = 0
+    for im in progress(images, len(images), "patchdis"):
+        masks = {
+            cat_index[c]: m for c, m in coco.class_masks(im, list(cat_index), opts.include_crowd).items()
+        }
+        if not masks:
+            continue  # only classes outside the evaluated set: nothing to compare
+        n_used += 1
+        gt_images[list(masks)] += 1
+        allowed = None
+        cand = np.arange(len(cats))
+        if opts.candidates == "present":
+            allowed = np.zeros(len(cats), dtype=bool)
+            allowed[list(masks)] = True
+            cand = np.flatnonzero(allowed)
+        try:
+            with Image.open(im.path) as pil:
+                pil = pil.convert("RGB")
+        except OSError as exc:
+            raise DataError(f"Cannot read image {im.path}: {exc}") from exc
+        if pil.size != (im.width, im.height):
+            raise DataError(
+                f"{im.path}: size {pil.size[0]}x{pil.size[1]} differs from the annotation's "
+                f"{im.width}x{im.height}."
+            )
+        patches = np.asarray(encoder.encode_patches(pil))
+        if patches.shape[0] != n_patches:
+            raise UsageError(f"encode_patches gave {patches.shape[0]} rows for a {grid[0]}x{grid[1]} grid.")
+        scores = patchdis_scores(patches, class_vecs).reshape(grid[0], grid[1], len(cats))
+        # The baseline: a uniformly random candidate class per patch, as a one-hot score map so that it goes
+        # through exactly the same upsampling and counting as the model.
+        rand = np.zeros_like(scores)
+        pick = cand[rng.integers(0, cand.size, size=n_patches)]
+        rand.reshape(n_patches, -1)[np.arange(n_patches), pick] = 1.0
+
+        if opts.upsample == "patch":
+            gt = masks_on_grid(masks, grid)
+            size = grid
+        else:
+            gt, size = masks, (im.height, im.width)
+        model_acc.update(predict_labels(scores, size, opts.upsample, allowed), gt, opts.ignore_unlabelled)
+        rand_acc.update(predict_labels(rand, size, opts.upsample, allowed), gt, opts.ignore_unlabelled)
+
+    iou, iou_r = model_acc.iou(), rand_acc.iou()
+    per_class = [
+        ClassIoU(n, float(a), float(b), int(g))
+        for n, a, b, g in zip(names, iou, iou_r, gt_images, strict=True)
+    ]
+    log.info("patchdis: %d images, mIoU %.2f (random %.2f)", n_used, model_acc.miou(), rand_acc.miou())
+    return PatchDisReport(
+        miou=model_acc.miou(),
+        miou_random=rand_acc.miou(),
+        n_images=n_used,
+        per_class=per_class,
+        options=asdict(opts),
+        grid=grid,  # type: ignore[arg-type]
+    )
