@@ -1,0 +1,429 @@
+"""The incremental index build: scan folders, embed what is new or changed, commit in small transactions.
+
+For each file found by the scan:
+
+- same path, same size and mtime as stored: *unchanged*, not opened at all;
+- a new path whose content hash matches a stored image that vanished from its old path: *moved*, the row
+  keeps its id (and so its vectors and postings), only the path changes;
+- a changed file (size or mtime differ) whose content hash is the same: only its stat is updated;
+- otherwise it is decoded (EXIF orientation applied, a megapixel guard first) and preprocessed in worker
+  threads, ahead of the model, and the model runs on full batches (``encoder.encode_pixels``);
+- stored images under the scanned roots that were not found are removed.
+
+A file that cannot be read gives one warning (``Reporter.on_warning``, else the logger) and an ``images``
+row with status 'failed', and the run goes on. Work is committed every couple of seconds, each commit one
+transaction (see ``store.py``), so a kill loses at most the last few seconds and the next run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lexsearch.errors import UsageError
+from lexsearch.index.scan import ScannedFile, content_hash, normalise_roots, scan, under_roots
+from lexsearch.index.store import Changes, Collection, NewImage
+
+logger = logging.getLogger(__name__)
+
+# Batches of decoded images kept in flight ahead of the model: enough that a slow file (a big PNG, a HEIC)
+# does not starve the model, few enough that memory stays at a few batches of (3, S, S) arrays.
+LOOKAHEAD_BATCHES = 3
+# Commit at least this often: bounds what a kill loses, and how long a reader waits for new images.
+COMMIT_EVERY_S = 2.0
+# ... and at most this many images per commit, so a transaction (and its posting delta segments) stays small.
+COMMIT_EVERY_N = 1024
+# A decompression-bomb guard: phone cameras reach ~200 MP; a crafted PNG header can claim 10,000 MP.
+DEFAULT_MAX_MEGAPIXELS = 200.0
+
+_EXIF_ORIENTATION = 0x0112
+_EXIF_IFD = 0x8769
+_EXIF_DATETIME_ORIGINAL = 36867
+_EXIF_DATETIME = 306
+
+_heif_registered = False
+
+
+@dataclass
+class IndexOptions:
+    """How to scan and embed; the CLI flags map one to one."""
+
+    exclude: Sequence[str] = ()  # globs matched against names and full paths
+    include_hidden: bool = False
+    batch_size: int = 32
+    workers: int = 0  # decode threads; 0 = one per CPU core (at most 8)
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    commit_every_s: float = COMMIT_EVERY_S
+    commit_every_n: int = COMMIT_EVERY_N
+
+
+@dataclass
+class IndexSummary:
+    """What a run did, by file."""
+
+    indexed: int = 0  # embedded this run (new or changed)
+    unchanged: int = 0  # same size + mtime (or same content hash): not decoded
+    moved: int = 0  # renamed / moved: vectors kept
+    removed: int = 0  # gone from disk: removed from the collection
+    failed: int = 0  # could not be read this run (one warning each)
+    failed_before: int = 0  # failed in an earlier run and unchanged since: not retried, not warned again
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run's failures
+
+    @property
+    def total(self) -> int:
+        return self.indexed + self.unchanged + self.moved + self.failed + self.failed_before
+
+    def line(self) -> str:
+        failed = f"{self.failed} failed" + (f" (+{self.failed_before} earlier)" if self.failed_before else "")
+        return (
+            f"{self.indexed} indexed, {self.unchanged} unchanged, {self.moved} moved, {self.removed} removed, "
+            f"{failed} in {self.seconds:.1f}s"
+        )
+
+
+@dataclass
+class Reporter:
+    """Callbacks for progress and warnings; the core never prints (the CLI draws a tqdm bar from these)."""
+
+    on_total: Callable[[int], None] | None = None  # number of files that need work (hash or decode)
+    on_advance: Callable[[int], None] | None = None  # that many of them are done
+    on_warning: Callable[[str, str], None] | None = None  # (path, reason) of a file that failed
+
+    def total(self, n: int) -> None:
+        if self.on_total:
+            self.on_total(n)
+
+    def advance(self, n: int = 1) -> None:
+        if self.on_advance and n:
+            self.on_advance(n)
+
+    def warning(self, path: str, reason: str) -> None:
+        if self.on_warning:
+            self.on_warning(path, reason)
+        else:
+            logger.warning("%s: %s", path, reason)
+
+
+@dataclass
+class _Work:
+    file: ScannedFile
+    old_id: int | None = None  # the stored row this file replaces (a changed file)
+    old_hash: str | None = None
+
+
+@dataclass
+class _Prepared:
+    work: _Work
+    kind: str  # 'embed' | 'move' | 'touch' | 'failed'
+    hash: str | None = None
+    pixels: np.ndarray | None = None
+    width: int | None = None
+    height: int | None = None
+    exif_time: str | None = None
+    error: str | None = None
+
+
+class ImageTooLarge(Exception):
+    pass
+
+
+def model_meta(encoder: Any, model_path: str | None = None) -> dict[str, Any]:
+    """What a collection records about the model that wrote it (compared on every later open)."""
+    sparsify = getattr(encoder, "sparsify", None)
+    cfg = getattr(encoder, "config", None)
+    if sparsify is None and cfg is not None and hasattr(cfg, "sparsify"):
+        sparsify = {"mode": cfg.sparsify, "top_k": getattr(cfg, "top_k", None)}
+    if is_dataclass(sparsify):
+        sparsify = asdict(sparsify)
+    elif sparsify is not None and not isinstance(sparsify, (str, int, float, dict, list)):
+        sparsify = str(sparsify)
+    return {
+        "model_id": str(encoder.model_id),
+        "vocab_hash": str(encoder.vocab_hash),
+        "vocab_size": int(encoder.vocab_size),
+        "dense_dim": int(encoder.dense_dim or 0),
+        "sparsify": sparsify,
+        "model_path": os.path.abspath(model_path) if model_path else None,
+    }
+
+
+def load_image(path: str, *, max_pixels: int, draft_size: int | None = None) -> tuple[Image.Image, dict]:
+    """Open an image upright in RGB, refusing decompression bombs before decoding any pixel.
+
+    Returns the image and facts for the ``images`` row: the original width/height (after rotation) and the
+    EXIF capture time. ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling) when the model only
+    needs a small input: much less work for a 12 MP photo that becomes 224 x 224.
+    """
+    _register_heif()
+    with Image.open(path) as im:
+        width, height = im.size  # the header only: nothing decoded yet
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"{width}x{height} pixels is over the {max_pixels / 1e6:g} megapixel guard")
+        exif = im.getexif()
+        orientation = exif.get(_EXIF_ORIENTATION, 1)
+        taken = None
+        try:
+            taken = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
+        except Exception:  # a broken EXIF block must not cost us the image itself
+            taken = None
+        if draft_size and im.format == "JPEG":
+            im.draft("RGB", (draft_size, draft_size))
+        im.load()
+        upright = ImageOps.exif_transpose(im)
+        if orientation in (5, 6, 7, 8):  # 90-degree rotations swap the stored dimensions
+            width, height = height, width
+        rgb = _to_rgb(upright)
+    return rgb, {"width": width, "height": height, "exif_time": str(taken).strip("\x00 ") if taken else None}
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels become white, as a viewer shows them, not the black that convert() gives.
+        rgba = im.convert("RGBA")
+        back = Image.new("RGB", rgba.size, (255, 255, 255))
+        back.paste(rgba, mask=rgba.getchannel("A"))
+        return back
+    return im.convert("RGB")
+
+
+def _register_heif() -> None:
+    global _heif_registered
+    if not _heif_registered:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+        except ImportError:  # HEIC files then fail one by one with a clear reason
+            logger.debug("pillow-heif not installed: HEIC/HEIF files cannot be read")
+        _heif_registered = True
+
+
+def describe_error(exc: BaseException, size: int | None = None) -> str:
+    """A short, user-facing reason for a file that failed."""
+    if size == 0:
+        return "empty file (0 bytes)"
+    if isinstance(exc, (ImageTooLarge, Image.DecompressionBombError)):
+        return f"too large: {exc}"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image, or an unsupported format"
+    if isinstance(exc, PermissionError):
+        return "unreadable: permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "vanished while indexing"
+    if isinstance(exc, OSError) and "truncated" in str(exc).lower():
+        return "truncated file"
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+        return f"corrupt image ({exc})"
+    return f"cannot read ({type(exc).__name__}: {exc})"
+
+
+class _Builder:
+    def __init__(self, col: Collection, encoder: Any, options: IndexOptions, reporter: Reporter):
+        self.col = col
+        self.encoder = encoder
+        self.options = options
+        self.reporter = reporter
+        self.summary = IndexSummary()
+        self.max_pixels = int(options.max_megapixels * 1e6)
+        self.draft_size = int(getattr(encoder, "image_size", 0) or 0) or None
+        self.missing_by_hash: dict[str, list[int]] = {}  # vanished 'ok' rows, by content hash
+        self.changes = Changes()
+        self.batch: list[_Prepared] = []
+        self.last_commit = time.monotonic()
+
+    # -- worker side (threads): hash, then decode + preprocess. Reads only immutable state.
+    def prepare(self, work: _Work, allow_move: bool = True) -> _Prepared:
+        f = work.file
+        try:
+            digest = content_hash(f.path, f.size)
+        except OSError as exc:
+            return _Prepared(work, "failed", error=describe_error(exc, f.size))
+        if work.old_id is not None and digest == work.old_hash:
+            return _Prepared(work, "touch", hash=digest)
+        if allow_move and work.old_id is None and digest in self.missing_by_hash:
+            return _Prepared(work, "move", hash=digest)
+        if f.size == 0:
+            return _Prepared(work, "failed", hash=digest, error=describe_error(OSError(), 0))
+        try:
+            image, facts = load_image(f.path, max_pixels=self.max_pixels, draft_size=self.draft_size)
+            pixels = np.asarray(self.encoder.preprocess(image), dtype=np.float32)
+        except Exception as exc:  # any per-file failure is recorded and reported, never fatal
+            return _Prepared(work, "failed", hash=digest, error=describe_error(exc, f.size))
+        return _Prepared(work, "embed", hash=digest, pixels=pixels, **facts)
+
+    # -- main thread: decide, batch, embed, commit.
+    def handle(self, p: _Prepared) -> None:
+        f = p.work.file
+        if p.kind == "touch":
+            self.changes.move.append((p.work.old_id, f.path, f.size, f.mtime_ns))
+            self.summary.unchanged += 1
+            self.reporter.advance()
+        elif p.kind == "move":
+            ids = self.missing_by_hash.get(p.hash or "")
+            if ids:
+                self.changes.move.append((ids.pop(), f.path, f.size, f.mtime_ns))
+                self.summary.moved += 1
+                self.reporter.advance()
+            else:  # a second copy of a moved file: the stored row went to the first; embed this one
+                self.handle(self.prepare(p.work, allow_move=False))
+                return
+        elif p.kind == "failed":
+            self.reporter.warning(f.path, p.error or "failed")
+            self.summary.failed += 1
+            self.summary.failures.append((f.path, p.error or "failed"))
+            if p.work.old_id is not None:
+                self.changes.remove.append(p.work.old_id)
+            self.changes.insert.append(NewImage(f.path, f.size, f.mtime_ns, p.hash, error=p.error))
+            self.reporter.advance()
+        else:
+            self.batch.append(p)
+            if len(self.batch) >= self.options.batch_size:
+                self.embed_batch()
+        self.maybe_commit()
+
+    def embed_batch(self) -> None:
+        if not self.batch:
+            return
+        batch, self.batch = self.batch, []
+        encoded = self.encoder.encode_pixels(np.stack([p.pixels for p in batch]))
+        sparse = encoded.sparse.tocsr()
+        dense = None if encoded.dense is None else np.asarray(encoded.dense, np.float32)
+        for r, p in enumerate(batch):
+            lo, hi = sparse.indptr[r], sparse.indptr[r + 1]
+            terms, weights = sparse.indices[lo:hi], np.asarray(sparse.data[lo:hi], np.float32)
+            keep = weights > 0
+            order = np.argsort(terms[keep], kind="stable")
+            f = p.work.file
+            if p.work.old_id is not None:
+                self.changes.remove.append(p.work.old_id)
+            self.changes.insert.append(
+                NewImage(
+                    f.path, f.size, f.mtime_ns, p.hash, p.width, p.height, p.exif_time,
+                    terms=terms[keep][order].astype(np.uint32), weights=weights[keep][order],
+                    dense=None if dense is None else dense[r],
+                )
+            )
+        self.summary.indexed += len(batch)
+        self.reporter.advance(len(batch))
+
+    def maybe_commit(self, force: bool = False) -> None:
+        n = len(self.changes.insert) + len(self.changes.move) + len(self.changes.remove)
+        due = time.monotonic() - self.last_commit >= self.options.commit_every_s
+        if n and (force or due or n >= self.options.commit_every_n):
+            self.col.apply(self.changes)
+            self.changes = Changes()
+            self.last_commit = time.monotonic()
+
+
+def build_index(
+    roots: Iterable[str | os.PathLike[str]],
+    encoder: Any,
+    collection: Collection,
+    options: IndexOptions | None = None,
+    reporter: Reporter | None = None,
+    *,
+    model_path: str | None = None,
+    rebuild_command: str | None = None,
+) -> IndexSummary:
+    """Bring ``collection`` up to date with the image files under ``roots``; see the module docstring.
+
+    Raises ``UsageError`` for a root that does not exist (rather than treating every image under an
+    unmounted drive as deleted) and ``ModelMismatchError`` when the collection belongs to another model.
+    """
+    options = options or IndexOptions()
+    reporter = reporter or Reporter()
+    start = time.monotonic()
+    roots = normalise_roots(roots)
+    for root in roots:
+        if not os.path.exists(root):
+            raise UsageError(f"{root}: no such file or folder.")
+    if options.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1.")
+
+    rebuild_command = rebuild_command or (
+        f"lexsearch index {' '.join(roots)} --model {model_path or 'MODEL_DIR'} --collection {collection.path}"
+        " --rebuild"
+    )
+    collection.bind_model(model_meta(encoder, model_path), rebuild_command)
+    # Our own megapixel guard checks the header first; lift Pillow's (global) bomb limit to it so Pillow
+    # does not warn on stderr or refuse first with a less helpful message.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, int(options.max_megapixels * 1e6))
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+    b = _Builder(collection, encoder, options, reporter)
+    collection._dense_index()  # load dense.faiss now, repairing it if a previous run was killed
+
+    stored = collection.rows_by_path()
+    work: list[_Work] = []
+    seen: set[str] = set()
+    for f in scan(roots, exclude=options.exclude, include_hidden=options.include_hidden):
+        seen.add(f.path)
+        row = stored.get(f.path)
+        if row is None:
+            work.append(_Work(f))
+        elif row.size == f.size and row.mtime_ns == f.mtime_ns:
+            if row.status == "ok":
+                b.summary.unchanged += 1
+            else:
+                b.summary.failed_before += 1
+        else:
+            work.append(_Work(f, old_id=row.id, old_hash=row.hash if row.status == "ok" else None))
+    vanished = [r for p, r in stored.items() if p not in seen and under_roots(p, roots)]
+    for r in vanished:
+        if r.status == "ok" and r.hash:
+            b.missing_by_hash.setdefault(r.hash, []).append(r.id)
+    reporter.total(len(work))
+
+    workers = options.workers or min(8, os.cpu_count() or 1)
+    lookahead = max(1, LOOKAHEAD_BATCHES * options.batch_size)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lexsearch-decode")
+    try:
+        pending: deque[Future[_Prepared]] = deque()
+        it = iter(work)
+        for item in it:
+            pending.append(pool.submit(b.prepare, item))
+            if len(pending) >= lookahead:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(b.prepare, nxt))
+            b.handle(result)
+        b.embed_batch()
+        # Whatever vanished and was not claimed by a move is gone; failed rows go silently (never indexed).
+        for r in vanished:
+            if r.status != "ok" or (r.hash and r.id in b.missing_by_hash.get(r.hash, ())) or not r.hash:
+                b.changes.remove.append(r.id)
+                b.summary.removed += r.status == "ok"
+        b.maybe_commit(force=True)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        # Ctrl-C: keep what is already embedded (one more commit), then let the interrupt through.
+        try:
+            b.maybe_commit(force=True)
+            collection.save_dense()
+        except Exception:
+            logger.debug("could not save the last batch after an interruption", exc_info=True)
+        raise
+    pool.shutdown(wait=True)
+
+    collection.purge_tombstones()
+    collection.save_dense()
+    known = collection.meta.get("roots") or []
+    collection._set_meta({"roots": sorted(set(known) | set(roots))})
+    b.summary.seconds = time.monotonic() - start
+    return b.summary
