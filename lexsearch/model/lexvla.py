@@ -157,7 +157,9 @@ class LexVLA(nn.Module):
         prefix = self.prefix_ids.to(device)
         n_prefix = prefix.shape[0]
         full_mask = torch.cat([mask.new_ones(bsz, n_prefix), mask], dim=1)  # (B, Lp + L)
-        if share_prefix:
+        # Under gradient checkpointing transformers drops the KV cache inside every layer (a recompute would
+        # write it twice), so the text would silently not attend to the prefix: run the full prompt instead.
+        if share_prefix and not self._checkpointing_drops_cache():
             from transformers import DynamicCache
 
             cache = DynamicCache(config=self.decoder.config)
@@ -174,6 +176,13 @@ class LexVLA(nn.Module):
             hidden = self.decoder(input_ids=full, attention_mask=full_mask, use_cache=False).last_hidden_state
             last = full_mask.sum(1) - 1
         return hidden[torch.arange(bsz, device=device), last]  # (B, H)
+
+    def _checkpointing_drops_cache(self) -> bool:
+        """True when the LM's layers run under gradient checkpointing now (training, grad enabled)."""
+        layer = self.decoder.layers[0] if hasattr(self.decoder, "layers") else None
+        return bool(
+            getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled()
+        )
 
     def encode_text(
         self, ids: torch.Tensor, mask: torch.Tensor, share_prefix: bool = True
