@@ -51,10 +51,51 @@ def train() -> None:
 
 
 @cli.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=str), help="Model checkpoint folder.")
+@click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
+@click.option("--exclude", multiple=True, help="Glob of names or paths to skip (repeatable).")
+@click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=0, type=click.IntRange(min=0), help="Decode threads (0: one per core).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+@click.option("--rebuild", is_flag=True, help="Empty the collection first (after changing the model).")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary (warnings still go to stderr).")
 @_handle_errors
-def index() -> None:
+def index(dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet) -> None:
     """Embed folders of images into a collection (incremental, crash-safe)."""
-    raise NotBuiltError("'lexsearch index' is not built yet.")
+    import os
+    import shlex
+
+    from tqdm import tqdm
+
+    from lexsearch.errors import ModelError
+    from lexsearch.index import Collection, IndexOptions, Reporter, build_index
+    from lexsearch.model import Encoder
+
+    if not os.path.isdir(model_dir):
+        raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
+    rebuild_cmd = shlex.join(["lexsearch", "index", *dirs, "--model", model_dir, "--collection", collection])
+    encoder = Encoder.load(model_dir, device=device)
+    bar = tqdm(unit="file", file=sys.stderr, disable=True if quiet else None, dynamic_ncols=True, smoothing=0.1)
+
+    def warn(path: str, reason: str) -> None:
+        tqdm.write(f"warning: {path}: {reason}", file=sys.stderr)
+
+    def set_total(n: int) -> None:
+        bar.reset(total=n)
+
+    reporter = Reporter(on_total=set_total, on_advance=bar.update, on_warning=warn)
+    options = IndexOptions(exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers)
+    with Collection.open(collection, readonly=False, recreate=rebuild) as col:
+        try:
+            summary = build_index(
+                dirs, encoder, col, options, reporter, model_path=model_dir, rebuild_command=rebuild_cmd + " --rebuild"
+            )
+        finally:
+            bar.close()
+    if not quiet:
+        click.echo(f"{col.path}: {summary.line()}")
 
 
 @cli.command()

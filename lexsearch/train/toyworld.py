@@ -19,8 +19,8 @@ Design lessons from the issue 3 prototype, applied here:
 - Captions are plain lowercase words from a vocabulary of a few dozen, so a tiny tokenizer keeps them whole.
 - Each image uses distinct colours and distinct shapes, and (``canonical_binding``) a given bag of colours and
   shapes always comes with the same colour-shape pairing in a world. A bag of words then identifies the
-  content; binding-only differences ("red circle, blue star" vs "blue circle, red star") cannot be learnt by a lexical
-  model and only push the text side to encode them in arbitrary dimensions.
+  content; binding-only differences ("red circle, blue star" vs "blue circle, red star") cannot be learnt by
+  a lexical model and only push the text side to encode them in arbitrary dimensions.
 - The largest shape is clearly the largest (area ratio >= ``min_area_ratio``) and is named first, so "the top
   explanation words name the largest shape" is a well-posed metric.
 - Backgrounds are neutral greys (plain or textured) so no background pixel looks like a colour word.
