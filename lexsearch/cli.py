@@ -52,17 +52,19 @@ def train() -> None:
 
 @cli.command()
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=str), help="Model checkpoint folder.")
+@click.option("--model", "model_dir", required=True, help="Model checkpoint folder.")
 @click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
 @click.option("--exclude", multiple=True, help="Glob of names or paths to skip (repeatable).")
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=0, type=click.IntRange(min=0), help="Decode threads (0: one per core).")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 @click.option("--rebuild", is_flag=True, help="Empty the collection first (after changing the model).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary (warnings still go to stderr).")
 @_handle_errors
-def index(dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet) -> None:
+def index(
+    dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet
+) -> None:
     """Embed folders of images into a collection (incremental, crash-safe)."""
     import os
     import shlex
@@ -75,9 +77,12 @@ def index(dirs, model_dir, collection, exclude, include_hidden, batch_size, work
 
     if not os.path.isdir(model_dir):
         raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
-    rebuild_cmd = shlex.join(["lexsearch", "index", *dirs, "--model", model_dir, "--collection", collection])
+    rebuild_cmd = shlex.join(
+        ["lexsearch", "index", *dirs, "--model", model_dir, "--collection", collection, "--rebuild"]
+    )
     encoder = Encoder.load(model_dir, device=device)
-    bar = tqdm(unit="file", file=sys.stderr, disable=True if quiet else None, dynamic_ncols=True, smoothing=0.1)
+    # disable=None: tqdm turns itself off when stderr is not a terminal (pipes, CI logs).
+    bar = tqdm(unit="file", file=sys.stderr, disable=True if quiet else None, dynamic_ncols=True)
 
     def warn(path: str, reason: str) -> None:
         tqdm.write(f"warning: {path}: {reason}", file=sys.stderr)
@@ -86,11 +91,13 @@ def index(dirs, model_dir, collection, exclude, include_hidden, batch_size, work
         bar.reset(total=n)
 
     reporter = Reporter(on_total=set_total, on_advance=bar.update, on_warning=warn)
-    options = IndexOptions(exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers)
+    options = IndexOptions(
+        exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers
+    )
     with Collection.open(collection, readonly=False, recreate=rebuild) as col:
         try:
             summary = build_index(
-                dirs, encoder, col, options, reporter, model_path=model_dir, rebuild_command=rebuild_cmd + " --rebuild"
+                dirs, encoder, col, options, reporter, model_path=model_dir, rebuild_command=rebuild_cmd
             )
         finally:
             bar.close()
