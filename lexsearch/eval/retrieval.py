@@ -364,6 +364,8 @@ def plot_sweep(
             ys = [getattr(p.recall, key).get(1, np.nan) for p in points]
             line = ax.plot(xs, ys, marker=marker, label=label)[0]
             for p, x, y in zip(points, xs, ys, strict=True):
+                if key != "i2t":
+                    break  # label each k once, on the first curve
                 ax.annotate(f"k={p.k}", (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
             if reference is not None:
                 rx = (reference.active_dims_images + reference.active_dims_texts) / 2.0
