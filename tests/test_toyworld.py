@@ -161,3 +161,15 @@ def test_caption_for():
     )
     three = caption_for([("red", "circle"), ("green", "square"), ("blue", "star")])
     assert three == "a red circle and a green square and a blue star"
+
+
+def test_toy_world_is_a_training_folder(world):
+    from lexsearch.train.data import load_pairs, split_holdout
+
+    pairs = load_pairs(world.root)
+    assert len(pairs) == 80 and len(pairs.images) == 40
+    train, val = split_holdout(pairs, 10, seed=0)
+    assert len(val.images) == 10 and not set(val.images) & set(train.images)
+    labels = world.labels()
+    assert all(key in labels for key in pairs.images)
+    assert pairs[0].image.size == (64, 64)

@@ -73,9 +73,10 @@ class ToyWorldConfig:
     shapes: tuple[str, ...] = SHAPE_WORDS  # subset of SHAPE_WORDS
     min_shapes: int = 1
     max_shapes: int = 3
-    # Shape "radius" (half extent) as a fraction of image_size; the minimum keeps a shape recognisable.
-    min_radius: float = 0.11
-    max_radius: float = 0.26
+    # Shape size as the radius of a circle of equal area, as a fraction of image_size; the minimum keeps a
+    # shape recognisable at 64 px. Equal-area sizing makes every shape equally likely to be the largest.
+    min_radius: float = 0.09
+    max_radius: float = 0.2
     min_area_ratio: float = 1.25  # largest area / second largest area; makes "largest" unambiguous
     textured_background: float = 0.5  # probability that the background is textured rather than plain
     colour_jitter: int = 18  # +- per RGB channel, so a colour word is a region of colour space, not one value
@@ -98,8 +99,8 @@ class ToyWorldConfig:
                 f"toy world needs 1 <= min_shapes <= max_shapes <= {limit} (distinct colours and shapes "
                 f"per image), got {self.min_shapes}..{self.max_shapes}"
             )
-        if not 0 < self.min_radius <= self.max_radius <= 0.5:
-            raise UsageError("toy world radii must satisfy 0 < min_radius <= max_radius <= 0.5")
+        if not 0 < self.min_radius <= self.max_radius <= 0.3:
+            raise UsageError("toy world radii must satisfy 0 < min_radius <= max_radius <= 0.3")
         if not 0.0 <= self.textured_background <= 1.0:
             raise UsageError("toy world textured_background is a probability in [0, 1]")
         if self.captions_per_image < 1:
@@ -240,6 +241,17 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         raise UsageError(f"unknown toy shape {shape!r}")
 
 
+# Area of each silhouette drawn with half extent r, divided by r^2 (from the geometry in _draw_shape).
+_AREA_FACTOR = {
+    "circle": np.pi,
+    "square": 1.7**2,
+    "triangle": 2.0 * 1.8 / 2,
+    "star": 5 * 0.45 * np.sin(np.pi / 5),
+    "cross": 2 * (2 * 0.68) - 0.68**2,
+}
+_EQUAL_AREA = {shape: float(np.sqrt(np.pi / f)) for shape, f in _AREA_FACTOR.items()}
+
+
 def _shape_mask(size: int, shape: str, cx: float, cy: float, r: float) -> np.ndarray:
     canvas = Image.new("L", (size, size), 0)
     _draw_shape(ImageDraw.Draw(canvas), shape, cx, cy, r)
@@ -307,7 +319,8 @@ def render_scene(index: int, seed: int = 0, config: ToyWorldConfig | None = None
         radii = np.sort(rng.uniform(config.min_radius, config.max_radius, size=n))[::-1] * size
         placed: list[tuple[str, str, np.ndarray]] = []
         occupied = np.zeros((size, size), dtype=bool)
-        for (colour, shape), r in zip(words, radii):
+        for (colour, shape), r_area in zip(words, radii):
+            r = r_area * _EQUAL_AREA[shape]  # drawing half extent that gives this shape the circle's area
             for _ in range(30):
                 cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
                 mask = _shape_mask(size, shape, cx, cy, r)
