@@ -19,6 +19,8 @@ MAX_MEGAPIXELS = 180
 
 def open_image(path: str | Path, max_megapixels: float = MAX_MEGAPIXELS) -> Image.Image:
     """Open an image as RGB with EXIF orientation applied; a DataError with the reason if it cannot be."""
+    if isinstance(path, (str, Path)) and not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
     try:
         with Image.open(path) as img:
             if img.width * img.height > max_megapixels * 1e6:
