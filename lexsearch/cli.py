@@ -106,10 +106,54 @@ def index(
 
 
 @cli.command()
+@click.argument("text", required=False)
+@click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
+@click.option("--json", "as_json", is_flag=True, help='Print [{"rank", "path", "score", "words": [...]}].')
+@click.option("--paths", "as_paths", is_flag=True, help="Print only the paths, one a line (for xargs).")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Search by this image instead of text (dense search; shared words still shown).")
+@click.option("--no-rerank", is_flag=True, help="Rank by the fast candidate stage only (no exact re-rank).")
+@click.option("--min-score", type=float, help="Drop results scoring below this.")
+@click.option("--pruned", is_flag=True, help="Approximate candidate stage (faster on huge collections).")
+@click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @_handle_errors
-def query() -> None:
-    """Search a collection by text; each result shows the words behind the match."""
-    raise NotBuiltError("'lexsearch query' is not built yet.")
+def query(
+    text, collection, top, as_json, as_paths, image, no_rerank, min_score, pruned, model_dir, device
+) -> None:
+    """Search a collection by text; each result shows the words behind the match.
+
+    TEXT takes words, "quoted phrases", +must and -exclude words, e.g. 'white horse -night +beach'.
+    """
+    import json
+
+    from lexsearch import search as s
+    from lexsearch.errors import UsageError
+    from lexsearch.index.store import Collection
+
+    if as_json and as_paths:
+        raise UsageError("--json and --paths are alternatives; pick one.")
+    if image and text:
+        raise UsageError("Give a text or --image IMG, not both.")
+    if not image and text is None:
+        raise UsageError("Nothing to search for: give a text, e.g. lexsearch query 'white horse'.")
+    with Collection.open(collection, readonly=True) as col:
+        encoder = s.load_encoder(col, model_dir, device)
+        if image:
+            results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
+        else:
+            results = s.search(col, encoder, text, top=top, rerank_candidates=not no_rerank,
+                               min_score=min_score, prune=s.PruneConfig() if pruned else None)
+    if as_json:
+        click.echo(json.dumps(s.results_to_json(results), indent=2))
+    elif as_paths:
+        click.echo(s.format_paths(results), nl=False)
+    elif results:
+        click.echo(s.format_table(results), nl=False)
+    else:
+        # An honest empty answer: no indexed image shares a word with the query (or passes the filters).
+        click.echo("No image matches this query.")
 
 
 @cli.command()
