@@ -277,6 +277,13 @@ def eval_retrieval(
     show_default=True,
     help="Prediction to pixels (nearest/bilinear), or compare on the patch grid.",
 )
+@click.option(
+    "--view",
+    type=click.Choice(["crop", "stretch"]),
+    default="crop",
+    show_default=True,
+    help="Non-square images: the encoder's centre crop (rest not scored), or squashed to a square.",
+)
 @click.option("--no-crowd", is_flag=True, help="Leave crowd regions out of the class masks.")
 @click.option("--max-images", type=click.IntRange(min=1), help="Only the first N annotated images.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random baseline.")
@@ -292,6 +299,7 @@ def eval_patchdis(
     candidates,
     keep_unlabelled,
     upsample,
+    view,
     no_crowd,
     max_images,
     seed,
@@ -308,6 +316,7 @@ def eval_patchdis(
         candidates=candidates,
         ignore_unlabelled=not keep_unlabelled,
         upsample=upsample,
+        view=view,
         include_crowd=not no_crowd,
         seed=seed,
         max_images=max_images,

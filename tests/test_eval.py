@@ -18,6 +18,7 @@ from lexsearch.eval.patchdis import (
     CocoInstances,
     IoUAccumulator,
     PatchDisOptions,
+    View,
     evaluate_patchdis,
     masks_on_grid,
     predict_labels,
@@ -150,6 +151,7 @@ class FakeEncoder:
 
     vocab_size = V
     grid = (2, 2)
+    image_size = 4
 
     def _sparse(self, rows: np.ndarray, sparsify) -> types.SimpleNamespace:
         mode = Sparsify("topk", sparsify[1]) if isinstance(sparsify, tuple) else Sparsify(sparsify)
@@ -170,7 +172,12 @@ class FakeEncoder:
         )
 
     def encode_patches(self, image):
-        small = np.asarray(image.convert("RGB").resize(self.grid[::-1], Image.NEAREST), dtype=np.float32)
+        # Centre square, then one pixel per patch: the real encoder's crop geometry.
+        w, h = image.size
+        side = min(w, h)
+        box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+        small = image.convert("RGB").crop(box).resize(self.grid[::-1], Image.NEAREST)
+        small = np.asarray(small, dtype=np.float32)
         out = np.zeros((4, V), dtype=np.float32)
         for p, (r, _g, b) in enumerate(small.reshape(4, 3)):
             out[p, 0 if r > b else 1] = 1.0
@@ -244,6 +251,24 @@ def test_predict_labels_upsampling():
     assert set(np.unique(predict_labels(scores, (4, 6), "nearest", allowed))) <= {1, 2}
     masks = masks_on_grid({0: np.array([[1, 1, 0, 0]] * 4, dtype=bool)}, (2, 2))
     assert masks[0].tolist() == [[True, False], [True, False]]
+
+
+def test_centre_crop_view():
+    # A 4x8 image, encoder input 2: shorter side 4 -> 2 (scale 1/2), resized 2x4, crop offset 1: columns 2..5.
+    v = View.centre_crop(4, 8, 2)
+    assert (v.top, v.left, v.height, v.width) == (0.0, 2.0, 4.0, 4.0)
+    scores = np.zeros((2, 2, 2), dtype=np.float32)
+    scores[:, 0, 0] = scores[:, 1, 1] = 1.0
+    for up in ("nearest", "bilinear"):
+        labels = predict_labels(scores, (4, 8), up, view=v)
+        assert labels.tolist() == [[-1, -1, 0, 0, 1, 1, -1, -1]] * 4
+    # Patch centres sit at columns 3 and 5 of the original image.
+    masks = masks_on_grid({0: np.array([[0, 0, 0, 1, 0, 0, 0, 0]] * 4, dtype=bool)}, (2, 2), v)
+    assert masks[0].tolist() == [[True, False]] * 2
+    # Pixels outside the crop are out of the evaluation, even where the ground truth has a class.
+    acc = IoUAccumulator(2)
+    acc.update(labels, {0: np.ones((4, 8), dtype=bool)})
+    assert acc.iou()[0] == pytest.approx(50.0) and acc.union[0] == 16
 
 
 # ------------------------------------------------------------------------------------ Karpathy reader
@@ -392,10 +417,9 @@ def test_evaluate_patchdis_perfect_model_beats_random(tmp_path):
     again = evaluate_patchdis(FakeEncoder(), coco, opts)
     assert again.miou_random == report.miou_random  # seeded
     for up in ("bilinear", "patch"):
-        r = evaluate_patchdis(
-            FakeEncoder(), coco, PatchDisOptions(classes=["redthing", "bluething"], upsample=up)
-        )
-        assert r.miou == pytest.approx(100.0)
+        for view in ("crop", "stretch"):
+            opts = PatchDisOptions(classes=["redthing", "bluething"], upsample=up, view=view)
+            assert evaluate_patchdis(FakeEncoder(), coco, opts).miou == pytest.approx(100.0)
     text = format_patchdis(report)
     assert "random" in text and "redthing" in text
     with pytest.raises(UsageError, match="nosuch"):

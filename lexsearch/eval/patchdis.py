@@ -9,7 +9,8 @@ same procedure in the same run, since a number without it means little (the pape
 The paper leaves some choices open; each is a ``PatchDisOptions`` field (defaults follow LEXVLA.md):
 class set (the annotation file's categories: COCO's 80 things), candidate classes per image (all, or only
 those present), unlabelled pixels (ignored, or counted as wrong), resolution (nearest or bilinear upsampling
-to pixels, or comparing at the patch grid).
+to pixels, or comparing at the patch grid), and the view of a non-square image (the encoder's centre crop,
+leaving the rest out, or the image squashed to a square).
 
 IoU is accumulated over the whole set (intersections and unions summed per class, then divided), as
 semantic-segmentation benchmarks do; classes whose union is empty are left out of the mean.
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CANDIDATES = ("all", "present")
 UPSAMPLE = ("nearest", "bilinear", "patch")
+VIEWS = ("crop", "stretch")
 
 Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
 
@@ -173,6 +175,9 @@ class PatchDisOptions:
     ignore_unlabelled: bool = True  # pixels of no evaluated class are left out (else they count as wrong)
     upsample: str = "nearest"  # "nearest"/"bilinear" to each image's pixels, or "patch": compare on the grid
     include_crowd: bool = True  # crowd regions are part of their class's mask
+    # "crop": the image as the encoder preprocesses it (centre square; the rest is not evaluated, for the
+    # baseline too); "stretch": squashed to a square first, so every pixel gets a prediction.
+    view: str = "crop"
     seed: int = 0  # random baseline
     max_images: int | None = None  # first N annotated images (quick runs)
 
@@ -181,6 +186,8 @@ class PatchDisOptions:
             raise UsageError(f"candidates must be one of {', '.join(CANDIDATES)}, not {self.candidates!r}.")
         if self.upsample not in UPSAMPLE:
             raise UsageError(f"upsample must be one of {', '.join(UPSAMPLE)}, not {self.upsample!r}.")
+        if self.view not in VIEWS:
+            raise UsageError(f"view must be one of {', '.join(VIEWS)}, not {self.view!r}.")
         if self.max_images is not None and self.max_images < 1:
             raise UsageError("max_images must be at least 1.")
 
@@ -200,25 +207,27 @@ class IoUAccumulator:
     def update(self, pred: np.ndarray, gt: dict[int, np.ndarray], ignore_unlabelled: bool = True) -> None:
         """Add one image: ``pred`` (H, W) class indices, ``gt`` class index -> bool (H, W) mask.
 
-        A pixel may belong to several classes (overlapping instances): each class is compared as its own
-        binary mask, so such a pixel counts for the predicted class and is missed for the other.
+        Pixels with ``pred < 0`` are outside what the model saw (cut off by the encoder's centre crop): they
+        are left out for every class. A pixel may belong to several classes (overlapping instances): each
+        class is compared as its own binary mask, so such a pixel counts for the predicted class and is
+        missed for the other.
         """
         pred = np.asarray(pred)
+        seen = pred >= 0
         if ignore_unlabelled:
             valid = np.zeros(pred.shape, dtype=bool)
             for m in gt.values():
                 valid |= m
+            valid &= seen
         else:
-            valid = np.ones(pred.shape, dtype=bool)
-        p = pred[valid]
-        pred_count = np.bincount(p[p >= 0], minlength=self.n_classes)[: self.n_classes]
-        union = pred_count.astype(np.int64)
+            valid = seen
+        union = np.bincount(pred[valid], minlength=self.n_classes)[: self.n_classes].astype(np.int64)
         for c, m in gt.items():
             if m.shape != pred.shape:
                 raise UsageError(f"Mask shape {m.shape} differs from prediction shape {pred.shape}.")
             inter = int(np.count_nonzero(pred[m] == c))
             self.intersection[c] += inter
-            union[c] += int(np.count_nonzero(m)) - inter
+            union[c] += int(np.count_nonzero(m & seen)) - inter
         self.union += union
 
     def iou(self) -> np.ndarray:
@@ -231,57 +240,103 @@ class IoUAccumulator:
         return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
 
 
-def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) linear interpolation weights, pixel centres aligned (align_corners=False)."""
-    x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
-    x = np.clip(x, 0, n_in - 1)
+@dataclass(frozen=True)
+class View:
+    """Where the patch grid lies on the original image, in pixels (rows top..top+height, cols left..).
+
+    The Encoder resizes the shorter side to its input size and centre-crops (lexsearch.model.images), so on
+    a non-square image the grid covers only the central square; pixels outside it get no prediction.
+    """
+
+    top: float
+    left: float
+    height: float
+    width: float
+
+    @classmethod
+    def full(cls, height: int, width: int) -> View:
+        return cls(0.0, 0.0, float(height), float(width))
+
+    @classmethod
+    def centre_crop(cls, height: int, width: int, size: int) -> View:
+        """The region the encoder's preprocessing keeps (mirrors its resize + integer crop offsets)."""
+        scale = size / min(width, height)
+        nw, nh = max(size, round(width * scale)), max(size, round(height * scale))
+        left, top = (nw - size) // 2, (nh - size) // 2
+        sx, sy = width / nw, height / nh  # resized -> original pixels
+        return cls(top * sy, left * sx, size * sy, size * sx)
+
+
+def _cell_coords(n_out: int, start: float, extent: float, n_cells: int) -> np.ndarray:
+    """Pixel centres 0..n_out-1 in grid-cell units (0 = the first cell's left edge)."""
+    return (np.arange(n_out) + 0.5 - start) * n_cells / extent
+
+
+def _nearest_index(n_out: int, start: float, extent: float, n_cells: int) -> np.ndarray:
+    """The cell holding each pixel centre; -1 where the pixel lies outside the grid."""
+    idx = np.floor(_cell_coords(n_out, start, extent, n_cells)).astype(int)
+    return np.where((idx >= 0) & (idx < n_cells), idx, -1)
+
+
+def _interp_matrix(n_out: int, start: float, extent: float, n_cells: int) -> np.ndarray:
+    """(n_out, n_cells) linear interpolation weights between cell centres (align_corners=False)."""
+    x = np.clip(_cell_coords(n_out, start, extent, n_cells) - 0.5, 0, n_cells - 1)
     lo = np.floor(x).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = x - lo
-    m = np.zeros((n_out, n_in), dtype=np.float32)
+    hi = np.minimum(lo + 1, n_cells - 1)
+    frac = (x - lo).astype(np.float32)
+    m = np.zeros((n_out, n_cells), dtype=np.float32)
     np.add.at(m, (np.arange(n_out), lo), 1 - frac)
     np.add.at(m, (np.arange(n_out), hi), frac)
     return m
 
 
-def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
-    # The patch whose cell holds the pixel centre: the grid is assumed to cover the whole image, stretched
-    # (the encoder resizes to a square without cropping).
-    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(int), n_in - 1)
-
-
 def predict_labels(
-    scores: np.ndarray, size: tuple[int, int], upsample: str = "nearest", allowed: np.ndarray | None = None
+    scores: np.ndarray,
+    size: tuple[int, int],
+    upsample: str = "nearest",
+    allowed: np.ndarray | None = None,
+    view: View | None = None,
 ) -> np.ndarray:
     """Patch-by-class scores (h, w, C) -> label map: (H, W) for nearest/bilinear, (h, w) for ``patch``.
 
-    ``allowed``: bool (C,) mask of candidate classes; the others can never be predicted.
+    ``allowed``: bool (C,) mask of candidate classes; the others can never be predicted. ``view``: where the
+    grid lies on the image (default: the whole image); pixels outside it are labelled -1.
     """
     s = np.asarray(scores, dtype=np.float32)
     if allowed is not None:
         s = np.where(allowed[None, None, :], s, -np.inf)
     gh, gw, _ = s.shape
     H, W = size
+    v = view or View.full(H, W)
     if upsample == "patch":
         return s.argmax(axis=2)
+    rows, cols = _nearest_index(H, v.top, v.height, gh), _nearest_index(W, v.left, v.width, gw)
     if upsample == "nearest":
-        labels = s.argmax(axis=2)
-        return labels[np.ix_(_nearest_index(H, gh), _nearest_index(W, gw))]
-    if upsample == "bilinear":
+        labels = s.argmax(axis=2)[np.ix_(np.maximum(rows, 0), np.maximum(cols, 0))]
+    elif upsample == "bilinear":
         # Interpolate the score maps, then argmax: smoother boundaries than upsampling hard labels. Disallowed
         # classes get a large negative instead of -inf so the weighted sums stay finite.
         s = np.where(np.isfinite(s), s, -1e9)
-        up = np.einsum("Hh,hwc,Ww->HWc", _interp_matrix(H, gh), s, _interp_matrix(W, gw), optimize=True)
-        return up.argmax(axis=2)
-    raise UsageError(f"upsample must be one of {', '.join(UPSAMPLE)}, not {upsample!r}.")
+        ry, rx = _interp_matrix(H, v.top, v.height, gh), _interp_matrix(W, v.left, v.width, gw)
+        labels = np.einsum("Hh,hwc,Ww->HWc", ry, s, rx, optimize=True).argmax(axis=2)
+    else:
+        raise UsageError(f"upsample must be one of {', '.join(UPSAMPLE)}, not {upsample!r}.")
+    labels[rows < 0, :] = -1
+    labels[:, cols < 0] = -1
+    return labels
 
 
-def masks_on_grid(masks: dict[int, np.ndarray], grid: tuple[int, int]) -> dict[int, np.ndarray]:
+def masks_on_grid(
+    masks: dict[int, np.ndarray], grid: tuple[int, int], view: View | None = None
+) -> dict[int, np.ndarray]:
     """Sample each pixel mask at the patch centres (the ``patch`` resolution option)."""
     out = {}
     for c, m in masks.items():
         H, W = m.shape
-        out[c] = m[np.ix_(_nearest_index(grid[0], H), _nearest_index(grid[1], W))]
+        v = view or View.full(H, W)
+        ys = np.clip(np.floor(v.top + (np.arange(grid[0]) + 0.5) * v.height / grid[0]).astype(int), 0, H - 1)
+        xs = np.clip(np.floor(v.left + (np.arange(grid[1]) + 0.5) * v.width / grid[1]).astype(int), 0, W - 1)
+        out[c] = m[np.ix_(ys, xs)]
     return out
 
 
@@ -322,7 +377,8 @@ def evaluate_patchdis(
     options: PatchDisOptions | None = None,
     progress: Progress = _no_progress,
 ) -> PatchDisReport:
-    """PatchDis with ``encoder`` (``encode_words``, ``encode_patches``, ``grid``) and the random baseline."""
+    """PatchDis with ``encoder`` (``encode_words``, ``encode_patches``, ``grid``, ``image_size``) and the
+    random baseline."""
     from PIL import Image
 
     opts = options or PatchDisOptions()
@@ -378,6 +434,11 @@ def evaluate_patchdis(
                 f"{im.path}: size {pil.size[0]}x{pil.size[1]} differs from the annotation's "
                 f"{im.width}x{im.height}."
             )
+        if opts.view == "stretch":
+            pil = pil.resize((encoder.image_size, encoder.image_size), Image.Resampling.BICUBIC)
+            view = View.full(im.height, im.width)
+        else:
+            view = View.centre_crop(im.height, im.width, encoder.image_size)
         patches = np.asarray(encoder.encode_patches(pil))
         if patches.shape[0] != n_patches:
             raise UsageError(f"encode_patches gave {patches.shape[0]} rows for a {grid[0]}x{grid[1]} grid.")
@@ -389,12 +450,11 @@ def evaluate_patchdis(
         rand.reshape(n_patches, -1)[np.arange(n_patches), pick] = 1.0
 
         if opts.upsample == "patch":
-            gt = masks_on_grid(masks, grid)
-            size = grid
+            gt, size = masks_on_grid(masks, grid, view), grid
         else:
             gt, size = masks, (im.height, im.width)
-        model_acc.update(predict_labels(scores, size, opts.upsample, allowed), gt, opts.ignore_unlabelled)
-        rand_acc.update(predict_labels(rand, size, opts.upsample, allowed), gt, opts.ignore_unlabelled)
+        for acc, sc in ((model_acc, scores), (rand_acc, rand)):
+            acc.update(predict_labels(sc, size, opts.upsample, allowed, view), gt, opts.ignore_unlabelled)
 
     iou, iou_r = model_acc.iou(), rand_acc.iou()
     per_class = [

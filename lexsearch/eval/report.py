@@ -68,7 +68,7 @@ def format_patchdis(report: PatchDisReport, per_class: bool = True) -> str:
     out = [
         f"PatchDis on {report.n_images} images ({g[0]}x{g[1]} patches, "
         f"upsample {report.options['upsample']}, "
-        f"candidates {report.options['candidates']}, unlabelled "
+        f"view {report.options.get('view', 'crop')}, candidates {report.options['candidates']}, unlabelled "
         f"{'ignored' if report.options['ignore_unlabelled'] else 'counted'})",
         "",
         table(["assignment", "mIoU"], [["model", _pct(report.miou)], ["random", _pct(report.miou_random)]]),
