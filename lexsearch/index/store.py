@@ -163,7 +163,8 @@ def _take_lock(path: Path) -> int:
         pass
     except OSError as exc:
         os.close(fd)
-        raise CollectionBusyError(f"Another 'lexsearch index' is writing to {path}; wait for it to finish.") from exc
+        msg = f"Another 'lexsearch index' is writing to {path}; wait for it to finish."
+        raise CollectionBusyError(msg) from exc
     return fd
 
 
@@ -231,7 +232,7 @@ class Collection:
                 col.db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, safe
             if migrations.pending(col.db):
                 if readonly:
-                    raise IndexError_(f"Collection {path} needs an upgrade; run 'lexsearch index' on it once.")
+                    raise IndexError_(f"Collection {path} needs an upgrade: run 'lexsearch index' on it.")
                 migrations.apply(col.db)
                 col._set_meta(
                     {"schema": SCHEMA_VERSION, "postings_format": pf.POSTINGS_FORMAT, "generation": 0,
@@ -263,12 +264,13 @@ class Collection:
         return {r[0]: json.loads(r[1]) for r in self.db.execute("SELECT key, value FROM meta")}
 
     def _set_meta(self, values: dict[str, Any]) -> None:
-        with self.db.atomic():
+        with self._write():
             self._write_meta(values)
 
     def _write_meta(self, values: dict[str, Any]) -> None:
         self.db.conn.executemany(
-            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [(k, json.dumps(v)) for k, v in values.items()],
         )
 
@@ -302,7 +304,10 @@ class Collection:
         with self._read():
             dead = np.fromiter((r[0] for r in self.db.execute("SELECT image_id FROM tombstones")), np.uint32)
             for chunk in _chunks(terms):
-                q = f"SELECT term_id, ids, weights FROM postings WHERE term_id IN ({_marks(chunk)}) ORDER BY term_id, segment"
+                q = (
+                    f"SELECT term_id, ids, weights FROM postings WHERE term_id IN ({_marks(chunk)}) "
+                    "ORDER BY term_id, segment"
+                )
                 for t, ids, w in self.db.execute(q, chunk):
                     segs.setdefault(t, []).append((pf.decode_ids(ids), pf.decode_weights(w)))
         out = {}
@@ -332,9 +337,10 @@ class Collection:
         """Stored dense vectors (D,) float32 of some images (those without one are omitted)."""
         out = {}
         for chunk in _chunks(sorted({int(i) for i in image_ids})):
-            q = f"SELECT image_id, dense FROM forward WHERE image_id IN ({_marks(chunk)}) AND dense IS NOT NULL"
+            q = f"SELECT image_id, dense FROM forward WHERE image_id IN ({_marks(chunk)})"
             for i, d in self.db.execute(q, chunk):
-                out[i] = pf.decode_dense(d)
+                if d is not None:
+                    out[i] = pf.decode_dense(d)
         return out
 
     def dense_scores(self, q: np.ndarray, image_ids: np.ndarray) -> np.ndarray:
@@ -392,7 +398,7 @@ class Collection:
             weights = arr[terms]
         dense = pf.encode_dense(np.asarray(dense_row).ravel()) if dense_row is not None else None
         # Stored as float16 like the index, so a cache hit and a miss rank identically up to that rounding.
-        with self.db.atomic():
+        with self._write():
             self.db.execute(
                 "INSERT OR REPLACE INTO query_cache VALUES (?, ?, ?, ?, ?, ?)",
                 [text, self._meta_value("model_id"), pf.encode_ids(terms), pf.encode_weights(weights), dense,
@@ -407,7 +413,8 @@ class Collection:
 
     def failures(self) -> list[tuple[str, str]]:
         """(path, error) of every file that failed to index."""
-        return self.db.execute("SELECT path, error FROM images WHERE status = 'failed' ORDER BY path").fetchall()
+        q = "SELECT path, error FROM images WHERE status = 'failed' ORDER BY path"
+        return self.db.execute(q).fetchall()
 
     def rows(self) -> list[ImageRow]:
         q = "SELECT id, path, size, mtime_ns, hash, status FROM images"
@@ -420,7 +427,8 @@ class Collection:
             ok = {r[0] for r in self.db.execute("SELECT id FROM images WHERE status = 'ok'")}
             fwd = {r[0]: (pf.decode_ids(r[1]), pf.decode_weights(r[2]))
                    for r in self.db.execute("SELECT image_id, terms, weights FROM forward")}
-            dense_ids = {r[0] for r in self.db.execute("SELECT image_id FROM forward WHERE dense IS NOT NULL")}
+            q = "SELECT image_id FROM forward WHERE dense IS NOT NULL"
+            dense_ids = {r[0] for r in self.db.execute(q)}
             terms = [r[0] for r in self.db.execute("SELECT DISTINCT term_id FROM postings")]
             dead = {r[0] for r in self.db.execute("SELECT image_id FROM tombstones")}
         if set(fwd) != ok:
@@ -462,7 +470,7 @@ class Collection:
                 self._faiss_gen = gen
                 return self._faiss
             if self._faiss is None:
-                self._faiss = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+                self._faiss = _new_dense_index(dim)
         self._faiss_gen = self._sync_faiss(self._faiss)
         return self._faiss
 
@@ -477,9 +485,9 @@ class Collection:
         except RuntimeError as exc:  # a torn or foreign file: the database can rebuild it
             logger.warning("dense index %s is unreadable (%s); rebuilding it from the database", path, exc)
             return None
-        if index.d != dim or not hasattr(index, "id_map"):
+        if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
             return None
-        return faiss.IndexIDMap2(index) if not isinstance(index, faiss.IndexIDMap2) else index
+        return index
 
     def _sync_faiss(self, index) -> int:
         """Make ``index`` hold exactly the stored dense vectors (an id diff); returns the generation."""
@@ -539,7 +547,7 @@ class Collection:
         ok_rows: list[tuple[int, NewImage]] = []
         removed: list[int] = []
         touched_terms: set[int] = set()
-        with self.db.atomic():
+        with self._write():
             for image_id in changes.remove:
                 row = conn.execute("SELECT terms FROM forward WHERE image_id = ?", [image_id]).fetchone()
                 if row is not None:
@@ -549,16 +557,17 @@ class Collection:
                 conn.execute("DELETE FROM images WHERE id = ?", [image_id])
             for image_id, path, size, mtime_ns in changes.move:
                 conn.execute(
-                    "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?", [path, size, mtime_ns, image_id]
+                    "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
+                    [path, size, mtime_ns, image_id],
                 )
             now = time.time()
             for im in changes.insert:
                 status = "failed" if im.terms is None else "ok"
                 cur = conn.execute(
-                    "INSERT INTO images (path, size, mtime_ns, hash, width, height, exif_time, status, error, "
-                    "indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [im.path, im.size, im.mtime_ns, im.hash, im.width, im.height, im.exif_time, status, im.error,
-                     now],
+                    "INSERT INTO images (path, size, mtime_ns, hash, width, height, exif_time, status, "
+                    "error, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [im.path, im.size, im.mtime_ns, im.hash, im.width, im.height, im.exif_time, status,
+                     im.error, now],
                 )
                 new_ids.append(int(cur.lastrowid))
                 if status == "ok":
@@ -570,7 +579,8 @@ class Collection:
                       pf.encode_dense(im.dense) if im.dense is not None else None) for i, im in ok_rows],
                 )
                 inverted = pf.invert(
-                    np.array([i for i, _ in ok_rows], np.uint32), [(im.terms, im.weights) for _, im in ok_rows]
+                    np.array([i for i, _ in ok_rows], np.uint32),
+                    [(im.terms, im.weights) for _, im in ok_rows],
                 )
                 for t, (ids, w) in inverted.items():
                     segs = self._segments.setdefault(t, [])
@@ -606,7 +616,8 @@ class Collection:
         if self._segments is not None:
             return
         self._segments = {}
-        for t, seg, n in self.db.execute("SELECT term_id, segment, n FROM postings ORDER BY term_id, segment"):
+        q = "SELECT term_id, segment, n FROM postings ORDER BY term_id, segment"
+        for t, seg, n in self.db.execute(q):
             self._segments.setdefault(t, []).append([seg, n])
         self._dead = {r[0] for r in self.db.execute("SELECT image_id FROM tombstones")}
 
@@ -623,7 +634,8 @@ class Collection:
         deltas_only = not full and base_n > 0 and delta_n * 4 < base_n
         conn = self.db.conn
         where = "term_id = ? AND segment > 0" if deltas_only else "term_id = ?"
-        rows = conn.execute(f"SELECT ids, weights FROM postings WHERE {where} ORDER BY segment", [term]).fetchall()
+        q = f"SELECT ids, weights FROM postings WHERE {where} ORDER BY segment"
+        rows = conn.execute(q, [term]).fetchall()
         dead = np.fromiter(self._dead, np.uint32, len(self._dead)) if self._dead else None
         ids, w = pf.merge_segments([(pf.decode_ids(a), pf.decode_weights(b)) for a, b in rows], dead)
         conn.execute(f"DELETE FROM postings WHERE {where}", [term])
@@ -653,10 +665,10 @@ class Collection:
             return 0
         terms = sorted(set(np.concatenate([pf.decode_ids(r[1]) for r in rows]).tolist()))
         for start in range(0, len(terms), terms_per_commit):
-            with self.db.atomic():
+            with self._write():
                 for t in terms[start : start + terms_per_commit]:
                     self._compact_term(int(t), full=True)
-        with self.db.atomic():
+        with self._write():
             for chunk in _chunks([r[0] for r in rows]):
                 self.db.conn.execute(f"DELETE FROM tombstones WHERE image_id IN ({_marks(chunk)})", chunk)
         self._dead.difference_update(r[0] for r in rows)
@@ -667,9 +679,10 @@ class Collection:
         self._require_writer()
         fwd = self.db.execute("SELECT image_id, terms, weights FROM forward ORDER BY image_id").fetchall()
         inverted = pf.invert(
-            np.array([r[0] for r in fwd], np.uint32), [(pf.decode_ids(r[1]), pf.decode_weights(r[2])) for r in fwd]
+            np.array([r[0] for r in fwd], np.uint32),
+            [(pf.decode_ids(r[1]), pf.decode_weights(r[2])) for r in fwd],
         )
-        with self.db.atomic():
+        with self._write():
             self.db.execute("DELETE FROM postings")
             self.db.execute("DELETE FROM tombstones")
             self.db.conn.executemany(
@@ -678,9 +691,32 @@ class Collection:
             )
         self._segments, self._dead = None, set()
 
+    def _write(self):
+        """A write transaction that takes the write lock up front (BEGIN IMMEDIATE).
+
+        A deferred BEGIN would read first and upgrade later; if another connection commits in between,
+        SQLite fails the upgrade at once with "database is locked" (the busy timeout does not apply to a
+        stale snapshot). Taking the lock first makes every writer simply wait its turn.
+        """
+        return _WriteTxn(self.db.conn)
+
     def _read(self):
         """A read transaction, so several SELECTs see one snapshot even while a writer commits."""
         return _ReadTxn(self.db.conn)
+
+
+class _WriteTxn:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
 
 class _ReadTxn:
@@ -698,10 +734,22 @@ class _ReadTxn:
             self.conn.execute("COMMIT")
 
 
+def _new_dense_index(dim: int):
+    """An empty IndexIDMap2 over exact inner product (the dense vectors are L2-normalised: cosine)."""
+    import faiss
+
+    flat = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIDMap2(flat)
+    # The wrapper does not own the Python-side flat index: without this the flat index is freed when
+    # ``flat`` goes out of scope and the map points at freed memory (garbage ids, crashes).
+    flat.this.disown()
+    index.own_fields = True
+    return index
+
+
 def check_model(stored: dict[str, Any], model: dict[str, Any], path: Path, rebuild_command: str) -> None:
     """Refuse a collection written by another model, with the one command that rebuilds it."""
-    same = stored.get("model_id") == model.get("model_id") and stored.get("vocab_hash") == model.get("vocab_hash")
-    if not same:
+    if (stored.get("model_id"), stored.get("vocab_hash")) != (model.get("model_id"), model.get("vocab_hash")):
         raise ModelMismatchError(
             f"Collection {path} was built with model {str(stored.get('model_id'))[:12]}, not "
             f"{str(model.get('model_id'))[:12]}. Rebuild it with: {rebuild_command}"
