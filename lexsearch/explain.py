@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from lexsearch.errors import UsageError
+from lexsearch.model.images import crop_box
 
 # Distinct, colour-blind-friendly tints (Okabe-Ito), one per explained word.
 PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
@@ -54,9 +55,8 @@ def heatmap(encoder, image: Image.Image, term_ids: list[int], words: list[str], 
     for k in range(len(term_ids)):
         tint[best == k] = PALETTE[k % len(PALETTE)]
     # The model sees a centre crop of the shorter side; map the grid back onto that square of the original.
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
+    left, top, right, _ = (round(v) for v in crop_box(*image.size))
+    side = right - left
     tint_img = Image.fromarray(tint.astype(np.uint8)).resize((side, side), Image.Resampling.NEAREST)
     mask = Image.fromarray((strength * alpha * 255).astype(np.uint8)).resize((side, side), Image.Resampling.NEAREST)
     overlay = image.copy()

@@ -259,12 +259,11 @@ class View:
 
     @classmethod
     def centre_crop(cls, height: int, width: int, size: int) -> View:
-        """The region the encoder's preprocessing keeps (mirrors its resize + integer crop offsets)."""
-        scale = size / min(width, height)
-        nw, nh = max(size, round(width * scale)), max(size, round(height * scale))
-        left, top = (nw - size) // 2, (nh - size) // 2
-        sx, sy = width / nw, height / nh  # resized -> original pixels
-        return cls(top * sy, left * sx, size * sy, size * sx)
+        """The region the encoder's preprocessing keeps (``lexsearch.model.images.crop_box``)."""
+        from lexsearch.model.images import crop_box
+
+        left, top, right, bottom = crop_box(width, height)
+        return cls(top, left, bottom - top, right - left)
 
 
 def _cell_coords(n_out: int, start: float, extent: float, n_cells: int) -> np.ndarray:

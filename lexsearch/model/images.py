@@ -35,17 +35,22 @@ def open_image(path: str | Path, max_megapixels: float = MAX_MEGAPIXELS) -> Imag
         raise DataError(f"{path}: not a readable image ({exc})") from exc
 
 
+def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """The centred square of an image the model sees: (left, top, right, bottom) in original pixels.
+
+    Explanations (heat maps, PatchDis) map the patch grid back onto the image through this same box.
+    """
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return left, top, left + side, top + side
+
+
 def preprocess(
     image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> np.ndarray:
-    """Resize the shorter side to ``size`` (bicubic), centre-crop to size x size, normalise: (3, S, S) float32."""
+    """Centre square (``crop_box``) resized to size x size (bicubic), normalised: (3, S, S) float32."""
     image = image.convert("RGB")
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    image = image.crop((left, top, left + size, top + size))
+    image = image.resize((size, size), Image.Resampling.BICUBIC, box=crop_box(*image.size))
     arr = np.asarray(image, dtype=np.float32) / 255.0  # (S, S, 3)
     arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
