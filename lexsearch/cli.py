@@ -45,9 +45,64 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @_handle_errors
-def train() -> None:
-    """Train or fine-tune a LexVLA model (GPU; the tiny preset also on CPU)."""
-    raise NotBuiltError("'lexsearch train' is not built yet.")
+@click.option("--data", required=True, help="Caption folder (captions.jsonl/.csv) or WebDataset shards.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
+@click.option("--val-data", help="Caption folder for validation (default: a held-out part of --data).")
+@click.option("--preset", type=click.Choice(["tiny", "small", "paper"]), default="tiny", show_default=True)
+@click.option("--init", "init", type=click.Path(file_okay=False), help="Checkpoint to fine-tune from.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs (preset default).")
+@click.option("--max-minutes", type=click.FloatRange(min=0), help="Stop cleanly, with a checkpoint, after M min.")
+@click.option("--batch-size", type=click.IntRange(min=2), help="Global batch over all ranks (preset default).")
+@click.option("--micro-batch-size", type=click.IntRange(min=0), help="Per-rank forward size (exact GradCache).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate [paper: 5e-4].")
+@click.option("--reg", type=click.Choice(["overuse", "flops"]), help="Regulariser [paper: overuse].")
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
+@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(data, out, val_data, preset, init, epochs, max_minutes, batch_size, micro_batch_size, lr, reg, resume,
+          seed, device, quiet) -> None:
+    """Train or fine-tune a LexVLA model (GPU; the tiny preset also on CPU). Multi-GPU: run under torchrun."""
+    import os
+
+    from tqdm import tqdm
+
+    from lexsearch.train.config import train_config
+    from lexsearch.train.loop import train as run_training
+
+    config = train_config(
+        preset, data=data, out=out, val_data=val_data, init=init, epochs=epochs, max_minutes=max_minutes,
+        batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, reg=reg, resume=resume, seed=seed,
+        device=device, quiet=quiet,
+    )
+    main_rank = os.environ.get("RANK", "0") == "0"
+    bar = None
+
+    def progress(p) -> None:
+        nonlocal bar
+        if bar is None:
+            off = quiet or not main_rank or not sys.stderr.isatty()
+            bar = tqdm(total=p.total_steps, initial=p.step - 1, desc="train", unit="step", file=sys.stderr,
+                       disable=off, dynamic_ncols=True)
+        bar.update(p.step - bar.n)
+        bar.set_postfix(loss=f"{p.loss:.3f}", epoch=p.epoch, refresh=False)
+
+    try:
+        result = run_training(config, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not main_rank:
+        return
+    state = "stopped early" if result.stopped_early else "done"
+    click.echo(f"{state}: step {result.step}/{result.total_steps}, loss {result.loss:.4f}, "
+               f"{result.steps_per_s:.2f} steps/s, {result.minutes:.1f} min -> {result.out}")
+    if result.val:
+        v = result.val
+        for direction in ("t2i", "i2t"):
+            click.echo(f"  {direction} " + "  ".join(f"{k} {x:.1f}" for k, x in v[direction].items()))
+        click.echo(f"  active dims: image {v['active_img']:.1f}, text {v['active_txt']:.1f} "
+                   f"({v['n_images']} held-out images, {v['n_texts']} captions)")
 
 
 @cli.command()

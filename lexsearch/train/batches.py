@@ -1,0 +1,185 @@
+"""Batches for training: (pixels, captions) per rank and step, from caption folders or WebDataset shards.
+
+The batches of a step are a pure function of (seed, epoch, step, rank), so resuming at a step needs no saved
+sampler state. Images are decoded and preprocessed in DataLoader workers, ahead of the model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from lexsearch.errors import DataError, UsageError
+from lexsearch.model.images import preprocess
+from lexsearch.train import distributed as D
+from lexsearch.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class PairImages(torch.utils.data.Dataset):
+    """Map-style (pixels, caption) over a FolderPairs, decoded in DataLoader workers."""
+
+    def __init__(self, pairs, size: int, mean, std) -> None:
+        self.pairs, self.size, self.mean, self.std = pairs, size, tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        pair = self.pairs[i]
+        return preprocess(pair.image, self.size, self.mean, self.std), pair.caption
+
+
+class ImageKeys(torch.utils.data.Dataset):
+    """Pixels of the unique images of a FolderPairs (validation's image side)."""
+
+    def __init__(self, pairs, size: int, mean, std) -> None:
+        self.pairs, self.size, self.mean, self.std = pairs, size, tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.pairs.images)
+
+    def __getitem__(self, j: int):
+        return preprocess(self.pairs.load_image(self.pairs.images[j]), self.size, self.mean, self.std)
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """(pixels, caption) from this rank's share of WebDataset shards for one epoch."""
+
+    def __init__(self, pairs, size: int, mean, std, info: D.DistInfo, seed: int, epoch: int) -> None:
+        self.pairs, self.size, self.mean, self.std = pairs, size, tuple(mean), tuple(std)
+        self.info, self.seed, self.epoch = info, seed, epoch
+
+    def __iter__(self):
+        for pair in self.pairs.iterate(
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            seed=self.seed,
+            epoch=self.epoch,
+            shuffle=True,
+        ):
+            yield preprocess(pair.image, self.size, self.mean, self.std), pair.caption
+
+
+def _collate(batch):
+    pixels = torch.from_numpy(np.stack([b[0] for b in batch]))
+    return pixels, [b[1] for b in batch]
+
+
+def count_shard_samples(urls: list[str]) -> int:
+    """Samples (keys with an image member) in local tar shards, from the tar headers alone."""
+    import tarfile
+
+    from lexsearch.train.data import IMAGE_EXTENSIONS
+
+    total = 0
+    for url in urls:
+        try:
+            with tarfile.open(url) as tar:
+                keys = set()
+                for member in tar:
+                    base, _, ext = member.name.rpartition(".")
+                    if ext.lower() in IMAGE_EXTENSIONS:
+                        keys.add(base)
+                total += len(keys)
+        except (OSError, tarfile.TarError) as exc:
+            raise DataError(f"{url}: cannot read shard ({exc})") from exc
+    return total
+
+
+class Batches:
+    """Per-rank batches of each step: a pure function of (seed, epoch, step), so resume needs no state."""
+
+    def __init__(self, pairs, config: TrainConfig, info: D.DistInfo, model_config) -> None:
+        self.pairs, self.config, self.info = pairs, config, info
+        self.image = (model_config.image_size, model_config.image_mean, model_config.image_std)
+        if config.batch_size % info.world_size:
+            raise UsageError(f"--batch-size {config.batch_size} is not divisible by {info.world_size} ranks")
+        self.per_rank = config.batch_size // info.world_size
+        self.streaming = not hasattr(pairs, "__len__")
+        if self.streaming:
+            if any("://" in u for u in pairs.urls):
+                n = 0  # remote shards: their size is unknown without reading them all
+            else:
+                n = count_shard_samples(pairs.urls) - len(pairs.exclude)
+        else:
+            n = len(pairs)
+        self.steps_per_epoch = (n // info.world_size) // self.per_rank if n else 0
+        if self.steps_per_epoch == 0 and not (self.streaming and config.max_steps > 0):
+            raise UsageError(
+                f"{pairs.source}: {n} training pairs cannot fill one batch of {config.batch_size}; "
+                "lower --batch-size" + (" or give max_steps for remote shards" if self.streaming else "")
+            )
+
+    def _loader(self, epoch: int, skip: int):
+        workers = self.config.num_workers
+        if self.streaming:
+            ds = ShardStream(self.pairs, *self.image, self.info, self.config.seed, epoch)
+            return torch.utils.data.DataLoader(
+                ds, batch_size=self.per_rank, drop_last=True, num_workers=workers, collate_fn=_collate
+            ), skip
+        batches = D.rank_batches(len(self.pairs), self.config.batch_size, self.info, self.config.seed, epoch)
+        ds = PairImages(self.pairs, *self.image)
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_sampler=batches[skip:],
+            num_workers=workers,
+            collate_fn=_collate,
+            persistent_workers=False,
+        )
+        return loader, 0
+
+    def iterate(self, start_step: int):
+        """Yield (epoch, pixels, captions) from ``start_step`` on, epoch after epoch, forever."""
+        spe = max(self.steps_per_epoch, 1)
+        epoch, offset = divmod(start_step, spe) if self.steps_per_epoch else (0, start_step)
+        while True:
+            loader, skip = self._loader(epoch, offset)
+            produced = 0
+            for batch in loader:
+                if skip:  # shards: skipping means reading (streams cannot seek); only after a resume
+                    skip -= 1
+                    continue
+                yield epoch, batch[0], batch[1]
+                produced += 1
+                if self.steps_per_epoch and offset + produced >= self.steps_per_epoch:
+                    break  # every rank takes the same number of steps, whatever its shards hold
+            if self.streaming and produced == 0 and not skip:
+                raise DataError(
+                    f"{self.pairs.source}: rank {self.info.rank} got no samples; use at least "
+                    "ranks x num_workers shards"
+                )
+            if self.streaming and self.steps_per_epoch and offset + produced < self.steps_per_epoch:
+                log.warning(
+                    "rank %d ran out of shard samples in epoch %d; starting its stream again",
+                    self.info.rank,
+                    epoch,
+                )
+                offset += produced
+                continue
+            epoch, offset = epoch + 1, 0
+
+
+def load_data(config: TrainConfig):
+    """(train pairs, validation FolderPairs) from --data and --val-data or a held-out split."""
+    from lexsearch.train.data import FolderPairs, load_pairs, split_holdout
+
+    pairs = load_pairs(config.data)
+    if config.val_data:
+        val = load_pairs(config.val_data)
+        if not isinstance(val, FolderPairs):
+            raise UsageError("--val-data must be a caption folder (captions.jsonl / captions.csv)")
+        return pairs, val
+    holdout = config.val_holdout
+    if isinstance(pairs, FolderPairs):
+        n_images = len(pairs.images)
+        n = round(holdout) if holdout >= 1 else max(1, round(holdout * n_images))
+        n = min(n, config.val_max_images, n_images - 1)
+        if n < 1:
+            raise UsageError(f"{config.data}: too few images to hold out a validation set; give --val-data")
+        return split_holdout(pairs, int(n), seed=config.seed)
+    n = round(holdout) if holdout >= 1 else config.val_max_images
+    return split_holdout(pairs, int(min(n, config.val_max_images)), seed=config.seed)

@@ -1,0 +1,143 @@
+"""The training recipe as a dataclass: one field per knob, with the paper's value or ours (and why).
+
+Tags as in LEXVLA.md: [paper] stated in the paper, [choice] our default where the paper is silent. The
+``paper`` preset keeps every paper value; ``tiny`` changes what a few-minute CPU run on the toy world needs.
+The config used is saved as ``train_config.json`` in ``--out`` and read back by ``--resume``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from lexsearch.config import from_dict, load_json, save_json
+from lexsearch.errors import UsageError
+
+CONFIG_FILE = "train_config.json"
+PAPER_VOCAB_SIZE = 17149  # V of the paper's filtered Llama-2 vocabulary: the lambdas were set for it
+REGULARISERS = ("overuse", "flops")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainConfig:
+    # --- data and output ----------------------------------------------------------------------------------
+    data: str = ""  # caption folder (captions.jsonl / .csv) or WebDataset shards (brace pattern or folder)
+    val_data: str = ""  # caption folder for validation; "" = hold out part of `data`
+    val_holdout: float = 0.1  # [choice] images held out when val_data is "": a fraction, or a count if >= 1
+    val_max_images: int = 500  # [choice] cap on held-out images, so validation stays cheap on big data
+    out: str = ""  # the checkpoint folder written (model, train_log.jsonl, train_config.json, resume state)
+    # --- model --------------------------------------------------------------------------------------------
+    preset: str = "tiny"  # tiny | small | paper (see lexsearch.model.presets)
+    init: str = ""  # a checkpoint folder to fine-tune from; "" = a fresh model of the preset
+    # --- schedule -----------------------------------------------------------------------------------------
+    epochs: float = 12.0  # [paper] 12 epochs over CC-12M
+    max_steps: int = 0  # 0 = epochs x steps per epoch; needed for remote shards whose size is unknown
+    max_minutes: float = 0.0  # 0 = no limit; otherwise stop cleanly (with a checkpoint) after this long
+    # Stop cleanly (with a checkpoint) once this many steps are done; 0 = run to the end. The schedule still
+    # spans the whole run, so a later --resume continues the same curve (e.g. a run cut into job slots).
+    stop_at_step: int = 0
+    batch_size: int = 6144  # [paper] the global batch over all ranks (InfoNCE negatives)
+    micro_batch_size: int = 0  # per-rank forward size; 0 = the whole per-rank batch at once (no GradCache)
+    # --- optimiser ----------------------------------------------------------------------------------------
+    lr: float = 5e-4  # [paper] Adam
+    temperature_lr: float | None = None  # [choice] None = lr; the prototype saw the temperature barely move
+    weight_decay: float = 0.0  # [choice] the paper says Adam; decay (if any) only on matrices
+    warmup_steps: int = 0  # [choice] linear warm-up; the paper mentions none
+    cosine: bool = True  # [paper] cosine decay to min_lr_ratio x lr at the last step
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 0.0  # [choice] 0 = off
+    # --- objective ----------------------------------------------------------------------------------------
+    reg: str = "overuse"  # [paper] overuse | flops (the Q(FLOPs) ablation)
+    lambda_img: float = 5e-4  # [paper] lambda_I
+    lambda_txt: float = 1e-3  # [paper] lambda_T
+    ramp_steps: int = 2000  # [paper] quadratic ramp of the lambdas
+    # The overuse penalty ranges over [1, V], so at a toy V of ~150 the paper's lambdas are ~100x weaker
+    # relative to InfoNCE than at V = 17,149. True multiplies both lambdas by 17149 / V to keep the paper's
+    # relative strength (off in the paper preset, where V = 17,149 and the factor is 1).
+    scale_lambdas_by_vocab: bool = False
+    dense_weight: float = 0.5  # [choice] weight of the dense heads' InfoNCE (beyond the paper); 0 = off
+    dense_temperature: float = 0.05  # [choice] fixed: the learnable temperature belongs to the lexical loss
+    # --- runtime ------------------------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps; under torchrun each rank takes cuda:LOCAL_RANK
+    num_workers: int = 2  # DataLoader processes decoding images ahead of the model
+    grad_checkpointing: bool = False  # checkpoint the LM's layers (prefix sharing is then off: see LexVLA)
+    log_every: int = 10  # steps between train_log.jsonl lines
+    val_every: int = 0  # steps between validations; 0 = only at the end
+    save_every: int = 0  # steps between checkpoints; 0 = at each epoch's end and at the end
+    val_batch_size: int = 64
+    quiet: bool = False  # no progress bar (the CLI's concern; kept so the saved config says how it ran)
+    resume: bool = False  # continue the run in `out` (model, optimiser, scheduler, step, RNG)
+
+    # ------------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise UsageError for settings that cannot work, before anything heavy is loaded."""
+        if not self.data:
+            raise UsageError("no training data given (--data)")
+        if not self.out:
+            raise UsageError("no output folder given (--out)")
+        if self.reg not in REGULARISERS:
+            raise UsageError(f"unknown regulariser {self.reg!r}; choose one of {', '.join(REGULARISERS)}")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise UsageError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.batch_size < 2:
+            raise UsageError("--batch-size must be at least 2 (InfoNCE needs negatives)")
+        if self.micro_batch_size < 0:
+            raise UsageError("micro_batch_size must be >= 0")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise UsageError("--epochs must be positive")
+        if self.lr <= 0 or (self.temperature_lr is not None and self.temperature_lr < 0):
+            raise UsageError("learning rates must be positive")
+        if self.max_minutes < 0:
+            raise UsageError("--max-minutes must be >= 0")
+        if self.val_holdout <= 0:
+            raise UsageError("val_holdout must be positive")
+
+    @property
+    def temperature_lr_value(self) -> float:
+        return self.lr if self.temperature_lr is None else self.temperature_lr
+
+    def lambda_scale(self, vocab_size: int) -> float:
+        """Factor applied to both lambdas: 17149 / V when ``scale_lambdas_by_vocab``, else 1."""
+        return PAPER_VOCAB_SIZE / vocab_size if self.scale_lambdas_by_vocab else 1.0
+
+    def save(self, out_dir: Path) -> Path:
+        """Write ``train_config.json`` into ``out_dir`` (atomically)."""
+        path = Path(out_dir) / CONFIG_FILE
+        save_json(self, path)
+        return path
+
+    @classmethod
+    def load(cls, out_dir: Path) -> TrainConfig:
+        """The config saved in a run folder (unknown keys from other versions are ignored)."""
+        path = Path(out_dir) / CONFIG_FILE
+        if not path.is_file():
+            raise UsageError(f"{out_dir} holds no {CONFIG_FILE}: nothing to resume")
+        return from_dict(cls, load_json(path))
+
+
+# Per-preset defaults for what the paper's values cannot mean at that scale. Everything else is the paper's.
+PRESET_DEFAULTS: dict[str, dict] = {
+    "paper": {"micro_batch_size": 96, "grad_checkpointing": True, "num_workers": 8, "log_every": 20,
+              "val_every": 1000},
+    "small": {"batch_size": 1024, "micro_batch_size": 128, "grad_checkpointing": True, "num_workers": 8,
+              "log_every": 20, "val_every": 1000},
+    # A toy world of ~2,000 images: ~15 steps an epoch, so the ramp and logging are scaled to a few hundred
+    # steps, and the lambdas to the tiny vocabulary (see scale_lambdas_by_vocab).
+    "tiny": {"batch_size": 128, "epochs": 10.0, "ramp_steps": 100, "scale_lambdas_by_vocab": True,
+             "num_workers": 1, "log_every": 5, "val_every": 50, "val_batch_size": 128},
+}
+
+
+def train_config(preset: str = "tiny", **overrides) -> TrainConfig:
+    """The TrainConfig of a preset with field overrides (``None`` values are ignored: "not given")."""
+    if preset not in PRESET_DEFAULTS:
+        raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_DEFAULTS)}")
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise UsageError(f"unknown training options: {', '.join(unknown)}")
+    values = dict(PRESET_DEFAULTS[preset], preset=preset)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return replace(TrainConfig(), **values)
