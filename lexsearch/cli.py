@@ -44,16 +44,15 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@_handle_errors
-@click.option("--data", required=True, help="Caption folder (captions.jsonl/.csv) or WebDataset shards.")
+@click.option("--data", required=True, help="Caption folder (jsonl/csv) or WebDataset shards.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
 @click.option("--val-data", help="Caption folder for validation (default: a held-out part of --data).")
 @click.option("--preset", type=click.Choice(["tiny", "small", "paper"]), default="tiny", show_default=True)
 @click.option("--init", "init", type=click.Path(file_okay=False), help="Checkpoint to fine-tune from.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs (preset default).")
-@click.option("--max-minutes", type=click.FloatRange(min=0), help="Stop cleanly, with a checkpoint, after M min.")
-@click.option("--batch-size", type=click.IntRange(min=2), help="Global batch over all ranks (preset default).")
-@click.option("--micro-batch-size", type=click.IntRange(min=0), help="Per-rank forward size (exact GradCache).")
+@click.option("--max-minutes", type=click.FloatRange(min=0), help="Stop cleanly (checkpointed) after M min.")
+@click.option("--batch-size", type=click.IntRange(min=2), help="Global batch, all ranks (preset default).")
+@click.option("--micro-batch-size", type=click.IntRange(min=0), help="Per-rank forward size (exact loss).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate [paper: 5e-4].")
 @click.option("--reg", type=click.Choice(["overuse", "flops"]), help="Regulariser [paper: overuse].")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
@@ -62,7 +61,7 @@ def cli(verbose: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(data, out, val_data, preset, init, epochs, max_minutes, batch_size, micro_batch_size, lr, reg, resume,
           seed, device, quiet) -> None:
-    """Train or fine-tune a LexVLA model (GPU; the tiny preset also on CPU). Multi-GPU: run under torchrun."""
+    """Train or fine-tune a LexVLA model (GPU; the tiny preset also on CPU). Several GPUs: use torchrun."""
     import os
 
     from tqdm import tqdm

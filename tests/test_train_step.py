@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_TEXTS
 
 from lexsearch.train import distributed as D
 from lexsearch.train.config import train_config
 from lexsearch.train.loop import Towers, build_optimizer, compute_loss, train_step
-
-from conftest import TINY_TEXTS
 
 BATCH = 8
 
@@ -48,9 +47,9 @@ def _run(model, micro: int, step: int = 50, seed: int = 0, **overrides):
 
 def _assert_same(a: dict, b: dict, scale_atol: float = 1e-6) -> None:
     assert a.keys() == b.keys() and a
-    for name in a:
+    for name, value in a.items():
         atol = scale_atol if name == "log_logit_scale" else 1e-6
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(value, b[name], rtol=1e-4, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
 
 
 @pytest.mark.parametrize("reg", ["overuse", "flops"])
