@@ -132,3 +132,13 @@ def test_lambdas_ramp_and_scale_with_the_vocabulary():
     scaled = train_config("paper", data="x", out="y", scale_lambdas_by_vocab=True)
     _, st3 = compute_loss(feats, torch.tensor(10.0), 5000, scaled, 100)
     assert st3.lambda_txt == pytest.approx(1e-3 * PAPER_VOCAB_SIZE / 100)
+
+
+def test_train_config_round_trips_through_json(tmp_path):
+    from lexsearch.train.config import TrainConfig
+
+    cfg = train_config("paper", data="d", out="o", temperature_lr=1e-3, reg="flops", epochs=2.5)
+    cfg.save(tmp_path)
+    assert TrainConfig.load(tmp_path) == cfg
+    assert cfg.lr == 5e-4 and cfg.lambda_img == 5e-4 and cfg.lambda_txt == 1e-3 and cfg.ramp_steps == 2000
+    assert not cfg.scale_lambdas_by_vocab and cfg.batch_size == 6144
