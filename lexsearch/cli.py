@@ -159,8 +159,9 @@ def index(
         click.echo(f"{col.path}: {summary.line()}")
 
 
-@cli.command()
-@click.argument("text", required=False)
+# ignore_unknown_options: a query may start with an exclusion ('-night horse'), which is not an option.
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("text", nargs=-1)
 @click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
 @click.option("--json", "as_json", is_flag=True, help='Print [{"rank", "path", "score", "words": [...]}].')
@@ -178,7 +179,8 @@ def query(
 ) -> None:
     """Search a collection by text; each result shows the words behind the match.
 
-    TEXT takes words, "quoted phrases", +must and -exclude words, e.g. 'white horse -night +beach'.
+    TEXT takes words, "quoted phrases", +must and -exclude words, e.g. 'white horse -night +beach'
+    (quote it as one argument, or give the words as several).
     """
     import json
 
@@ -186,6 +188,10 @@ def query(
     from lexsearch.errors import UsageError
     from lexsearch.index.store import Collection
 
+    unknown = [t for t in text if t.startswith("--")]
+    if unknown:
+        raise UsageError(f"No such option: {unknown[0]} (see lexsearch query --help).")
+    text = " ".join(text) if text else None
     if as_json and as_paths:
         raise UsageError("--json and --paths are alternatives; pick one.")
     if image and text:

@@ -119,7 +119,8 @@ class MemoryCollection:
         return None if hit is None else _Encoded(*hit)
 
     def cache_query(self, text, sparse_row, dense_row):
-        self.cache[text] = (sp.csr_matrix(sparse_row), None if dense_row is None else dense_row.reshape(1, -1))
+        dense = None if dense_row is None else dense_row.reshape(1, -1)
+        self.cache[text] = (sp.csr_matrix(sparse_row), dense)
 
 
 IMAGES = {
@@ -362,7 +363,7 @@ def test_filters_on_the_kernel_level(synthetic):
     filters = s.Filters(must=[s.Clause("m", (must_t,))], exclude=[s.Clause("e", (excl_t,))])
     got = set(s.candidates(index, terms, w, filters, k=10**6).ids.tolist())
     brute = x @ s.query_vector(terms, w, x.shape[1])
-    has = lambda t: set(x[:, t].nonzero()[0].tolist())  # noqa: E731
+    has = lambda t: set(x[:, t].nonzero()[0].tolist())
     expect = (set(np.flatnonzero(brute > 0).tolist()) & has(must_t)) - has(excl_t)
     assert got == expect
 
@@ -379,7 +380,8 @@ def test_pruned_candidates_overlap_exact(synthetic):
         w /= np.linalg.norm(w)
         q = s.query_vector(terms, w, x.shape[1])
         exact = s.candidates(index, terms, w, k=200)
-        pool = s.candidates(index, terms, w, k=200, prune=s.PruneConfig(max_terms=12, cap=2000, pool=2.0))
+        prune = s.PruneConfig(max_terms=12, cap_fraction=0.1, pool=2.0)
+        pool = s.candidates(index, terms, w, k=200, prune=prune)
         assert pool.ids.size <= 400
         ranked = s.rerank(s.ForwardRows.from_csr(x.tocsr(), pool.ids), q)
         overlaps.append(len(set(ranked.ids[:200].tolist()) & set(exact.ids.tolist())) / 200)
@@ -419,3 +421,60 @@ def test_paths_and_table_output():
     table = s.format_table(sample_results())
     assert "/p/a b.jpg" in table and "horse 0.300, white 0.200 (+0.012 more)" in table
     assert table.splitlines()[1].split()[:2] == ["1", "0.512"]
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def _index(tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+    from fakes import make_images
+
+    from lexsearch.cli import cli
+
+    make_images(tmp_path / "photos", 6)
+    col = str(tmp_path / "col")
+    res = CliRunner().invoke(
+        cli, ["index", str(tmp_path / "photos"), "--model", str(tiny_model_dir), "--collection", col,
+              "--quiet", "--device", "cpu"]
+    )
+    assert res.exit_code == 0, res.output
+    return col
+
+
+def test_cli_query_outputs(tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from lexsearch.cli import cli
+
+    col = _index(tiny_model_dir, tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["query", "a red circle", "--collection", col, "--json", "--top", "3"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert isinstance(out, list) and len(out) <= 3
+    for i, r in enumerate(out, 1):
+        assert set(r) >= {"rank", "path", "score", "words"} and r["rank"] == i
+        assert r["path"].endswith(".png") and all(set(w) == {"word", "weight"} for w in r["words"])
+    paths = runner.invoke(cli, ["query", "a red circle", "--collection", col, "--paths", "--top", "3"])
+    assert paths.exit_code == 0 and paths.output.splitlines() == [r["path"] for r in out]
+    table = runner.invoke(cli, ["query", "a red circle", "--collection", col, "--top", "3"])
+    assert table.exit_code == 0
+    assert (out[0]["path"] in table.output) if out else ("No image matches" in table.output)
+
+
+def test_cli_query_errors(tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from lexsearch.cli import cli
+
+    col = _index(tiny_model_dir, tmp_path)
+    runner = CliRunner()
+    for args, needle in (
+        (["query", "  ", "--collection", col], "empty"),
+        (["query", "-red", "--collection", col], "only excludes"),
+        (["query", "red", "--collection", col, "--json", "--paths"], "pick one"),
+        (["query", "--collection", col], "Nothing to search"),
+        (["query", "red", "--collection", str(tmp_path / "nowhere")], "No collection"),
+    ):
+        res = runner.invoke(cli, args)
+        assert res.exit_code != 0 and needle in res.output, (args, res.output)
+        assert "Traceback" not in res.output
