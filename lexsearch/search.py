@@ -177,7 +177,8 @@ class PostingsIndex:
 
     ``fetch(term_ids) -> {term: (ids ascending, weights)}`` is ``Collection.postings`` (or an in-memory
     source in the benchmark); ``n_slots`` = largest image id + 1, the length of the score array. Converted
-    terms stay cached, so a long-lived process (server, demo, benchmark) pays the conversion once per term.
+    terms stay cached, so a long-lived process (server, demo, benchmark) pays the conversion once per term;
+    it makes a new index when the collection changes (``meta["generation"]``), as the cache never expires.
     Not thread-safe: the score array is a reused scratch buffer (allocating 4 MB per query means page faults).
     """
 
