@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -59,12 +60,11 @@ def cli(verbose: bool) -> None:
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_handle_errors
 def train(data, out, val_data, preset, init, epochs, max_minutes, batch_size, micro_batch_size, lr, reg, resume,
           seed, device, quiet) -> None:
     """Train or fine-tune a LexVLA model (GPU; the tiny preset also on CPU). Several GPUs: use torchrun."""
     import os
-
-    from tqdm import tqdm
 
     from lexsearch.train.config import train_config
     from lexsearch.train.loop import train as run_training
@@ -75,33 +75,47 @@ def train(data, out, val_data, preset, init, epochs, max_minutes, batch_size, mi
         device=device, quiet=quiet,
     )
     main_rank = os.environ.get("RANK", "0") == "0"
-    bar = None
-
-    def progress(p) -> None:
-        nonlocal bar
-        if bar is None:
-            off = quiet or not main_rank or not sys.stderr.isatty()
-            bar = tqdm(total=p.total_steps, initial=p.step - 1, desc="train", unit="step", file=sys.stderr,
-                       disable=off, dynamic_ncols=True)
-        bar.update(p.step - bar.n)
-        bar.set_postfix(loss=f"{p.loss:.3f}", epoch=p.epoch, refresh=False)
-
+    progress = _TrainBar(quiet or not main_rank)
     try:
         result = run_training(config, progress=progress)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if not main_rank:
         return
     state = "stopped early" if result.stopped_early else "done"
     click.echo(f"{state}: step {result.step}/{result.total_steps}, loss {result.loss:.4f}, "
                f"{result.steps_per_s:.2f} steps/s, {result.minutes:.1f} min -> {result.out}")
     if result.val:
-        v = result.val
-        for direction in ("t2i", "i2t"):
-            click.echo(f"  {direction} " + "  ".join(f"{k} {x:.1f}" for k, x in v[direction].items()))
-        click.echo(f"  active dims: image {v['active_img']:.1f}, text {v['active_txt']:.1f} "
-                   f"({v['n_images']} held-out images, {v['n_texts']} captions)")
+        click.echo(_format_val(result.val))
+
+
+class _TrainBar:
+    """A tqdm bar fed by the training loop's progress callback (stderr; off when quiet or not a terminal)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=p.total_steps, initial=p.step - 1, desc="train", unit="step", file=sys.stderr,
+                            disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+        self.bar.update(p.step - self.bar.n)
+        self.bar.set_postfix(loss=f"{p.loss:.3f}", epoch=p.epoch, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _format_val(v: dict) -> str:
+    """The final validation of a training run: R@K both ways and active dims."""
+    lines = [f"  {d} " + "  ".join(f"{k} {x:.1f}" for k, x in v[d].items()) for d in ("t2i", "i2t")]
+    lines.append(f"  active dims: image {v['active_img']:.1f}, text {v['active_txt']:.1f} "
+                 f"({v['n_images']} held-out images, {v['n_texts']} captions)")
+    return "\n".join(lines)
 
 
 @cli.command()
@@ -217,10 +231,70 @@ def query(
 
 
 @cli.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
+@click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
+@click.option("--top", "top_k", default=10, show_default=True, type=click.IntRange(min=1), help="Words to show.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"path", "words": [{"word", "weight"}]}.')
+@click.option("--heatmap", type=click.Path(dir_okay=False, path_type=str), help="Write a heat map PNG here.")
+@click.option("--word", help="Heat map of this one word's patch scores instead of the top words.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @_handle_errors
-def explain() -> None:
-    """Show the words an image lights up, and where (heat map)."""
-    raise NotBuiltError("'lexsearch explain' is not built yet.")
+def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device) -> None:
+    """Show the words an image lights up, and where (heat map).
+
+    With an indexed image the words are read from the index, i.e. from the very vector that queries score.
+    """
+    import json
+
+    import numpy as np
+
+    from lexsearch.errors import UsageError
+    from lexsearch.explain import explain_image, heatmap as draw_heatmap
+    from lexsearch.index.store import Collection
+    from lexsearch.model import Encoder
+    from lexsearch.model.images import open_image
+    from lexsearch.search import load_encoder
+
+    img = open_image(image)
+    indexed = None
+    if model_dir is None:
+        with Collection.open(collection, readonly=True) as col:
+            encoder = load_encoder(col, device=device)
+            row = col.rows_by_path().get(str(Path(image).resolve()))
+            if row is not None:
+                indexed = col.forward([row.id]).get(row.id)
+    else:
+        encoder = Encoder.load(model_dir, device=device)
+    if indexed is not None:
+        cols, weights = indexed
+        order = np.argsort(-weights, kind="stable")[:top_k]
+        words = list(zip(encoder.words(cols[order]), weights[order].tolist()))
+        term_ids = [int(c) for c in cols[order]]
+    else:
+        result = explain_image(encoder, img, top_k=top_k, path=image)
+        words, term_ids = result.words, result.term_ids
+    if as_json:
+        click.echo(json.dumps({"path": image, "words": [{"word": w, "weight": round(x, 6)} for w, x in words]}))
+    else:
+        click.echo(f"{image}")
+        for w, x in words:
+            click.echo(f"  {x:7.4f}  {w}")
+        if not words:
+            click.echo("  (no word passes the sparsification threshold)")
+    if heatmap:
+        if word:
+            cols = encoder.word_terms(word)
+            if not cols:
+                raise UsageError(f"{word!r} is not in the model's vocabulary")
+            if len(cols) > 1:
+                pieces = ", ".join(encoder.words(cols))
+                raise UsageError(f"{word!r} is not one vocabulary word (pieces: {pieces}); pass one of them")
+            term_ids, labels = cols[:1], [word]
+        else:
+            labels = [w for w, _ in words]
+        out = draw_heatmap(encoder, img, term_ids, labels, Path(heatmap))
+        click.echo(f"heat map written to {out}", err=True)
 
 
 @cli.group(name="eval")
@@ -392,10 +466,45 @@ def eval_patchdis(
 
 
 @cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@click.option("--images", "n_images", default=2500, show_default=True, type=click.IntRange(min=20),
+              help="Size of the generated toy world (a fifth, at most 500, is held out for validation).")
+@click.option("--minutes", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Time limit for training the tiny model.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @_handle_errors
-def demo() -> None:
-    """Run the whole loop on a generated toy world, with no download."""
-    raise NotBuiltError("'lexsearch demo' is not built yet.")
+def demo(directory, n_images, minutes, seed, device) -> None:
+    """Run the whole loop on a generated toy world, with no download.
+
+    Generates coloured shapes with captions into DIRECTORY, trains the tiny model (or reuses the one an
+    earlier demo trained), indexes the images into the 'demo' collection, then queries and explains.
+    """
+    from lexsearch.demo import run_demo
+    from lexsearch.search import format_table
+
+    def step(msg: str) -> None:
+        click.echo(click.style("==> ", fg="blue") + msg, err=True)
+
+    bar = _TrainBar(quiet=False)
+    try:
+        report = run_demo(directory, n_images=n_images, max_minutes=minutes, seed=seed, device=device,
+                          step=step, train_progress=bar)
+    finally:
+        bar.close()
+    if report.train:
+        click.echo(f"Held-out retrieval of the trained model:\n{_format_val(report.train)}")
+    click.echo(f"Index: {report.index_summary}")
+    for query, results in report.queries:
+        click.echo(f"\n$ lexsearch query {query!r} --collection demo")
+        click.echo(format_table(results).rstrip() if results else "No image matches this query.")
+    click.echo(f"\n$ lexsearch explain {report.explained} --collection demo")
+    if report.truth:
+        click.echo(f"  (the image shows: {report.truth})")
+    for word, weight in report.explanation:
+        click.echo(f"  {weight:7.4f}  {word}")
+    click.echo(f"\nHeat map of its top words: {report.heatmap}")
+    click.echo("Try your own: lexsearch query \"green triangle\" --collection demo")
 
 
 def main() -> None:

@@ -1,0 +1,132 @@
+"""``lexsearch demo``: the whole loop on a generated toy world, with no download.
+
+1. generate a toy world of coloured shapes with captions (``lexsearch.train.toyworld``);
+2. train the ``tiny`` preset on it (pretraining its tiny bases first), or reuse the model a previous demo
+   trained with the same settings (kept under ``LEXSEARCH_HOME/models``);
+3. index the images into the ``demo`` collection;
+4. run a few queries (operators and an honest empty result included) and explain one image.
+
+The core returns a ``DemoReport``; the CLI prints it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lexsearch.config import home
+
+log = logging.getLogger(__name__)
+
+DEMO_QUERIES = (
+    "a red circle",
+    "blue square and a yellow star",
+    "triangle -green",
+    "+purple cross",
+    "zebra",  # no image matches a word the world never shows: an empty result, not random images
+)
+DEMO_COLLECTION = "demo"
+MODEL_DONE = "demo_complete.json"
+
+
+@dataclass
+class DemoReport:
+    world: Path
+    model: Path
+    model_reused: bool
+    train: dict | None  # final validation of training (None when the model was reused)
+    index_summary: str
+    queries: list[tuple[str, list]] = field(default_factory=list)  # (query, [search.Result])
+    explained: Path | None = None
+    explanation: list[tuple[str, float]] = field(default_factory=list)
+    heatmap: Path | None = None
+    truth: str = ""  # the explained image's caption, to compare the words with
+
+
+def _model_key(n_images: int, seed: int, minutes: float) -> str:
+    from lexsearch import __version__
+
+    payload = json.dumps({"v": __version__, "n": n_images, "seed": seed, "minutes": minutes}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def run_demo(
+    out_dir: str | Path,
+    n_images: int = 2500,
+    max_minutes: float = 8.0,
+    seed: int = 0,
+    device: str = "auto",
+    step: Callable[[str], None] | None = None,
+    train_progress: Callable | None = None,
+    index_reporter=None,
+) -> DemoReport:
+    """Run the demo into ``out_dir`` (world, heat map); the model goes to LEXSEARCH_HOME/models."""
+    from lexsearch.index.build import build_index
+    from lexsearch.index.store import Collection
+    from lexsearch.model import Encoder
+    from lexsearch.search import search
+    from lexsearch.train.config import train_config
+    from lexsearch.train.loop import train
+    from lexsearch.train.toyworld import generate_toy_world, read_labels
+
+    say = step or (lambda msg: None)
+    out_dir = Path(out_dir).expanduser().resolve()
+    world = out_dir / "world"
+    if not (world / "toyworld.json").is_file():
+        say(f"Generating a toy world of {n_images} images in {world}")
+        generate_toy_world(world, n_images, seed=seed, overwrite=True)
+    else:
+        say(f"Using the toy world in {world}")
+
+    model_dir = home() / "models" / f"demo-{_model_key(n_images, seed, max_minutes)}"
+    reused = (model_dir / MODEL_DONE).is_file()
+    train_val = None
+    if reused:
+        say(f"Reusing the model trained by an earlier demo: {model_dir}")
+    else:
+        if model_dir.exists():  # an interrupted earlier demo: start that model again
+            shutil.rmtree(model_dir)
+        say(f"Training the tiny model (at most {max_minutes:g} minutes on this machine) into {model_dir}")
+        holdout = max(1, min(500, n_images // 5))
+        cfg = train_config("tiny", data=str(world), out=str(model_dir), max_minutes=max_minutes, seed=seed,
+                           device=device, val_holdout=float(holdout), quiet=True)
+        result = train(cfg, progress=train_progress)
+        train_val = result.val
+        (model_dir / MODEL_DONE).write_text(json.dumps({"val": result.val, "minutes": result.minutes}))
+
+    say(f"Indexing {world / 'images'} into the '{DEMO_COLLECTION}' collection")
+    encoder = Encoder.load(model_dir, device=device)
+    with Collection.open(DEMO_COLLECTION, readonly=False, recreate=True) as col:
+        summary = build_index([world / "images"], encoder, col, reporter=index_reporter,
+                              model_path=str(model_dir), rebuild_command="lexsearch demo")
+    report = DemoReport(world=world, model=model_dir, model_reused=reused, train=train_val,
+                        index_summary=summary.line())
+
+    with Collection.open(DEMO_COLLECTION, readonly=True) as col:
+        for query in DEMO_QUERIES:
+            report.queries.append((query, search(col, encoder, query, top=3)))
+        first = sorted(col.image_paths(range(1, col.max_image_id + 1)).values())[0]
+        row = next(r for r in col.rows() if r.path == first)
+        term_cols, weights = col.forward([row.id])[row.id]
+
+    import numpy as np
+
+    from lexsearch.explain import heatmap
+    from lexsearch.model.images import open_image
+
+    order = np.argsort(-weights, kind="stable")[:5]
+    report.explained = Path(first)
+    report.explanation = list(zip(encoder.words(term_cols[order]), weights[order].tolist()))
+    labels = read_labels(world)
+    key = Path(first).relative_to(world).as_posix()
+    if key in labels:
+        shapes = labels[key].shapes
+        report.truth = ", ".join(f"{s.colour} {s.shape}" for s in shapes)
+    report.heatmap = heatmap(encoder, open_image(first), [int(c) for c in term_cols[order][:3]],
+                             encoder.words(term_cols[order][:3]), out_dir / "explain.png")
+    return report
