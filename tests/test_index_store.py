@@ -15,8 +15,8 @@ META = {"model_id": "m", "vocab_hash": "v", "vocab_size": 50, "dense_dim": 4}
 def new_image(i, rng):
     terms = np.sort(rng.choice(50, size=5, replace=False)).astype(np.uint32)
     dense = rng.standard_normal(4).astype(np.float32)
-    return NewImage(f"/x/{i}.png", 10, i, f"h{i}", terms=terms, weights=rng.random(5).astype(np.float32) + 0.01,
-                    dense=dense / np.linalg.norm(dense))
+    weights = rng.random(5).astype(np.float32) + 0.01
+    return NewImage(f"/x/{i}.png", 10, i, f"h{i}", terms=terms, weights=weights, dense=dense / np.linalg.norm(dense))
 
 
 @pytest.fixture

@@ -37,7 +37,8 @@ def encode_weights(weights: np.ndarray) -> bytes:
 
 
 def decode_ids(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype=_ID).astype(np.uint32, copy=False)
+    # astype copies: callers get a writable array, not a read-only view of the SQLite blob
+    return np.frombuffer(blob, dtype=_ID).astype(np.uint32)
 
 
 def decode_weights(blob: bytes) -> np.ndarray:

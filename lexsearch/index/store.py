@@ -354,11 +354,9 @@ class Collection:
         vecs = self.dense_vectors(ids.tolist())
         if not vecs:
             return out
-        q = np.asarray(q, np.float32).ravel()
-        for k, i in enumerate(ids.tolist()):
-            v = vecs.get(i)
-            if v is not None:
-                out[k] = float(v @ q)
+        rows = [k for k, i in enumerate(ids.tolist()) if i in vecs]
+        matrix = np.stack([vecs[int(ids[k])] for k in rows])  # (n, D)
+        out[rows] = matrix @ np.asarray(q, np.float32).ravel()
         return out
 
     def dense_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
