@@ -52,7 +52,8 @@ class FakeEncoder:
             q = np.minimum((px * BINS).astype(int), BINS - 1)  # (3, S, S) bin per channel
             codes = (q[0] * BINS + q[1]) * BINS + q[2]
             hist = np.bincount(codes.ravel(), minlength=BINS**3).astype(np.float32)
-            extra = np.array([px.mean(), px.std(), px[:, : px.shape[1] // 2].mean(), px[0].mean()], np.float32)
+            top = px[:, : px.shape[1] // 2].mean()
+            extra = np.array([px.mean(), px.std(), top, px[0].mean()], np.float32)
             v = np.concatenate([hist / hist.sum(), extra])
             v /= np.linalg.norm(v) or 1.0
             v[v < 0.05] = 0.0  # sparsify, like the real threshold

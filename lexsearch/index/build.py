@@ -87,8 +87,8 @@ class IndexSummary:
     def line(self) -> str:
         failed = f"{self.failed} failed" + (f" (+{self.failed_before} earlier)" if self.failed_before else "")
         return (
-            f"{self.indexed} indexed, {self.unchanged} unchanged, {self.moved} moved, {self.removed} removed, "
-            f"{failed} in {self.seconds:.1f}s"
+            f"{self.indexed} indexed, {self.unchanged} unchanged, {self.moved} moved, "
+            f"{self.removed} removed, {failed} in {self.seconds:.1f}s"
         )
 
 
@@ -354,8 +354,8 @@ def build_index(
         raise UsageError("--batch-size must be at least 1.")
 
     rebuild_command = rebuild_command or (
-        f"lexsearch index {' '.join(roots)} --model {model_path or 'MODEL_DIR'} --collection {collection.path}"
-        " --rebuild"
+        f"lexsearch index {' '.join(roots)} --model {model_path or 'MODEL_DIR'} "
+        f"--collection {collection.path} --rebuild"
     )
     collection.bind_model(model_meta(encoder, model_path), rebuild_command)
     # Our own megapixel guard checks the header first; lift Pillow's (global) bomb limit to it so Pillow

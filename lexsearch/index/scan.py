@@ -153,7 +153,7 @@ def content_hash(path: str | os.PathLike[str], size: int | None = None) -> str:
 
 
 def under_roots(path: str, roots: Iterable[str | os.PathLike[str]]) -> bool:
-    """Whether ``path`` lies under (or is) one of ``roots``; used to decide which stored rows a scan covers."""
+    """Whether ``path`` is (or lies under) one of ``roots``: which stored rows a scan is responsible for."""
     for root in roots:
         r = os.path.abspath(os.fspath(root))
         if path == r or path.startswith(r.rstrip(os.sep) + os.sep):
