@@ -52,15 +52,26 @@ def quiet_transformers() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
+def _vision_class(vision_type: str):
+    """The transformers class of a backbone, imported alone: importing every vision model costs seconds
+    at each cold query."""
+    if vision_type == "dinov2":
+        from transformers.models.dinov2 import Dinov2Model
+
+        return Dinov2Model
+    if vision_type == "clip":
+        from transformers.models.clip import CLIPVisionModel
+
+        return CLIPVisionModel
+    raise ModelError(f"unknown vision_type {vision_type!r} (use dinov2 or clip)")
+
+
 def load_bases(config: ModelConfig, root: Path | None = None, dtype: torch.dtype = torch.float32):
     """(vision, lm, tokenizer) named by the config, through transformers' ``from_pretrained``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, Dinov2Model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
-
-    vision_cls = {"dinov2": Dinov2Model, "clip": CLIPVisionModel}.get(config.vision_type)
-    if vision_cls is None:
-        raise ModelError(f"unknown vision_type {config.vision_type!r} (use dinov2 or clip)")
+    vision_cls = _vision_class(config.vision_type)
     vision_name = _resolve(config.vision_model, root)
     lm_name = _resolve(config.lm_model, root)
     tok_name = _resolve(config.tokenizer, root) if config.tokenizer else lm_name
