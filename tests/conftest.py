@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+import lexsearch  # noqa: F401  (sets OMP_WAIT_POLICY before any test module imports torch)
+
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests never touch a GPU, even where one exists
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # and never the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
