@@ -742,7 +742,7 @@ def load_encoder(collection: Any, model_dir: str | None = None, device: str = "a
     from lexsearch.errors import ModelError
     from lexsearch.index import model_meta
     from lexsearch.index.store import check_model
-    from lexsearch.model import Encoder
+    from lexsearch.model.lazy import LazyEncoder
 
     meta = collection.meta
     path = model_dir or meta.get("model_path")
@@ -750,7 +750,8 @@ def load_encoder(collection: Any, model_dir: str | None = None, device: str = "a
         raise ModelError(f"Collection {collection.path} records no model folder; pass --model MODEL_DIR.")
     if not os.path.isdir(path):
         raise ModelError(f"No model at {path} (the collection's model folder); pass --model MODEL_DIR.")
-    encoder = Encoder.load(path, device=device)
+    # The networks load only if the query is not in the cache (or searches by image).
+    encoder = LazyEncoder(path, device=device)
     roots = " ".join(meta.get("roots") or ["DIR"])
     check_model(meta, model_meta(encoder), collection.path,
                 f"lexsearch index {roots} --model {path} --collection {collection.path} --rebuild")

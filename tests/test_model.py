@@ -171,7 +171,7 @@ def test_vocabulary_filter_drops_special_byte_and_punctuation_pieces():
     )
     kept = filter_vocabulary(tok)
     assert [pieces[i] for i in kept] == ["\u2581horse", "ing", "\u2581caf\u00e9", "\u2581x2"]
-    assert display_words(tok, kept) == ["horse", "##ing", "caf\u00e9", "x2"]
+    assert display_words(tok.convert_ids_to_tokens(kept)) == ["horse", "##ing", "caf\u00e9", "x2"]
 
 
 def test_encoder_words_and_decode(tiny_model_dir):

@@ -478,3 +478,34 @@ def test_cli_query_errors(tiny_model_dir, tmp_path):
         res = runner.invoke(cli, args)
         assert res.exit_code != 0 and needle in res.output, (args, res.output)
         assert "Traceback" not in res.output
+
+
+def test_cached_query_never_loads_the_networks(tiny_model_dir, tmp_path):
+    """A repeated query is answered from the cache with the vocabulary alone: no torch, no weights."""
+    import subprocess
+    import sys
+
+    from lexsearch.index.store import Collection
+    from lexsearch.model.lazy import LazyEncoder
+    from lexsearch.search import search
+
+    col_path = _index(tiny_model_dir, tmp_path)
+    with Collection.open(col_path, readonly=True) as c:
+        first_encoder = LazyEncoder(tiny_model_dir, device="cpu")
+        first = search(c, first_encoder, "a red circle +circle", top=3)
+        assert first_encoder.loaded  # a new query needs the text tower
+        again_encoder = LazyEncoder(tiny_model_dir, device="cpu")
+        again = search(c, again_encoder, "a red circle +circle", top=3)
+        assert not again_encoder.loaded
+    assert [(r.path, r.score, r.words) for r in again] == [(r.path, r.score, r.words) for r in first]
+
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from lexsearch.cli import cli\n"
+        f"res = CliRunner().invoke(cli, ['query', 'a red circle +circle', '--collection', {str(col_path)!r}])\n"
+        "assert res.exit_code == 0, res.output\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

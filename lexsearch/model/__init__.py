@@ -1,16 +1,24 @@
 """The LexVLA model: module, vocabulary, presets, checkpoints and the ``Encoder`` facade.
 
-Importing this package imports torch; the CLI imports it only inside command bodies.
+Names are imported on first use, so ``lexsearch.model.lazy`` and ``lexsearch.model.vocab`` stay free of torch
+(a cached query never loads it).
 """
 
-from lexsearch.model.checkpoint import build_model, load_checkpoint, read_config, save_checkpoint
-from lexsearch.model.config import ModelConfig
-from lexsearch.model.encoder import Encoded, Encoder, pick_device
-from lexsearch.model.lexvla import LexVLA
-from lexsearch.model.presets import PRESETS, preset_config
-from lexsearch.model.tiny import build_tiny_checkpoint
+from __future__ import annotations
 
-__all__ = [
-    "PRESETS", "Encoded", "Encoder", "LexVLA", "ModelConfig", "build_model", "build_tiny_checkpoint",
-    "load_checkpoint", "pick_device", "preset_config", "read_config", "save_checkpoint",
-]
+import importlib
+
+_EXPORTS = {
+    "build_model": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "ModelConfig": "config", "read_config": "config", "fingerprint": "config",
+    "Encoded": "encoder", "Encoder": "encoder", "pick_device": "encoder",
+    "LazyEncoder": "lazy", "LexVLA": "lexvla", "PRESETS": "presets", "preset_config": "presets",
+    "build_tiny_checkpoint": "tiny", "Vocabulary": "vocab",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lexsearch.model.{_EXPORTS[name]}"), name)

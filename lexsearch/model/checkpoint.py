@@ -13,7 +13,6 @@ a checkpoint whose vocabulary or dimensions do not match the base models it name
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -21,24 +20,14 @@ from pathlib import Path
 
 import torch
 
-from lexsearch.config import from_dict, to_dict
+from lexsearch.config import to_dict
 from lexsearch.errors import ModelError
-from lexsearch.model.config import ModelConfig
+from lexsearch.model.config import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelConfig, read_config, resolve_base, tokenizer_source
 from lexsearch.model.lexvla import LexVLA
 from lexsearch.model.vocab import filter_vocabulary
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "lexvla.safetensors"
-FORMAT_VERSION = 1
-
-
-def _resolve(name: str, root: Path | None) -> str:
-    """A relative local path is relative to the checkpoint folder; anything else is a hub id or a path."""
-    if root is not None and not Path(name).is_absolute() and (root / name).exists():
-        return str(root / name)
-    return name
 
 
 def quiet_transformers() -> None:
@@ -72,9 +61,9 @@ def load_bases(config: ModelConfig, root: Path | None = None, dtype: torch.dtype
 
     quiet_transformers()
     vision_cls = _vision_class(config.vision_type)
-    vision_name = _resolve(config.vision_model, root)
-    lm_name = _resolve(config.lm_model, root)
-    tok_name = _resolve(config.tokenizer, root) if config.tokenizer else lm_name
+    vision_name = resolve_base(config.vision_model, root)
+    lm_name = resolve_base(config.lm_model, root)
+    tok_name = tokenizer_source(config, root)
     try:
         vision = vision_cls.from_pretrained(vision_name, dtype=dtype)
         lm = AutoModelForCausalLM.from_pretrained(lm_name, dtype=dtype)
@@ -121,7 +110,7 @@ def save_checkpoint(model: LexVLA, out_dir: Path, root: Path | None = None) -> P
         name = getattr(config, field)
         if not name:
             continue
-        src = Path(_resolve(name, root))
+        src = Path(resolve_base(name, root))
         if src.is_dir():
             dest = out_dir / "base" / sub
             if src.resolve() != dest.resolve():
@@ -136,20 +125,6 @@ def save_checkpoint(model: LexVLA, out_dir: Path, root: Path | None = None) -> P
     payload = {"format_version": FORMAT_VERSION, "model": to_dict(config)}
     (out_dir / CONFIG_FILE).write_text(json.dumps(payload, indent=1))
     return out_dir
-
-
-def read_config(model_dir: Path) -> ModelConfig:
-    """The ModelConfig of a checkpoint folder, or a ModelError saying what is wrong with it."""
-    path = Path(model_dir) / CONFIG_FILE
-    if not Path(model_dir).is_dir():
-        raise ModelError(f"model folder not found: {model_dir}")
-    if not path.is_file():
-        raise ModelError(f"{model_dir} is not a lexsearch model (no {CONFIG_FILE}); train one with 'lexsearch train'")
-    try:
-        payload = json.loads(path.read_text())
-        return from_dict(ModelConfig, payload["model"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{path} is not a valid lexsearch model config: {exc}") from exc
 
 
 def load_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32) -> LexVLA:
@@ -183,13 +158,3 @@ def load_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32) -> LexV
             )
     model.load_state_dict(state, strict=False)
     return model
-
-
-def fingerprint(model_dir: Path) -> str:
-    """A stable id of a checkpoint: hash of its config and trained weights (what an index records)."""
-    digest = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        with open(Path(model_dir) / name, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]

@@ -6,8 +6,19 @@ A config round-trips through JSON and is stored with every checkpoint.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from lexsearch.config import from_dict
+from lexsearch.errors import ModelError
+
+# A checkpoint folder (see lexsearch.model.checkpoint): these two files plus, for local bases, base/.
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "lexvla.safetensors"
+FORMAT_VERSION = 1
 
 # The in-context prompt, verbatim from the paper. "[TEXT]" is replaced by the caption or query.
 PAPER_PROMPT = (
@@ -75,3 +86,39 @@ class ModelConfig:
         self.image_std = tuple(self.image_std)
         self.lora_targets = tuple(self.lora_targets)
         self.vocab_ids = [int(i) for i in self.vocab_ids]
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    """The ModelConfig of a checkpoint folder, or a ModelError saying what is wrong with it."""
+    path = Path(model_dir) / CONFIG_FILE
+    if not Path(model_dir).is_dir():
+        raise ModelError(f"model folder not found: {model_dir}")
+    if not path.is_file():
+        raise ModelError(f"{model_dir} is not a lexsearch model (no {CONFIG_FILE}); train one with 'lexsearch train'")
+    try:
+        payload = json.loads(path.read_text())
+        return from_dict(ModelConfig, payload["model"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path} is not a valid lexsearch model config: {exc}") from exc
+
+
+def fingerprint(model_dir: Path) -> str:
+    """A stable id of a checkpoint: hash of its config and trained weights (what an index records)."""
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        with open(Path(model_dir) / name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def resolve_base(name: str, root: Path | None) -> str:
+    """A base model named in a config: a path relative to the checkpoint folder, else a hub id or a path."""
+    if root is not None and not Path(name).is_absolute() and (Path(root) / name).exists():
+        return str(Path(root) / name)
+    return name
+
+
+def tokenizer_source(config: ModelConfig, root: Path | None) -> str:
+    """Where a checkpoint's tokenizer lives (its own ``tokenizer`` entry, else the LM's)."""
+    return resolve_base(config.tokenizer or config.lm_model, root)

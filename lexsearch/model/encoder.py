@@ -22,10 +22,11 @@ import torch
 from PIL import Image
 
 from lexsearch.errors import UsageError
-from lexsearch.model.checkpoint import fingerprint, load_checkpoint
+from lexsearch.model.checkpoint import load_checkpoint
+from lexsearch.model.config import fingerprint
 from lexsearch.model.images import open_image, preprocess
 from lexsearch.model.lexvla import LexVLA
-from lexsearch.model.vocab import display_words, vocab_hash
+from lexsearch.model.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,8 @@ class Encoder:
         self.image_size = model.config.image_size
         side = self.image_size // model.patch_size
         self.grid = (side, side)
-        self._words = display_words(model.tokenizer, model.config.vocab_ids)
-        self.vocab_hash = vocab_hash(model.config.vocab_ids, self._words)
-        self._column = {tid: col for col, tid in enumerate(model.config.vocab_ids)}
+        self.vocab = Vocabulary(model.tokenizer.backend_tokenizer, model.config.vocab_ids)
+        self.vocab_hash = self.vocab.hash
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "auto") -> Encoder:
@@ -175,7 +175,7 @@ class Encoder:
         rows = []
         for word in words:
             cols = self.word_terms(word)
-            if len(cols) == 1 and len(self._pieces(word)) == 1:
+            if len(cols) == 1 and len(self.vocab.pieces(word)) == 1:
                 rows.append(self.model.word_vectors(torch.tensor(cols, device=self.device))[0])
             else:
                 ids, mask = self.model.tokenize([word])
@@ -185,26 +185,15 @@ class Encoder:
     # ------------------------------------------------------------------------------------ vocabulary
     def words(self, term_ids: Sequence[int] | np.ndarray) -> list[str]:
         """Readable words of vocabulary columns (continuation pieces shown as ``##piece``)."""
-        return [self._words[int(t)] for t in term_ids]
-
-    def _pieces(self, word: str) -> list[int]:
-        return self.model.tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
+        return [self.vocab.words[int(t)] for t in term_ids]
 
     def word_terms(self, word: str) -> list[int]:
         """Vocabulary columns of a query word's pieces (for +must / -exclude operators); [] if none is kept."""
-        return [self._column[t] for t in self._pieces(word) if t in self._column]
+        return self.vocab.word_terms(word)
 
     def decode(self, row, top_k: int = 10) -> list[tuple[str, float]]:
         """The ``top_k`` strongest words of one vector (CSR row or 1-d array), strongest first."""
-        if sp.issparse(row):
-            row = row.tocsr()
-            cols, vals = row.indices, row.data
-        else:
-            arr = np.asarray(row).ravel()
-            cols = np.flatnonzero(arr)
-            vals = arr[cols]
-        order = np.argsort(-vals, kind="stable")[:top_k]
-        return [(self._words[int(cols[i])], float(vals[i])) for i in order]
+        return self.vocab.decode(row, top_k)
 
 
 def _numpy(t: torch.Tensor | None) -> np.ndarray | None:

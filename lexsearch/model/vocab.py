@@ -12,6 +12,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 
 # Markers tokenizers use for "this piece starts a word": SentencePiece (Llama) and byte-level BPE (GPT-2).
 WORD_START_MARKERS = ("\u2581", "\u0120")
@@ -52,26 +53,19 @@ def filter_vocabulary(tokenizer) -> list[int]:
     return kept
 
 
-def display_words(tokenizer, vocab_ids: Sequence[int]) -> list[str]:
-    """Readable words for the kept ids: a word-initial piece as itself, a continuation piece as ``##piece``."""
+def display_words(pieces: Sequence[str]) -> list[str]:
+    """Readable words for kept pieces: a word-initial piece as itself, a continuation piece as ``##piece``.
+
+    ``pieces`` are the tokenizer pieces of the kept ids. In a tokenizer without word-start markers
+    (WordPiece), pieces are shown as they are (it marks continuations with "##" itself).
+    """
+    uses_markers = any(p and p[0] in WORD_START_MARKERS for p in pieces)
     words = []
-    for piece in tokenizer.convert_ids_to_tokens(list(vocab_ids)):
+    for piece in pieces:
         text, starts = _strip_marker(piece)
-        # A tokenizer without word-start markers (WordPiece) marks continuations itself with "##".
-        if starts or text.startswith(CONTINUATION_MARK) or not _uses_markers(tokenizer):
-            words.append(text)
-        else:
-            words.append(CONTINUATION_MARK + text)
+        words.append(text if starts or not uses_markers or text.startswith(CONTINUATION_MARK)
+                     else CONTINUATION_MARK + text)
     return words
-
-
-def _uses_markers(tokenizer) -> bool:
-    cached = getattr(tokenizer, "_lexsearch_uses_markers", None)
-    if cached is None:
-        sample = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), 2000))))
-        cached = any(p and p[0] in WORD_START_MARKERS for p in sample)
-        tokenizer._lexsearch_uses_markers = cached
-    return cached
 
 
 def vocab_hash(vocab_ids: Sequence[int], words: Sequence[str]) -> str:
@@ -80,3 +74,55 @@ def vocab_hash(vocab_ids: Sequence[int], words: Sequence[str]) -> str:
     for token_id, word in zip(vocab_ids, words):
         digest.update(f"{token_id}\t{word}\n".encode())
     return digest.hexdigest()[:16]
+
+
+class Vocabulary:
+    """The lexical dimensions of a model: kept tokenizer ids, their display words, and query word lookup.
+
+    Built on the fast tokenizer's backend (the ``tokenizers`` library), so it loads in milliseconds without
+    torch: a cached query needs only this, never the networks.
+    """
+
+    def __init__(self, backend, vocab_ids: Sequence[int]) -> None:
+        self.backend = backend  # tokenizers.Tokenizer
+        self.ids = [int(i) for i in vocab_ids]
+        self.words = display_words([backend.id_to_token(i) or "" for i in self.ids])
+        self.hash = vocab_hash(self.ids, self.words)
+        self._column = {tid: col for col, tid in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def load(cls, tokenizer_dir: str, vocab_ids: Sequence[int]) -> Vocabulary:
+        """From a folder holding ``tokenizer.json``, else (a hub id) through transformers."""
+        path = Path(tokenizer_dir) / "tokenizer.json"
+        if path.is_file():
+            from tokenizers import Tokenizer
+
+            return cls(Tokenizer.from_file(str(path)), vocab_ids)
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(tokenizer_dir).backend_tokenizer, vocab_ids)
+
+    def pieces(self, word: str) -> list[int]:
+        """Tokenizer ids of a word as it appears inside a text (after a space)."""
+        return self.backend.encode(" " + word.strip(), add_special_tokens=False).ids
+
+    def word_terms(self, word: str) -> list[int]:
+        """Columns of a word's pieces that are kept dimensions; [] if none is."""
+        return [self._column[t] for t in self.pieces(word) if t in self._column]
+
+    def decode(self, row, top_k: int = 10) -> list[tuple[str, float]]:
+        """The ``top_k`` strongest words of one vector (CSR row or 1-d array), strongest first."""
+        import numpy as np
+
+        if hasattr(row, "indices"):
+            row = row.tocsr()
+            cols, vals = row.indices, row.data
+        else:
+            arr = np.asarray(row).ravel()
+            cols = np.flatnonzero(arr)
+            vals = arr[cols]
+        order = np.argsort(-vals, kind="stable")[:top_k]
+        return [(self.words[int(cols[i])], float(vals[i])) for i in order]

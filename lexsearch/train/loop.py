@@ -430,7 +430,8 @@ class _Trainer:
 
     def save(self) -> None:
         """Model checkpoint, then the resume state (all ranks join the RNG gather; rank 0 writes)."""
-        from lexsearch.model.checkpoint import fingerprint, save_checkpoint
+        from lexsearch.model.checkpoint import save_checkpoint
+        from lexsearch.model.config import fingerprint
 
         rng = self._rng()
         if self.info.is_main:
@@ -445,7 +446,7 @@ class _Trainer:
         D.barrier(self.info)
 
     def _restore(self) -> None:
-        from lexsearch.model.checkpoint import fingerprint
+        from lexsearch.model.config import fingerprint
 
         meta, rng = load_state(self.out, self.optimizer, self.scheduler)
         if meta.get("model_fingerprint") != fingerprint(self.out):
