@@ -102,9 +102,15 @@ def gather_features(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """(n, D) per rank -> (world * n, D), rank order, *with* gradients flowing back to each rank's rows."""
     if not info.distributed:
         return tensor
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    # The differentiable all_gather is deprecated in favour of a private module; it is still the public,
+    # autograd-aware one, so keep it and keep the log clean.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
 def wrap_ddp(module: nn.Module, info: DistInfo) -> nn.Module:
