@@ -31,11 +31,18 @@ def training_captions(pairs) -> list[str]:
 def prepare_tiny_bases(out_dir: Path, pairs, config: TrainConfig) -> Path:
     """Write an untrained ``tiny`` LexVLA checkpoint (with its base models under ``base/``) into ``out_dir``.
 
-    HOOK for tiny-base pretraining: replace the body with "build or fetch cached pretrained bases, then
-    write the checkpoint", keeping the signature. ``pairs`` are the training pairs (images and captions).
+    ``pairs`` are the training pairs (images and captions). A folder source gets pretrained bases
+    (:mod:`lexsearch.train.pretrain`, cached under LEXSEARCH_HOME); shard streams keep random bases.
     """
     from lexsearch.model.tiny import build_tiny_checkpoint
 
+    source = Path(getattr(pairs, "source", ""))
+    if hasattr(pairs, "images") and source.is_dir():
+        from lexsearch.train.pretrain import PretrainConfig, write_pretrained_checkpoint
+
+        return write_pretrained_checkpoint(
+            Path(out_dir), source, list(pairs.captions), list(pairs.images), PretrainConfig(seed=config.seed)
+        )
     return build_tiny_checkpoint(Path(out_dir), training_captions(pairs), seed=config.seed)
 
 

@@ -71,12 +71,18 @@ class PretrainConfig:
     seed: int = 0
     tokenizer_vocab_size: int = 2000
     # --- LM: ~300 steps of 32 prompt-format sequences take ~1 min on 2 CPU cores ---
-    lm_steps: int = 300
+    # A 2-layer LM learns to *copy* the caption's words into the answer only after several hundred steps
+    # (before that it predicts every colour/shape word alike): 800 steps, a high LR and answer-weighted loss.
+    lm_steps: int = 800
     lm_batch_size: int = 32
-    lm_lr: float = 3e-3
+    lm_lr: float = 5e-3
+    lm_answer_weight: float = 50.0  # loss weight of the quoted-words answer relative to the caption tokens
+    # Weight of a sigmoid loss at the read-out position (caption's words up, every other piece down) [choice]:
+    # CE alone leaves all eleven toy content words at similar logits, and elu1p(logits) is then flat.
+    lm_readout_weight: float = 10.0
     stop_words: tuple[str, ...] = DEFAULT_STOP_WORDS
     # --- ViT: a few epochs over the training images ---
-    vit_epochs: int = 4
+    vit_epochs: int = 6
     vit_batch_size: int = 64
     vit_lr: float = 2e-3
     vit_max_images: int = 4000  # cap, so a large --data folder does not blow the time budget
@@ -159,20 +165,78 @@ class PromptFormat:
 
 
 def _lm_batch(fmt: PromptFormat, captions: Sequence[str], stop_words, rng: np.random.Generator,
-              pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    rows = []
+              pad_id: int):
+    """Body ids after the shared prefix (B, L), attention mask (B, L), answer positions (B, L) bool and the
+    read-out targets (position (B,), multi-hot of the important words' first pieces (B, V_full)).
+
+    A token's weight is 1, or ``answer_weight`` (applied by the caller) where it belongs to the answer: the
+    caption tokens are unpredictable by construction and would otherwise dominate the gradient.
+    """
+    rows, starts = [], []
+    n_prefix = len(fmt.prefix)
     for caption in captions:
         words = important_words(caption, stop_words)
         order = rng.permutation(len(words))  # shuffled: the read-out must cover every content word
-        rows.append(fmt.sequence(caption, [words[i] for i in order])[0])
+        ids, n_query = fmt.sequence(caption, [words[i] for i in order])
+        rows.append(ids[n_prefix:])
+        starts.append(n_query - n_prefix)
     length = max(len(r) for r in rows)
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
+    answer = torch.zeros((len(rows), length), dtype=torch.bool)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
-    labels = ids.masked_fill(mask == 0, -100)
-    return ids, mask, labels
+        answer[i, starts[i] : len(row)] = True
+    readout_pos = torch.tensor(starts, dtype=torch.long) - 1  # the query's last token
+    multi_hot = torch.zeros((len(rows), len(fmt.tokenizer)), dtype=torch.float32)
+    for i, caption in enumerate(captions):
+        for word in important_words(caption, stop_words):
+            multi_hot[i, fmt.word_ids(word)[0]] = 1.0
+    return ids, mask, answer, (readout_pos, multi_hot)
+
+
+def _prefix_cache(lm, prefix: torch.Tensor, batch: int):
+    """Key/value cache of the shared prompt prefix, repeated for the batch (no gradient through it)."""
+    from transformers import DynamicCache
+
+    decoder = lm.get_decoder()
+    cache = DynamicCache(config=decoder.config)
+    with torch.no_grad():
+        decoder(input_ids=prefix[None], cache=cache, use_cache=True)
+    cache.batch_repeat_interleave(batch)
+    return cache
+
+
+def lm_step_loss(lm, fmt: PromptFormat, ids: torch.Tensor, mask: torch.Tensor, answer: torch.Tensor,
+                 answer_weight: float, readout: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 readout_weight: float = 0.0) -> torch.Tensor:
+    """Causal-LM loss of the body tokens given the shared prefix (run once, as LexVLA does at training).
+
+    ``readout`` = (position of the read-out token in each row (B,), multi-hot targets (B, V_full)) adds a
+    sigmoid loss there, weighted by ``readout_weight``.
+    """
+    bsz, length = ids.shape
+    prefix = torch.tensor(fmt.prefix, dtype=torch.long)
+    n_prefix = prefix.shape[0]
+    cache = _prefix_cache(lm, prefix, bsz)
+    positions = torch.arange(n_prefix, n_prefix + length)[None].expand(bsz, -1)
+    full_mask = torch.cat([mask.new_ones(bsz, n_prefix), mask], dim=1)
+    logits = lm(input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache,
+                use_cache=True).logits  # (B, L, V_full)
+    # Position t predicts token t + 1; the first body token is predicted from the prefix's last position,
+    # whose logits are constant here (no gradient), so it is skipped.
+    readout_loss = logits.new_zeros(())
+    if readout is not None and readout_weight > 0:
+        # The read-out position (the prompt's last token) as a multi-label word classifier: LexVLA reads
+        # elu1p(logits), not a softmax, so the *level* of a logit matters, not only its rank among others.
+        last = logits[torch.arange(bsz), readout[0]]  # (B, V_full)
+        readout_loss = F.binary_cross_entropy_with_logits(last.float(), readout[1])
+    logits, targets = logits[:, :-1], ids[:, 1:]
+    valid = mask[:, 1:].bool()
+    weights = torch.where(answer[:, 1:], answer_weight, 1.0) * valid
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(weights)
+    return (nll * weights).sum() / weights.sum() + readout_weight * readout_loss
 
 
 @torch.no_grad()
@@ -218,8 +282,8 @@ def pretrain_lm(lm, tokenizer, captions: Sequence[str], model_config: ModelConfi
     loss_value = float("nan")
     for step in range(cfg.lm_steps):
         pick = rng.integers(0, len(captions), size=cfg.lm_batch_size)
-        ids, mask, labels = _lm_batch(fmt, [captions[i] for i in pick], cfg.stop_words, rng, pad_id)
-        loss = lm(input_ids=ids, attention_mask=mask, labels=labels).loss
+        ids, mask, answer, readout = _lm_batch(fmt, [captions[i] for i in pick], cfg.stop_words, rng, pad_id)
+        loss = lm_step_loss(lm, fmt, ids, mask, answer, cfg.lm_answer_weight, readout, cfg.lm_readout_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -255,9 +319,10 @@ class VisionTargets:
     colours: list[str]
 
 
-def load_vision_targets(data_root: Path, model_config: ModelConfig, patch_size: int,
-                        max_images: int) -> VisionTargets | None:
-    """Read a toy world's images, masks and labels; None when the folder has no toy labels."""
+def load_vision_targets(data_root: Path, model_config: ModelConfig, patch_size: int, max_images: int,
+                        image_keys: Sequence[str] | None = None) -> VisionTargets | None:
+    """Read a toy world's images, masks and labels (only ``image_keys`` when given, so held-out images stay
+    unseen); None when the folder has no toy labels."""
     from PIL import Image
 
     from lexsearch.model.images import open_image, preprocess
@@ -274,7 +339,9 @@ def load_vision_targets(data_root: Path, model_config: ModelConfig, patch_size: 
     else:
         shapes = sorted({s.shape for lab in labels.values() for s in lab.shapes})
         colours = sorted({s.colour for lab in labels.values() for s in lab.shapes})
-    keys = sorted(labels)[:max_images]
+    keys = [k for k in (image_keys if image_keys is not None else sorted(labels)) if k in labels][:max_images]
+    if not keys:
+        return None
     size = model_config.image_size
     grid = size // patch_size
     pixels, patch_shape, patch_colour, present = [], [], [], []
@@ -321,9 +388,10 @@ class _VisionHeads(nn.Module):
         self.present = nn.Linear(width, n_shapes + n_colours)
 
 
-def pretrain_vision(vision, targets: VisionTargets, cfg: PretrainConfig,
-                    progress: Progress | None = None) -> dict:
-    """Train the ViT ``vision`` in place on the dense + image-level toy supervision; returns accuracies."""
+def pretrain_vision(vision, targets: VisionTargets, cfg: PretrainConfig, progress: Progress | None = None,
+                    eval_targets: VisionTargets | None = None) -> dict:
+    """Train the ViT ``vision`` in place on the dense + image-level toy supervision; returns accuracies
+    (the last batch's, and on ``eval_targets`` when given)."""
     width = int(vision.config.hidden_size)
     prefix = 1 + int(getattr(vision.config, "num_register_tokens", 0) or 0)
     heads = _VisionHeads(width, len(targets.shapes), len(targets.colours))
@@ -356,7 +424,10 @@ def pretrain_vision(vision, targets: VisionTargets, cfg: PretrainConfig,
                 pc = pc.view(-1, g, g).flip(-1).reshape(pc.shape)
             shape_logits = heads.patch_shape(patches)
             colour_logits = heads.patch_colour(patches)
-            loss_shape = F.cross_entropy(shape_logits.flatten(0, 1), ps.flatten())
+            # Shape is learnt on foreground patches only: background is ~85% of the patches and is already
+            # told apart by the colour head, so an all-patch loss spends most of its gradient on the easy part.
+            fg_mask = ps > 0
+            loss_shape = F.cross_entropy(shape_logits[fg_mask], ps[fg_mask]) if fg_mask.any() else shape_logits.sum() * 0
             loss_colour = F.cross_entropy(colour_logits.flatten(0, 1), pc.flatten())
             loss_present = F.binary_cross_entropy_with_logits(heads.present(cls), targets.present[idx])
             loss = loss_shape + loss_colour + loss_present
@@ -377,8 +448,31 @@ def pretrain_vision(vision, targets: VisionTargets, cfg: PretrainConfig,
             if progress is not None:
                 progress("vit", step, total, metrics)
     vision.eval()
+    if eval_targets is not None:
+        metrics.update(_vision_eval(vision, heads, eval_targets, prefix))
     log.info("tiny ViT pretraining: %s", ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return {f"vit_{k}": v for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def _vision_eval(vision, heads: _VisionHeads, targets: VisionTargets, prefix: int) -> dict:
+    """Held-out accuracies of the probes: foreground patch shape / colour, and image-level presence."""
+    shape_hits = colour_hits = fg_total = present_hits = 0
+    for start in range(0, targets.pixels.shape[0], 128):
+        sl = slice(start, start + 128)
+        tokens = vision(pixel_values=targets.pixels[sl]).last_hidden_state
+        ps, pc = targets.patch_shape[sl], targets.patch_colour[sl]
+        fg = ps > 0
+        shape_hits += int((heads.patch_shape(tokens[:, prefix:]).argmax(-1)[fg] == ps[fg]).sum())
+        colour_hits += int((heads.patch_colour(tokens[:, prefix:]).argmax(-1)[fg] == pc[fg]).sum())
+        fg_total += int(fg.sum())
+        pred = heads.present(tokens[:, 0]) > 0
+        present_hits += int((pred == targets.present[sl].bool()).all(1).sum())
+    return {
+        "eval_shape_acc": shape_hits / max(1, fg_total),
+        "eval_colour_acc": colour_hits / max(1, fg_total),
+        "eval_present_exact": present_hits / max(1, targets.pixels.shape[0]),
+    }
 
 
 # --------------------------------------------------------------------------------------------- caching
@@ -391,8 +485,8 @@ def read_captions(data_root: Path) -> list[str]:
     return list(load_folder(data_root).captions)
 
 
-def _digest_inputs(data_root: Path, captions: Sequence[str], model_config: ModelConfig,
-                   cfg: PretrainConfig) -> str:
+def _digest_inputs(data_root: Path, captions: Sequence[str], image_keys: Sequence[str] | None,
+                   model_config: ModelConfig, cfg: PretrainConfig) -> str:
     """Hash of everything the bases depend on: captions, toy labels/masks/images, configs, code version."""
     digest = hashlib.sha256()
     payload = {
@@ -407,21 +501,27 @@ def _digest_inputs(data_root: Path, captions: Sequence[str], model_config: Model
     digest.update(json.dumps(payload, sort_keys=True).encode())
     for caption in captions:
         digest.update(caption.encode() + b"\n")
-    if (Path(data_root) / "labels.jsonl").is_file():
-        digest.update((Path(data_root) / "labels.jsonl").read_bytes())
+    root = Path(data_root)
+    if (root / "labels.jsonl").is_file():
+        digest.update((root / "labels.jsonl").read_bytes())
+        keys = sorted(image_keys) if image_keys is not None else None
+        digest.update(json.dumps(keys).encode())
         # Images and masks are small; hashing them guards against a hand-edited world with stale labels.
-        for sub in ("images", "masks"):
-            folder = Path(data_root) / sub
-            if folder.is_dir():
-                for path in sorted(folder.iterdir()):
+        for key in keys if keys is not None else sorted(str(p.relative_to(root)) for p in (root / "images").iterdir()):
+            for path in (root / key, root / "masks" / Path(key).name):
+                if path.is_file():
                     digest.update(path.name.encode())
                     digest.update(path.read_bytes())
     return digest.hexdigest()[:20]
 
 
 def pretrain_tiny_bases(data_root: str | Path, model_config: ModelConfig, cfg: PretrainConfig | None = None,
+                        *, captions: Sequence[str] | None = None, image_keys: Sequence[str] | None = None,
                         cache_root: Path | None = None, progress: Progress | None = None) -> TinyBases:
     """Pretrained tiny bases for the ``--data`` folder ``data_root``, from the cache or built now.
+
+    ``captions`` / ``image_keys`` restrict pretraining to the training split (default: the whole folder), so
+    held-out images and captions are never seen by the bases.
 
     ``model_config`` supplies the architectures (``vision_config``, ``lm_config``), the prompt and the image
     preprocessing. The result is deterministic for ``cfg.seed`` and the inputs; a second call with the same
@@ -435,10 +535,10 @@ def pretrain_tiny_bases(data_root: str | Path, model_config: ModelConfig, cfg: P
     quiet_transformers()
     cfg = cfg or PretrainConfig()
     data_root = Path(data_root)
-    captions = read_captions(data_root)
+    captions = list(captions) if captions is not None else read_captions(data_root)
     if not captions:
         raise DataError(f"{data_root}: no captions to pretrain the tiny bases on")
-    key = _digest_inputs(data_root, captions, model_config, cfg)
+    key = _digest_inputs(data_root, captions, image_keys, model_config, cfg)
     root = Path(cache_root or cache_dir() / "tiny-bases") / key
     done = root / "pretrain.json"
     if done.is_file():
@@ -468,7 +568,9 @@ def pretrain_tiny_bases(data_root: str | Path, model_config: ModelConfig, cfg: P
         report: dict = {"key": key, "n_captions": len(captions)}
         report.update(pretrain_lm(lm, tokenizer, captions, model_config, cfg, progress))
         t_lm = time.perf_counter()
-        targets = load_vision_targets(data_root, model_config, int(vision.config.patch_size), cfg.vit_max_images)
+        targets = load_vision_targets(
+            data_root, model_config, int(vision.config.patch_size), cfg.vit_max_images, image_keys
+        )
         if targets is None:
             log.warning("%s has no toy labels (labels.jsonl): the tiny ViT stays random", data_root)
         else:
@@ -489,3 +591,30 @@ def pretrain_tiny_bases(data_root: str | Path, model_config: ModelConfig, cfg: P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TinyBases(root, root / "vision", root / "lm", report, cached=False)
+
+
+def write_pretrained_checkpoint(out_dir: Path, data_root: Path, captions: Sequence[str],
+                                image_keys: Sequence[str] | None, cfg: PretrainConfig | None = None,
+                                progress: Progress | None = None, **overrides) -> Path:
+    """An untrained ``tiny`` LexVLA checkpoint in ``out_dir`` on pretrained (cached) bases.
+
+    The bases are copied to ``out_dir/base`` so the checkpoint is self-contained. ``overrides`` are
+    ModelConfig fields of the tiny preset.
+    """
+    from lexsearch.model.checkpoint import build_model, save_checkpoint
+    from lexsearch.model.presets import preset_config
+
+    cfg = cfg or PretrainConfig()
+    out_dir = Path(out_dir)
+    config = preset_config("tiny", **overrides)
+    bases = pretrain_tiny_bases(data_root, config, cfg, captions=captions, image_keys=image_keys,
+                                progress=progress)
+    for name, src in (("vision", bases.vision_dir), ("lm", bases.lm_dir)):
+        dest = out_dir / "base" / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest)
+    (out_dir / "base" / "pretrain.json").write_text(json.dumps(bases.report, indent=1, sort_keys=True))
+    torch.manual_seed(cfg.seed)
+    model = build_model(config, root=out_dir)
+    return save_checkpoint(model, out_dir, root=out_dir)
