@@ -51,26 +51,53 @@ def main() -> None:
     pairs = load_folder(world / "train")
     pcfg = PretrainConfig(seed=args.seed, **json.loads(args.pretrain))
     init = out / "init"
-    write_pretrained_checkpoint(init, world / "train", pairs.captions, pairs.images, pcfg, **json.loads(args.model))
+    write_pretrained_checkpoint(
+        init, world / "train", pairs.captions, pairs.images, pcfg, **json.loads(args.model)
+    )
     t_pre = time.time() - t0
-    cfg = train_config("tiny", data=str(world / "train"), val_data=str(world / "val"), out=str(out / "run"),
-                       init=str(init), seed=args.seed, quiet=True, **json.loads(args.train))
+    cfg = train_config(
+        "tiny",
+        data=str(world / "train"),
+        val_data=str(world / "val"),
+        out=str(out / "run"),
+        init=str(init),
+        seed=args.seed,
+        quiet=True,
+        **json.loads(args.train),
+    )
     result = train(cfg)
     v = result.val
     toy = v.get("toy", {})
-    print(json.dumps({"model": json.loads(args.model), "train": json.loads(args.train),
-                      "pretrain": json.loads(args.pretrain)}))
-    print(f"t2i R@1/5/10 {v['t2i']['R@1']:.1f}/{v['t2i']['R@5']:.1f}/{v['t2i']['R@10']:.1f}  "
-          f"i2t {v['i2t']['R@1']:.1f}/{v['i2t']['R@5']:.1f}/{v['i2t']['R@10']:.1f}  "
-          f"active img {v['active_img']:.1f} txt {v['active_txt']:.1f}")
+    print(
+        json.dumps(
+            {
+                "model": json.loads(args.model),
+                "train": json.loads(args.train),
+                "pretrain": json.loads(args.pretrain),
+            }
+        )
+    )
+    print(
+        f"t2i R@1/5/10 {v['t2i']['R@1']:.1f}/{v['t2i']['R@5']:.1f}/{v['t2i']['R@10']:.1f}  "
+        f"i2t {v['i2t']['R@1']:.1f}/{v['i2t']['R@5']:.1f}/{v['i2t']['R@10']:.1f}  "
+        f"active img {v['active_img']:.1f} txt {v['active_txt']:.1f}"
+    )
     if toy:
-        print(f"explanation precision {100 * toy['explanation_precision']:.1f}% (colour {100 * toy['colour_in_top']:.1f}"
-              f"%, shape {100 * toy['shape_in_top']:.1f}%) control {100 * toy['random_codebook_control']:.1f}% "
-              f"chance {100 * toy['chance']:.2f}%  top word outside caption {100 * toy['top_word_outside_caption']:.1f}%")
-        print(f"PatchDis shape mIoU {toy.get('patchdis_miou', float('nan')):.1f} vs random "
-              f"{toy.get('patchdis_random', float('nan')):.1f}")
-    print(f"minutes: pretraining+init {t_pre / 60:.2f}, training {result.minutes:.2f}, "
-          f"total {(time.time() - t0) / 60:.2f} ({result.step} steps, {result.steps_per_s:.2f} steps/s)")
+        print(
+            f"explanation precision {100 * toy['explanation_precision']:.1f}% "
+            f"(colour {100 * toy['colour_in_top']:.1f}"
+            f"%, shape {100 * toy['shape_in_top']:.1f}%) control {100 * toy['random_codebook_control']:.1f}% "
+            f"chance {100 * toy['chance']:.2f}%  "
+            f"top word outside caption {100 * toy['top_word_outside_caption']:.1f}%"
+        )
+        print(
+            f"PatchDis shape mIoU {toy.get('patchdis_miou', float('nan')):.1f} vs random "
+            f"{toy.get('patchdis_random', float('nan')):.1f}"
+        )
+    print(
+        f"minutes: pretraining+init {t_pre / 60:.2f}, training {result.minutes:.2f}, "
+        f"total {(time.time() - t0) / 60:.2f} ({result.step} steps, {result.steps_per_s:.2f} steps/s)"
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def top_words(vectors, words: Sequence[str], k: int = 5) -> list[list[str]]:
     return [[words[j] for j in row if arr[i, j] > 0] for i, row in enumerate(order)]
 
 
-def explanation_hits(vectors, words: Sequence[str], targets: Sequence[Sequence[str]], k: int = 5) -> np.ndarray:
+def explanation_hits(
+    vectors, words: Sequence[str], targets: Sequence[Sequence[str]], k: int = 5
+) -> np.ndarray:
     """Bool (N,): whether row i's top-``k`` words contain every word of ``targets[i]``."""
     tops = top_words(vectors, words, k)
     if len(tops) != len(targets):
@@ -56,14 +58,22 @@ def explanation_hits(vectors, words: Sequence[str], targets: Sequence[Sequence[s
     return np.array([set(t) <= set(top) for t, top in zip(targets, tops)], dtype=bool)
 
 
-def explanation_precision(vectors, words: Sequence[str], targets: Sequence[Sequence[str]], k: int = 5) -> float:
+def explanation_precision(
+    vectors, words: Sequence[str], targets: Sequence[Sequence[str]], k: int = 5
+) -> float:
     """Share of rows whose top-``k`` words include all their target words (e.g. colour + shape)."""
     hits = explanation_hits(vectors, words, targets, k)
     return float(hits.mean()) if hits.size else float("nan")
 
 
-def random_codebook_control(vectors, words: Sequence[str], targets: Sequence[Sequence[str]], k: int = 5,
-                            seed: int = 0, draws: int = 10) -> float:
+def random_codebook_control(
+    vectors,
+    words: Sequence[str],
+    targets: Sequence[Sequence[str]],
+    k: int = 5,
+    seed: int = 0,
+    draws: int = 10,
+) -> float:
     """Explanation precision with the vocabulary's columns randomly permuted (mean over ``draws`` seeds).
 
     The permutation is shared by all rows, as a codebook is: a model that always lights one dimension for red
@@ -71,12 +81,14 @@ def random_codebook_control(vectors, words: Sequence[str], targets: Sequence[Seq
     """
     arr = _dense(vectors)
     rng = np.random.default_rng(seed)
-    scores = [explanation_precision(arr[:, rng.permutation(arr.shape[1])], words, targets, k) for _ in range(draws)]
+    scores = [
+        explanation_precision(arr[:, rng.permutation(arr.shape[1])], words, targets, k) for _ in range(draws)
+    ]
     return float(np.mean(scores))
 
 
 def chance_precision(vocab_size: int, n_targets: int = 2, k: int = 5) -> float:
-    """Probability that ``n_targets`` given words are all among ``k`` words drawn at random from ``vocab_size``."""
+    """Probability that ``n_targets`` given words are all among ``k`` drawn at random from ``vocab_size``."""
     if k < n_targets:
         return 0.0
     return math.comb(vocab_size - n_targets, k - n_targets) / math.comb(vocab_size, k)
@@ -85,7 +97,9 @@ def chance_precision(vocab_size: int, n_targets: int = 2, k: int = 5) -> float:
 def top_word_outside_caption(vectors, words: Sequence[str], captions: Sequence[str]) -> float:
     """Share of rows whose strongest word is not a word of the row's caption."""
     tops = top_words(vectors, words, 1)
-    outside = [not top or top[0].lower() not in set(_WORD.findall(c.lower())) for top, c in zip(tops, captions)]
+    outside = [
+        not top or top[0].lower() not in set(_WORD.findall(c.lower())) for top, c in zip(tops, captions)
+    ]
     return float(np.mean(outside)) if outside else float("nan")
 
 
@@ -101,8 +115,12 @@ def toy_targets(root: Path, image_keys: Sequence[str]) -> list[tuple[str, str]] 
     labels = read_labels(root)
     missing = [k for k in image_keys if k not in labels]
     if missing:
-        log.warning("%s: no toy labels for %d images (e.g. %s): interpretability metrics skipped",
-                    root, len(missing), missing[0])
+        log.warning(
+            "%s: no toy labels for %d images (e.g. %s): interpretability metrics skipped",
+            root,
+            len(missing),
+            missing[0],
+        )
         return None
     return [labels[k].largest() for k in image_keys]
 
@@ -116,10 +134,12 @@ def _image_vectors(model, root: Path, keys: Sequence[str], device, batch_size: i
     rows = []
     with torch.no_grad():
         for start in range(0, len(keys), batch_size):
-            batch = np.stack([
-                preprocess(open_image(Path(root) / k), cfg.image_size, cfg.image_mean, cfg.image_std)
-                for k in keys[start : start + batch_size]
-            ])
+            batch = np.stack(
+                [
+                    preprocess(open_image(Path(root) / k), cfg.image_size, cfg.image_mean, cfg.image_std)
+                    for k in keys[start : start + batch_size]
+                ]
+            )
             rows.append(model.encode_image(torch.from_numpy(batch).to(device))[0].float().cpu().numpy())
     return np.concatenate(rows)
 
@@ -129,8 +149,9 @@ def _sparsify(arr: np.ndarray, vocab_size: int) -> np.ndarray:
     return np.where(arr > 1.0 / math.sqrt(vocab_size), arr, 0.0).astype(np.float32)
 
 
-def toy_validation(model, pairs, device=None, k: int = 5, batch_size: int = 128, patchdis: bool = True,
-                   seed: int = 0) -> dict | None:
+def toy_validation(
+    model, pairs, device=None, k: int = 5, batch_size: int = 128, patchdis: bool = True, seed: int = 0
+) -> dict | None:
     """Interpretability figures of ``model`` on held-out toy pairs (``pairs.source`` a toy world folder).
 
     Returns None when the folder has no toy labels. Image vectors get the 1/sqrt(V) sparsification, as at
@@ -172,7 +193,9 @@ def toy_validation(model, pairs, device=None, k: int = 5, batch_size: int = 128,
     return result
 
 
-def toy_patchdis(model, root: Path, image_keys: Sequence[str] | None = None, device=None, seed: int = 0) -> dict:
+def toy_patchdis(
+    model, root: Path, image_keys: Sequence[str] | None = None, device=None, seed: int = 0
+) -> dict:
     """PatchDis mIoU on the toy world's shape words and its random-assignment baseline (percent)."""
     import torch
 

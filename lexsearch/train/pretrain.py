@@ -57,8 +57,32 @@ PRETRAIN_VERSION = 1
 
 # Words that are never "important" [choice]: articles, conjunctions and the toy templates' function words.
 DEFAULT_STOP_WORDS: tuple[str, ...] = (
-    "a", "an", "and", "the", "of", "is", "are", "there", "with", "in", "on", "at", "to", "it", "this", "that",
-    "picture", "image", "photo", "some", "its", "by", "for", "as", "or", "from",
+    "a",
+    "an",
+    "and",
+    "the",
+    "of",
+    "is",
+    "are",
+    "there",
+    "with",
+    "in",
+    "on",
+    "at",
+    "to",
+    "it",
+    "this",
+    "that",
+    "picture",
+    "image",
+    "photo",
+    "some",
+    "its",
+    "by",
+    "for",
+    "as",
+    "or",
+    "from",
 )
 
 Progress = Callable[[str, int, int, dict], None]  # (stage, step, total, metrics) -> None
@@ -73,7 +97,7 @@ class PretrainConfig:
     # --- LM: ~300 steps of 32 prompt-format sequences take ~1 min on 2 CPU cores ---
     # A 2-layer LM learns to *copy* the caption's words into the answer only after several hundred steps
     # (before that it predicts every colour/shape word alike): 800 steps, a high LR and answer-weighted loss.
-    lm_steps: int = 800
+    lm_steps: int = 600
     lm_batch_size: int = 32
     lm_lr: float = 5e-3
     lm_answer_weight: float = 50.0  # loss weight of the quoted-words answer relative to the caption tokens
@@ -82,7 +106,7 @@ class PretrainConfig:
     lm_readout_weight: float = 10.0
     stop_words: tuple[str, ...] = DEFAULT_STOP_WORDS
     # --- ViT: a few epochs over the training images ---
-    vit_epochs: int = 6
+    vit_epochs: int = 15
     vit_batch_size: int = 64
     vit_lr: float = 2e-3
     vit_max_images: int = 4000  # cap, so a large --data folder does not blow the time budget
@@ -164,8 +188,7 @@ class PromptFormat:
         return query + answer, len(query)
 
 
-def _lm_batch(fmt: PromptFormat, captions: Sequence[str], stop_words, rng: np.random.Generator,
-              pad_id: int):
+def _lm_batch(fmt: PromptFormat, captions: Sequence[str], stop_words, rng: np.random.Generator, pad_id: int):
     """Body ids after the shared prefix (B, L), attention mask (B, L), answer positions (B, L) bool and the
     read-out targets (position (B,), multi-hot of the important words' first pieces (B, V_full)).
 
@@ -208,9 +231,16 @@ def _prefix_cache(lm, prefix: torch.Tensor, batch: int):
     return cache
 
 
-def lm_step_loss(lm, fmt: PromptFormat, ids: torch.Tensor, mask: torch.Tensor, answer: torch.Tensor,
-                 answer_weight: float, readout: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 readout_weight: float = 0.0) -> torch.Tensor:
+def lm_step_loss(
+    lm,
+    fmt: PromptFormat,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    answer: torch.Tensor,
+    answer_weight: float,
+    readout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    readout_weight: float = 0.0,
+) -> torch.Tensor:
     """Causal-LM loss of the body tokens given the shared prefix (run once, as LexVLA does at training).
 
     ``readout`` = (position of the read-out token in each row (B,), multi-hot targets (B, V_full)) adds a
@@ -222,8 +252,9 @@ def lm_step_loss(lm, fmt: PromptFormat, ids: torch.Tensor, mask: torch.Tensor, a
     cache = _prefix_cache(lm, prefix, bsz)
     positions = torch.arange(n_prefix, n_prefix + length)[None].expand(bsz, -1)
     full_mask = torch.cat([mask.new_ones(bsz, n_prefix), mask], dim=1)
-    logits = lm(input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache,
-                use_cache=True).logits  # (B, L, V_full)
+    logits = lm(
+        input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True
+    ).logits  # (B, L, V_full)
     # Position t predicts token t + 1; the first body token is predicted from the prefix's last position,
     # whose logits are constant here (no gradient), so it is skipped.
     readout_loss = logits.new_zeros(())
@@ -240,8 +271,9 @@ def lm_step_loss(lm, fmt: PromptFormat, ids: torch.Tensor, mask: torch.Tensor, a
 
 
 @torch.no_grad()
-def content_hit_rate(lm, fmt: PromptFormat, captions: Sequence[str], stop_words=DEFAULT_STOP_WORDS,
-                     batch_size: int = 64) -> float:
+def content_hit_rate(
+    lm, fmt: PromptFormat, captions: Sequence[str], stop_words=DEFAULT_STOP_WORDS, batch_size: int = 64
+) -> float:
     """Share of captions whose next-token argmax after the prompt is one of the caption's important words.
 
     The cheap check that the LM answers the prompt lexically (a random LM scores ~0).
@@ -267,9 +299,15 @@ def content_hit_rate(lm, fmt: PromptFormat, captions: Sequence[str], stop_words=
     return hits / max(1, len(captions))
 
 
-def pretrain_lm(lm, tokenizer, captions: Sequence[str], model_config: ModelConfig, cfg: PretrainConfig,
-                progress: Progress | None = None) -> dict:
-    """Train ``lm`` in place as a causal LM on prompt-format sequences of ``captions``; returns measurements."""
+def pretrain_lm(
+    lm,
+    tokenizer,
+    captions: Sequence[str],
+    model_config: ModelConfig,
+    cfg: PretrainConfig,
+    progress: Progress | None = None,
+) -> dict:
+    """Train ``lm`` in place as a causal LM on prompt-format sequences of ``captions``; returns figures."""
     fmt = PromptFormat(tokenizer, model_config)
     rng = np.random.default_rng(cfg.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -319,8 +357,13 @@ class VisionTargets:
     colours: list[str]
 
 
-def load_vision_targets(data_root: Path, model_config: ModelConfig, patch_size: int, max_images: int,
-                        image_keys: Sequence[str] | None = None) -> VisionTargets | None:
+def load_vision_targets(
+    data_root: Path,
+    model_config: ModelConfig,
+    patch_size: int,
+    max_images: int,
+    image_keys: Sequence[str] | None = None,
+) -> VisionTargets | None:
     """Read a toy world's images, masks and labels (only ``image_keys`` when given, so held-out images stay
     unseen); None when the folder has no toy labels."""
     from PIL import Image
@@ -347,7 +390,9 @@ def load_vision_targets(data_root: Path, model_config: ModelConfig, patch_size: 
     pixels, patch_shape, patch_colour, present = [], [], [], []
     for key in keys:
         lab = labels[key]
-        pixels.append(preprocess(open_image(data_root / key), size, model_config.image_mean, model_config.image_std))
+        pixels.append(
+            preprocess(open_image(data_root / key), size, model_config.image_mean, model_config.image_std)
+        )
         mask_path = data_root / "masks" / Path(key).name
         if not mask_path.is_file():
             raise DataError(f"{mask_path}: toy mask missing (regenerate the toy world)")
@@ -358,7 +403,9 @@ def load_vision_targets(data_root: Path, model_config: ModelConfig, patch_size: 
         for s in lab.shapes:
             colour_of[shapes.index(s.shape) + 1] = colours.index(s.colour) + 1
         # Majority class of each patch's pixels (background wins ties only when it is the majority).
-        cells = mask.reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+        cells = (
+            mask.reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+        )
         counts = np.stack([(cells == c).sum(1) for c in range(len(shapes) + 1)], axis=1)  # (P, C+1)
         shape_ids = counts.argmax(1)
         patch_shape.append(shape_ids)
@@ -388,8 +435,13 @@ class _VisionHeads(nn.Module):
         self.present = nn.Linear(width, n_shapes + n_colours)
 
 
-def pretrain_vision(vision, targets: VisionTargets, cfg: PretrainConfig, progress: Progress | None = None,
-                    eval_targets: VisionTargets | None = None) -> dict:
+def pretrain_vision(
+    vision,
+    targets: VisionTargets,
+    cfg: PretrainConfig,
+    progress: Progress | None = None,
+    eval_targets: VisionTargets | None = None,
+) -> dict:
     """Train the ViT ``vision`` in place on the dense + image-level toy supervision; returns accuracies
     (the last batch's, and on ``eval_targets`` when given)."""
     width = int(vision.config.hidden_size)
@@ -425,9 +477,13 @@ def pretrain_vision(vision, targets: VisionTargets, cfg: PretrainConfig, progres
             shape_logits = heads.patch_shape(patches)
             colour_logits = heads.patch_colour(patches)
             # Shape is learnt on foreground patches only: background is ~85% of the patches and is already
-            # told apart by the colour head, so an all-patch loss spends most of its gradient on the easy part.
+            # told apart by the colour head, so an all-patch loss spends its gradient on the easy part.
             fg_mask = ps > 0
-            loss_shape = F.cross_entropy(shape_logits[fg_mask], ps[fg_mask]) if fg_mask.any() else shape_logits.sum() * 0
+            loss_shape = (
+                F.cross_entropy(shape_logits[fg_mask], ps[fg_mask])
+                if fg_mask.any()
+                else shape_logits.sum() * 0
+            )
             loss_colour = F.cross_entropy(colour_logits.flatten(0, 1), pc.flatten())
             loss_present = F.binary_cross_entropy_with_logits(heads.present(cls), targets.present[idx])
             loss = loss_shape + loss_colour + loss_present
@@ -442,7 +498,9 @@ def pretrain_vision(vision, targets: VisionTargets, cfg: PretrainConfig, progres
                 metrics = {
                     "loss": float(loss.detach()),
                     # Shape accuracy on foreground patches: the part that needs more than colour.
-                    "shape_acc": float((shape_logits.argmax(-1)[fg] == ps[fg]).float().mean()) if fg.any() else 0.0,
+                    "shape_acc": float((shape_logits.argmax(-1)[fg] == ps[fg]).float().mean())
+                    if fg.any()
+                    else 0.0,
                     "colour_acc": float((colour_logits.argmax(-1) == pc).float().mean()),
                 }
             if progress is not None:
@@ -485,8 +543,13 @@ def read_captions(data_root: Path) -> list[str]:
     return list(load_folder(data_root).captions)
 
 
-def _digest_inputs(data_root: Path, captions: Sequence[str], image_keys: Sequence[str] | None,
-                   model_config: ModelConfig, cfg: PretrainConfig) -> str:
+def _digest_inputs(
+    data_root: Path,
+    captions: Sequence[str],
+    image_keys: Sequence[str] | None,
+    model_config: ModelConfig,
+    cfg: PretrainConfig,
+) -> str:
     """Hash of everything the bases depend on: captions, toy labels/masks/images, configs, code version."""
     digest = hashlib.sha256()
     payload = {
@@ -507,7 +570,11 @@ def _digest_inputs(data_root: Path, captions: Sequence[str], image_keys: Sequenc
         keys = sorted(image_keys) if image_keys is not None else None
         digest.update(json.dumps(keys).encode())
         # Images and masks are small; hashing them guards against a hand-edited world with stale labels.
-        for key in keys if keys is not None else sorted(str(p.relative_to(root)) for p in (root / "images").iterdir()):
+        for key in (
+            keys
+            if keys is not None
+            else sorted(str(p.relative_to(root)) for p in (root / "images").iterdir())
+        ):
             for path in (root / key, root / "masks" / Path(key).name):
                 if path.is_file():
                     digest.update(path.name.encode())
@@ -515,9 +582,16 @@ def _digest_inputs(data_root: Path, captions: Sequence[str], image_keys: Sequenc
     return digest.hexdigest()[:20]
 
 
-def pretrain_tiny_bases(data_root: str | Path, model_config: ModelConfig, cfg: PretrainConfig | None = None,
-                        *, captions: Sequence[str] | None = None, image_keys: Sequence[str] | None = None,
-                        cache_root: Path | None = None, progress: Progress | None = None) -> TinyBases:
+def pretrain_tiny_bases(
+    data_root: str | Path,
+    model_config: ModelConfig,
+    cfg: PretrainConfig | None = None,
+    *,
+    captions: Sequence[str] | None = None,
+    image_keys: Sequence[str] | None = None,
+    cache_root: Path | None = None,
+    progress: Progress | None = None,
+) -> TinyBases:
     """Pretrained tiny bases for the ``--data`` folder ``data_root``, from the cache or built now.
 
     ``captions`` / ``image_keys`` restrict pretraining to the training split (default: the whole folder), so
@@ -593,9 +667,15 @@ def pretrain_tiny_bases(data_root: str | Path, model_config: ModelConfig, cfg: P
     return TinyBases(root, root / "vision", root / "lm", report, cached=False)
 
 
-def write_pretrained_checkpoint(out_dir: Path, data_root: Path, captions: Sequence[str],
-                                image_keys: Sequence[str] | None, cfg: PretrainConfig | None = None,
-                                progress: Progress | None = None, **overrides) -> Path:
+def write_pretrained_checkpoint(
+    out_dir: Path,
+    data_root: Path,
+    captions: Sequence[str],
+    image_keys: Sequence[str] | None,
+    cfg: PretrainConfig | None = None,
+    progress: Progress | None = None,
+    **overrides,
+) -> Path:
     """An untrained ``tiny`` LexVLA checkpoint in ``out_dir`` on pretrained (cached) bases.
 
     The bases are copied to ``out_dir/base`` so the checkpoint is self-contained. ``overrides`` are
@@ -607,8 +687,9 @@ def write_pretrained_checkpoint(out_dir: Path, data_root: Path, captions: Sequen
     cfg = cfg or PretrainConfig()
     out_dir = Path(out_dir)
     config = preset_config("tiny", **overrides)
-    bases = pretrain_tiny_bases(data_root, config, cfg, captions=captions, image_keys=image_keys,
-                                progress=progress)
+    bases = pretrain_tiny_bases(
+        data_root, config, cfg, captions=captions, image_keys=image_keys, progress=progress
+    )
     for name, src in (("vision", bases.vision_dir), ("lm", bases.lm_dir)):
         dest = out_dir / "base" / name
         if dest.exists():
