@@ -115,6 +115,15 @@ def _format_val(v: dict) -> str:
     lines = [f"  {d} " + "  ".join(f"{k} {x:.1f}" for k, x in v[d].items()) for d in ("t2i", "i2t")]
     lines.append(f"  active dims: image {v['active_img']:.1f}, text {v['active_txt']:.1f} "
                  f"({v['n_images']} held-out images, {v['n_texts']} captions)")
+    if "toy" in v:  # interpretability on a toy world (lexsearch.train.metrics), each beside its control
+        t = v["toy"]
+        lines.append(f"  explanations: top-{t['k']} words name the largest shape's colour and shape for "
+                     f"{100 * t['explanation_precision']:.1f}% (random-codebook control "
+                     f"{100 * t['random_codebook_control']:.1f}%, chance {100 * t['chance']:.1f}%); top word "
+                     f"outside the caption {100 * t['top_word_outside_caption']:.1f}%")
+        if "patchdis_miou" in t:
+            lines.append(f"  PatchDis (shape words): mIoU {t['patchdis_miou']:.1f} "
+                         f"(random assignment {t['patchdis_random']:.1f})")
     return "\n".join(lines)
 
 

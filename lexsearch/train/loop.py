@@ -471,10 +471,16 @@ class _Trainer:
         self.log.truncate_after(self.step)
 
     # ---------------------------------------------------------------------------------------- loop
-    def _validate(self) -> dict | None:
+    def _validate(self, final: bool = False) -> dict | None:
         val = None
         if self.info.is_main:
             val = validate(self.model, self.val, self.info.device, self.config.val_batch_size)
+            if final:  # on a toy world: do the words mean something? (explanations, PatchDis, controls)
+                from lexsearch.train.metrics import toy_validation
+
+                toy = toy_validation(self.model, self.val, self.info.device, seed=self.config.seed)
+                if toy is not None:
+                    val["toy"] = toy
             self.log.write({"step": self.step, "val": val})
         D.barrier(self.info)
         return val
@@ -539,7 +545,7 @@ class _Trainer:
                 self.save()
         self.save()
         if not paused:
-            val = self._validate()
+            val = self._validate(final=True)
         minutes = (self.elapsed_before + time.monotonic() - self.started) / 60.0
         rate = (self.step - first_step) / max(time.monotonic() - t0, 1e-9)
         log.info("stopped at step %d/%d after %.1f min", self.step, self.total_steps, minutes)
