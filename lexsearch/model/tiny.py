@@ -41,19 +41,11 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     )
 
 
-def build_tiny_bases(out_dir: Path, texts: Iterable[str], vision_config: dict, lm_config: dict,
-                     seed: int = 0, vocab_size: int = 2000) -> tuple[Path, Path]:
-    """Build and save a random tiny DINOv2-architecture ViT and a tiny Llama (+ tokenizer) under ``out_dir``.
-
-    Returns (vision_dir, lm_dir). Deterministic for a seed.
-    """
+def random_tiny_bases(tokenizer, vision_config: dict, lm_config: dict, seed: int = 0):
+    """(vision, lm): a randomly initialised DINOv2-architecture ViT and Llama sized by the configs, the LM's
+    vocabulary and special ids taken from ``tokenizer``. Deterministic for a seed."""
     from transformers import Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM
 
-    from lexsearch.model.checkpoint import quiet_transformers
-
-    quiet_transformers()
-    out_dir = Path(out_dir)
-    tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
     torch.manual_seed(seed)
     vision = Dinov2Model(Dinov2Config(**vision_config))
     lm = LlamaForCausalLM(
@@ -65,6 +57,21 @@ def build_tiny_bases(out_dir: Path, texts: Iterable[str], vision_config: dict, l
             **lm_config,
         )
     )
+    return vision, lm
+
+
+def build_tiny_bases(out_dir: Path, texts: Iterable[str], vision_config: dict, lm_config: dict,
+                     seed: int = 0, vocab_size: int = 2000) -> tuple[Path, Path]:
+    """Build and save a random tiny DINOv2-architecture ViT and a tiny Llama (+ tokenizer) under ``out_dir``.
+
+    Returns (vision_dir, lm_dir). Deterministic for a seed.
+    """
+    from lexsearch.model.checkpoint import quiet_transformers
+
+    quiet_transformers()
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
+    vision, lm = random_tiny_bases(tokenizer, vision_config, lm_config, seed)
     vision_dir, lm_dir = out_dir / "vision", out_dir / "lm"
     vision.save_pretrained(vision_dir)
     lm.save_pretrained(lm_dir)

@@ -601,10 +601,9 @@ def pretrain_tiny_bases(
     preprocessing. The result is deterministic for ``cfg.seed`` and the inputs; a second call with the same
     inputs returns the cached folders at once.
     """
-    from transformers import Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM
 
     from lexsearch.model.checkpoint import quiet_transformers
-    from lexsearch.model.tiny import build_tokenizer
+    from lexsearch.model.tiny import build_tokenizer, random_tiny_bases
 
     quiet_transformers()
     cfg = cfg or PretrainConfig()
@@ -627,17 +626,7 @@ def pretrain_tiny_bases(
     tmp.mkdir(parents=True)
     try:
         tokenizer = build_tokenizer(captions, vocab_size=cfg.tokenizer_vocab_size)
-        torch.manual_seed(cfg.seed)
-        vision = Dinov2Model(Dinov2Config(**model_config.vision_config))
-        lm = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=len(tokenizer),
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                **model_config.lm_config,
-            )
-        )
+        vision, lm = random_tiny_bases(tokenizer, model_config.vision_config, model_config.lm_config, cfg.seed)
         torch.manual_seed(cfg.seed + 1)
         report: dict = {"key": key, "n_captions": len(captions)}
         report.update(pretrain_lm(lm, tokenizer, captions, model_config, cfg, progress))
