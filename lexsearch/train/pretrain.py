@@ -110,6 +110,9 @@ class PretrainConfig:
     vit_batch_size: int = 64
     vit_lr: float = 2e-3
     vit_max_images: int = 4000  # cap, so a large --data folder does not blow the time budget
+    # Load the shipped ViT (lexsearch/model/assets/tiny_vit, pretrained once on a generic toy corpus) when it
+    # matches the vision config, instead of pretraining one on the training set; see lexsearch.train.tiny_vit.
+    use_shipped_vit: bool = True
 
     def __post_init__(self) -> None:
         self.stop_words = tuple(self.stop_words)
@@ -357,6 +360,33 @@ class VisionTargets:
     colours: list[str]
 
 
+def patch_targets(
+    mask: np.ndarray,
+    image_shapes: Sequence[tuple[str, str]],
+    shapes: Sequence[str],
+    colours: Sequence[str],
+    patch_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-patch shape ids, per-patch colour ids (0 = background) and the image's multi-hot presence row.
+
+    ``mask`` (S, S) holds shape category ids (index in ``shapes`` + 1); ``image_shapes`` are the image's
+    (colour, shape) pairs (each shape at most once per image, as the toy world draws them).
+    """
+    grid = mask.shape[0] // patch_size
+    colour_of = np.zeros(len(shapes) + 1, dtype=np.int64)
+    for colour, shape in image_shapes:
+        colour_of[shapes.index(shape) + 1] = colours.index(colour) + 1
+    # Majority class of each patch's pixels (background wins ties only when it is the majority).
+    cells = mask.reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    counts = np.stack([(cells == c).sum(1) for c in range(len(shapes) + 1)], axis=1)  # (P, C+1)
+    shape_ids = counts.argmax(1)
+    row = np.zeros(len(shapes) + len(colours), dtype=np.float32)
+    for colour, shape in image_shapes:
+        row[shapes.index(shape)] = 1.0
+        row[len(shapes) + colours.index(colour)] = 1.0
+    return shape_ids, colour_of[shape_ids], row
+
+
 def load_vision_targets(
     data_root: Path,
     model_config: ModelConfig,
@@ -386,7 +416,6 @@ def load_vision_targets(
     if not keys:
         return None
     size = model_config.image_size
-    grid = size // patch_size
     pixels, patch_shape, patch_colour, present = [], [], [], []
     for key in keys:
         lab = labels[key]
@@ -399,22 +428,10 @@ def load_vision_targets(
         with Image.open(mask_path) as im:
             # Nearest resize keeps class ids; the mask holds shape category ids (index in shapes + 1).
             mask = np.asarray(im.convert("L").resize((size, size), Image.Resampling.NEAREST), dtype=np.int64)
-        colour_of = np.zeros(len(shapes) + 1, dtype=np.int64)
-        for s in lab.shapes:
-            colour_of[shapes.index(s.shape) + 1] = colours.index(s.colour) + 1
-        # Majority class of each patch's pixels (background wins ties only when it is the majority).
-        cells = (
-            mask.reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
-        )
-        counts = np.stack([(cells == c).sum(1) for c in range(len(shapes) + 1)], axis=1)  # (P, C+1)
-        shape_ids = counts.argmax(1)
-        patch_shape.append(shape_ids)
-        patch_colour.append(colour_of[shape_ids])
-        row = np.zeros(len(shapes) + len(colours), dtype=np.float32)
-        for s in lab.shapes:
-            row[shapes.index(s.shape)] = 1.0
-            row[len(shapes) + colours.index(s.colour)] = 1.0
-        present.append(row)
+        row = patch_targets(mask, [(s.colour, s.shape) for s in lab.shapes], shapes, colours, patch_size)
+        patch_shape.append(row[0])
+        patch_colour.append(row[1])
+        present.append(row[2])
     return VisionTargets(
         pixels=torch.from_numpy(np.stack(pixels)),
         patch_shape=torch.from_numpy(np.stack(patch_shape)),
@@ -441,9 +458,14 @@ def pretrain_vision(
     cfg: PretrainConfig,
     progress: Progress | None = None,
     eval_targets: VisionTargets | None = None,
+    steps: int | None = None,
 ) -> dict:
     """Train the ViT ``vision`` in place on the dense + image-level toy supervision; returns accuracies
-    (the last batch's, and on ``eval_targets`` when given)."""
+    (the last batch's, and on ``eval_targets`` when given).
+
+    ``steps`` overrides ``cfg.vit_epochs`` (epochs over ``targets``) as the length of the run; the
+    learning rate, batch size and seed always come from ``cfg``.
+    """
     width = int(vision.config.hidden_size)
     prefix = 1 + int(getattr(vision.config, "num_register_tokens", 0) or 0)
     heads = _VisionHeads(width, len(targets.shapes), len(targets.colours))
@@ -451,15 +473,17 @@ def pretrain_vision(
     opt = torch.optim.AdamW(params, lr=cfg.vit_lr, weight_decay=0.05)
     n = targets.pixels.shape[0]
     steps_per_epoch = max(1, math.ceil(n / cfg.vit_batch_size))
-    total = cfg.vit_epochs * steps_per_epoch
-    warmup = max(1, total // 20)
+    total = steps if steps is not None else cfg.vit_epochs * steps_per_epoch
+    warmup = max(1, min(total // 20, 500))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, warmup, total))
     gen = torch.Generator().manual_seed(cfg.seed)
     vision.train()
     step, metrics = 0, {}
-    for _epoch in range(cfg.vit_epochs):
+    while step < total:
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, cfg.vit_batch_size):
+            if step >= total:
+                break
             idx = order[start : start + cfg.vit_batch_size]
             x = targets.pixels[idx]
             if torch.rand((), generator=gen) < 0.5:  # horizontal flip: every toy shape is mirror-symmetric
@@ -549,10 +573,15 @@ def _digest_inputs(
     image_keys: Sequence[str] | None,
     model_config: ModelConfig,
     cfg: PretrainConfig,
+    shipped_vit: Path | None = None,
 ) -> str:
-    """Hash of everything the bases depend on: captions, toy labels/masks/images, configs, code version."""
+    """Hash of everything the bases depend on: captions, toy labels/masks/images, configs, code version
+    (and the shipped ViT's weights when it is used; the training images then no longer matter)."""
+    from lexsearch.train.tiny_vit import asset_digest
+
     digest = hashlib.sha256()
     payload = {
+        "shipped_vit": asset_digest(shipped_vit) if shipped_vit is not None else None,
         "version": PRETRAIN_VERSION,
         "pretrain": asdict(cfg),
         "vision_config": model_config.vision_config,
@@ -565,7 +594,7 @@ def _digest_inputs(
     for caption in captions:
         digest.update(caption.encode() + b"\n")
     root = Path(data_root)
-    if (root / "labels.jsonl").is_file():
+    if shipped_vit is None and (root / "labels.jsonl").is_file():
         digest.update((root / "labels.jsonl").read_bytes())
         keys = sorted(image_keys) if image_keys is not None else None
         digest.update(json.dumps(keys).encode())
@@ -611,7 +640,10 @@ def pretrain_tiny_bases(
     captions = list(captions) if captions is not None else read_captions(data_root)
     if not captions:
         raise DataError(f"{data_root}: no captions to pretrain the tiny bases on")
-    key = _digest_inputs(data_root, captions, image_keys, model_config, cfg)
+    from lexsearch.train.tiny_vit import load_shipped_vit, read_record, shipped_vit_dir
+
+    shipped = shipped_vit_dir(model_config) if cfg.use_shipped_vit else None
+    key = _digest_inputs(data_root, captions, image_keys, model_config, cfg, shipped)
     root = Path(cache_root or cache_dir() / "tiny-bases") / key
     done = root / "pretrain.json"
     if done.is_file():
@@ -631,15 +663,23 @@ def pretrain_tiny_bases(
         report: dict = {"key": key, "n_captions": len(captions)}
         report.update(pretrain_lm(lm, tokenizer, captions, model_config, cfg, progress))
         t_lm = time.perf_counter()
-        targets = load_vision_targets(
-            data_root, model_config, int(vision.config.patch_size), cfg.vit_max_images, image_keys
-        )
-        if targets is None:
-            log.warning("%s has no toy labels (labels.jsonl): the tiny ViT stays random", data_root)
+        if shipped is not None:
+            # DINOv2's way: a backbone pretrained once on other data, not on this training set.
+            vision = load_shipped_vit(shipped)
+            report["vit_source"] = "shipped"
+            heldout = (read_record(shipped) or {}).get("heldout", {})
+            report.update({f"vit_shipped_{k}": v for k, v in heldout.items()})
         else:
-            torch.manual_seed(cfg.seed + 2)
-            report.update(pretrain_vision(vision, targets, cfg, progress))
-            report["vit_images"] = int(targets.pixels.shape[0])
+            report["vit_source"] = "training set"
+            targets = load_vision_targets(
+                data_root, model_config, int(vision.config.patch_size), cfg.vit_max_images, image_keys
+            )
+            if targets is None:
+                log.warning("%s has no toy labels (labels.jsonl): the tiny ViT stays random", data_root)
+            else:
+                torch.manual_seed(cfg.seed + 2)
+                report.update(pretrain_vision(vision, targets, cfg, progress))
+                report["vit_images"] = int(targets.pixels.shape[0])
         report["seconds_lm"] = round(t_lm - t0, 1)
         report["seconds_total"] = round(time.perf_counter() - t0, 1)
         vision.save_pretrained(tmp / "vision")
