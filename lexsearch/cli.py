@@ -194,11 +194,13 @@ def index(
 @click.option("--no-rerank", is_flag=True, help="Rank by the fast candidate stage only (no exact re-rank).")
 @click.option("--min-score", type=float, help="Drop results scoring below this.")
 @click.option("--pruned", is_flag=True, help="Approximate candidate stage (faster on huge collections).")
+@click.option("--expand", is_flag=True,
+              help="Also match images that share none of the query's words, only words the model relates to them.")
 @click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @_handle_errors
 def query(
-    text, collection, top, as_json, as_paths, image, no_rerank, min_score, pruned, model_dir, device
+    text, collection, top, as_json, as_paths, image, no_rerank, min_score, pruned, expand, model_dir, device
 ) -> None:
     """Search a collection by text; each result shows the words behind the match.
 
@@ -227,7 +229,8 @@ def query(
             results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
         else:
             results = s.search(col, encoder, text, top=top, rerank_candidates=not no_rerank,
-                               min_score=min_score, prune=s.PruneConfig() if pruned else None)
+                               min_score=min_score, prune=s.PruneConfig() if pruned else None,
+                               expand=expand)
     if as_json:
         click.echo(json.dumps(s.results_to_json(results), indent=2))
     elif as_paths:

@@ -12,7 +12,9 @@ Stages (DESIGN.md, "Query path"):
    (:class:`PostingsIndex` holds the postings in the layout the kernels want), the +/- hard filters, and the
    top ~1000 by a sampled threshold. A pruned mode (:class:`PruneConfig`) trades exactness for speed.
 4. :func:`rerank`: the exact lexical score of each candidate from its forward row and the *full* query
-   vector, fused with the dense (FAISS) score; an image sharing no word with the query never appears.
+   vector, fused with the dense (FAISS) score. An image that holds none of the query's own words (only
+   words the text encoder associates with them) is not a match unless ``expand`` is asked for: the honest
+   empty answer instead of the nearest random images.
 5. :func:`explain_rows`: per result the contributions ``q_w * d_w`` of the very vectors that were scored,
    merged into readable words; they sum to the lexical score.
 
@@ -113,12 +115,30 @@ class Clause:
 class Filters:
     must: list[Clause] = field(default_factory=list)
     exclude: list[Clause] = field(default_factory=list)
+    # An image must match at least one of these (the query's own words): see :func:`query_word_clauses`.
+    any_of: list[Clause] | None = None
 
     def terms(self) -> set[int]:
-        return {t for c in (*self.must, *self.exclude) for t in c.terms}
+        return {t for c in (*self.must, *self.exclude, *(self.any_of or ())) for t in c.terms}
 
     def __bool__(self) -> bool:
-        return bool(self.must or self.exclude)
+        return bool(self.must or self.exclude or self.any_of is not None)
+
+
+def query_word_clauses(parsed: ParsedQuery, word_terms: Callable[[str], Sequence[int]]) -> list[Clause]:
+    """One clause per word of the query's positive parts (all its pieces), for the "shares a query word" rule.
+
+    The text encoder also lights up words the query does not contain (its associations); an image that
+    shares only those is the "nearest random image" a search must not pass off as a match. Words the
+    vocabulary cannot represent give no clause.
+    """
+    clauses = {}
+    for part in parsed.terms:
+        for word in re.findall(r"[^\W_]+", part):
+            cols = tuple(sorted({int(t) for t in word_terms(word)}))
+            if cols:
+                clauses.setdefault(cols, Clause(word, cols))
+    return list(clauses.values())
 
 
 def resolve_operators(parsed: ParsedQuery, word_terms: Callable[[str], Sequence[int]]) -> Filters:
@@ -376,15 +396,19 @@ def apply_filters(index: PostingsIndex, scores: np.ndarray, filters: Filters) ->
         mask = _presence(index, clause)
         if mask is not None:
             scores[mask] = 0.0
-    if not filters.must:
-        return None
     allowed: np.ndarray | None = None
+    if filters.any_of is not None:
+        allowed = np.zeros(index.n_slots, bool)
+        for clause in filters.any_of:
+            mask = _presence(index, clause)
+            if mask is not None:
+                np.logical_or(allowed, mask, out=allowed)
     for clause in filters.must:
         mask = _presence(index, clause)
         if mask is None:
             return np.empty(0, np.intp)
         allowed = mask if allowed is None else np.logical_and(allowed, mask, out=allowed)
-    return np.flatnonzero(allowed)
+    return None if allowed is None else np.flatnonzero(allowed)
 
 
 def top_k(scores: np.ndarray, k: int, among: np.ndarray | None = None) -> Candidates:
@@ -635,17 +659,23 @@ def search(
     explain_words: int = EXPLAIN_WORDS,
     index: PostingsIndex | None = None,
     use_cache: bool = True,
+    expand: bool = False,
 ) -> list[Result]:
     """Search ``collection`` by text; see the module docstring for the stages.
 
     ``rerank_candidates=False`` ranks by the candidate stage alone (the strongest ``query_terms`` terms; no
     dense fusion). Pass a long-lived ``index`` to keep converted postings between queries. An empty list is
-    an honest "no image shares a word with this query".
+    an honest "no image has a word of this query". ``expand`` also admits images that share only words the
+    model associates with the query (ranked as usual), not the query's own words.
     """
     if top <= 0:
         raise UsageError("--top must be at least 1.")
     parsed = parse_query(query_text)
     filters = resolve_operators(parsed, encoder.word_terms) if parsed.must or parsed.exclude else Filters()
+    if not expand:
+        filters.any_of = query_word_clauses(parsed, encoder.word_terms)
+        if not filters.any_of:
+            return []  # no word of the query is in the vocabulary: nothing can honestly match it
     q_sparse, q_dense = encode_query(collection, encoder, parsed.text, use_cache)
     if q_sparse.nnz == 0:
         return []

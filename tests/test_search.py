@@ -187,7 +187,7 @@ def test_unknown_must_word_is_an_error_unknown_exclude_is_ignored(caplog):
 # ------------------------------------------------------------------------------------------- search
 def test_search_ranks_by_exact_score_and_explains_it(col):
     enc = BagEncoder()
-    res = s.search(col, enc, "white horse", top=10, explain_words=-1)
+    res = s.search(col, enc, "white horse", top=10, explain_words=-1, expand=True)
     q = enc.encode_texts(["white horse"]).sparse.toarray()[0]
     q = q.astype(np.float16).astype(np.float32)  # encode_query rounds like the cache stores
     expect = sorted(((exact_score(col, i, q), i) for i in IMAGES if exact_score(col, i, q) > 0),
@@ -230,13 +230,22 @@ def test_must_phrase_needs_every_word(col):
 
 def test_exclude_filter_is_exact(col):
     ids = {r.image_id for r in s.search(col, BagEncoder(), "white horse -night", top=10)}
-    sharing = {i for i, ws in IMAGES.items() if {"white", "horse", "sky"} & set(ws)}
+    sharing = {i for i, ws in IMAGES.items() if {"white", "horse"} & set(ws)}
     assert ids == {i for i in sharing if "night" not in IMAGES[i]}  # exactly: only the night image goes
 
 
 def test_exclude_multi_piece_word_needs_all_pieces(col):
     ids = {r.image_id for r in s.search(col, BagEncoder(), "horse -skateboard", top=10)}
     assert 6 not in ids and 7 in ids  # 7 has "skate" but not "##board": it is not a skateboard
+
+
+def test_a_match_must_hold_a_word_of_the_query(col):
+    # The query lights "sky" too (an association). Image 5 shares only "sky": not a match, unless expanded.
+    plain = {r.image_id for r in s.search(col, BagEncoder(), "white horse", top=10)}
+    expanded = {r.image_id for r in s.search(col, BagEncoder(), "white horse", top=10, expand=True)}
+    assert plain == {1, 2, 3, 6, 7, 8} and expanded == plain | {5}
+    # "dog" is a word of image 5: there it is a match, ranked by the full score (dog + sky).
+    assert [r.image_id for r in s.search(col, BagEncoder(), "dog", top=10)] == [5]
 
 
 def test_no_shared_word_is_an_honest_empty_result(col):
