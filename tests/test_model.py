@@ -227,3 +227,25 @@ def test_paper_adapter_has_the_papers_size():
     adapter = Adapter(768, 4096, cfg.adapter_heads, cfg.adapter_mlp_ratio, cfg.adapter_hidden)
     n = sum(p.numel() for p in adapter.parameters())
     assert 16e6 < n < 18e6  # the paper: ~17M
+
+
+def test_clip_vision_backbone_is_selectable(tmp_path):
+    """vision_type="clip" loads a CLIP vision tower through transformers (a tiny one from a config here)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from conftest import TINY_TEXTS
+    from lexsearch.model import build_model
+    from lexsearch.model.tiny import build_tiny_bases
+
+    build_tiny_bases(tmp_path / "base", TINY_TEXTS, preset_config("tiny").vision_config,
+                     preset_config("tiny").lm_config)
+    clip = CLIPVisionModel(CLIPVisionConfig(image_size=64, patch_size=8, hidden_size=64, intermediate_size=128,
+                                            num_hidden_layers=2, num_attention_heads=4))
+    clip.save_pretrained(tmp_path / "clip")
+    cfg = preset_config("tiny", vision_type="clip", vision_model=str(tmp_path / "clip"),
+                        lm_model=str(tmp_path / "base" / "lm"))
+    model = build_model(cfg)
+    assert type(model.vision).__name__ == "CLIPVisionModel"
+    s_img, _ = model.encode_image(torch.zeros(2, 3, 64, 64))
+    assert s_img.shape == (2, model.vocab_size)
+    assert model.patch_vectors(torch.zeros(1, 3, 64, 64)).shape == (1, 64, model.vocab_size)
