@@ -1,9 +1,10 @@
 """Where a training run's starting model comes from: a fine-tune checkpoint, the hub, or tiny bases.
 
-:func:`prepare_tiny_bases` is the single hook for the tiny preset's base models. Today it builds *random*
-tiny bases (a tokenizer trained on the captions, a random ViT and LM); the tiny-base pretraining
-(``lexsearch/train/pretrain.py``: the tiny LM as a language model on prompt-format text, the tiny ViT on toy
-images, cached under LEXSEARCH_HOME) plugs in here and nowhere else.
+:func:`prepare_tiny_bases` is the single hook for the tiny preset's base models: the ViT is the shipped one
+(``lexsearch/model/assets/tiny_vit``, pretrained once on a generic toy corpus, as DINOv2 is downloaded) when
+it fits the vision config, else pretrained on the training images; the tiny LM is pretrained per training
+set (its tokenizer is built from the captions). Both are cached under LEXSEARCH_HOME
+(``lexsearch/train/pretrain.py``). Shard streams keep random bases.
 """
 
 from __future__ import annotations
