@@ -24,7 +24,9 @@ ViT stand-in (supervised dense + image-level heads on the toy labels) [choice]
     colours and shapes the image contains (multi-label). Self-supervised objectives (DINO, MAE) need far more
     steps than the budget allows to see shape at all. The heads are thrown away; only the backbone is kept
     (and frozen by LexVLA training), so the words still have to be learnt by LexVLA from captions alone.
-    Data without toy labels (no ``labels.jsonl``) keeps a random backbone, with a warning.
+    Data without toy labels (no ``labels.jsonl``) keeps a random backbone, with a warning. This per-run
+    pretraining is the fallback: when the shipped ViT (:mod:`lexsearch.train.tiny_vit`, the same recipe run
+    once for far longer on a generic toy corpus) fits the vision config, it is loaded instead.
 """
 
 from __future__ import annotations
