@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from lexsearch.index import Collection, IndexOptions, build_index
-from lexsearch.index.build import load_image
+from lexsearch.model.images import load_image
 
 WARMUP_BATCHES = 8
 TINY_TEXTS = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
@@ -63,3 +64,20 @@ def test_explain_cli_single_word_and_bad_input(tiny_model_dir, tmp_path):
     (tmp_path / "text.jpg").write_text("not an image")
     res = runner.invoke(cli, ["explain", str(tmp_path / "text.jpg"), "--model", str(tiny_model_dir)])
     assert res.exit_code != 0 and "not a readable image" in res.output
+
+
+def test_explain_reads_heic_photos(tiny_model_dir, tmp_path):
+    """In a fresh process, so no earlier test's HEIF registration can hide a missing one."""
+    import subprocess
+    import sys
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.from_pillow(Image.open(_image(tmp_path / "a.png"))).save(tmp_path / "phone.heic")
+    out = subprocess.run(
+        [sys.executable, "-m", "lexsearch", "explain", str(tmp_path / "phone.heic"), "--model", str(tiny_model_dir),
+         "--json", "--heatmap", str(tmp_path / "h.png")],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[0])["words"]
+    assert Image.open(tmp_path / "h.png").size == (150, 110)

@@ -28,11 +28,12 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from lexsearch.errors import UsageError
 from lexsearch.index.scan import ScannedFile, content_hash, normalise_roots, scan, under_roots
 from lexsearch.index.store import Changes, Collection, NewImage
+from lexsearch.model.images import MAX_MEGAPIXELS, ImageTooLarge, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +44,7 @@ LOOKAHEAD_BATCHES = 3
 COMMIT_EVERY_S = 2.0
 # ... and at most this many images per commit, so a transaction (and its posting delta segments) stays small.
 COMMIT_EVERY_N = 1024
-# A decompression-bomb guard: phone cameras reach ~200 MP; a crafted PNG header can claim 10,000 MP.
-DEFAULT_MAX_MEGAPIXELS = 200.0
-
-_EXIF_ORIENTATION = 0x0112
-_EXIF_IFD = 0x8769
-_EXIF_DATETIME_ORIGINAL = 36867
-_EXIF_DATETIME = 306
-
-_heif_registered = False
+DEFAULT_MAX_MEGAPIXELS = MAX_MEGAPIXELS
 
 
 @dataclass
@@ -134,10 +127,6 @@ class _Prepared:
     error: str | None = None
 
 
-class ImageTooLarge(Exception):
-    pass
-
-
 def model_meta(encoder: Any, model_path: str | None = None) -> dict[str, Any]:
     """What a collection records about the model that wrote it (compared on every later open)."""
     sparsify = getattr(encoder, "sparsify", None)
@@ -156,59 +145,6 @@ def model_meta(encoder: Any, model_path: str | None = None) -> dict[str, Any]:
         "sparsify": sparsify,
         "model_path": os.path.abspath(model_path) if model_path else None,
     }
-
-
-def load_image(path: str, *, max_pixels: int, draft_size: int | None = None) -> tuple[Image.Image, dict]:
-    """Open an image upright in RGB, refusing decompression bombs before decoding any pixel.
-
-    Returns the image and facts for the ``images`` row: the original width/height (after rotation) and the
-    EXIF capture time. ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling) when the model only
-    needs a small input: much less work for a 12 MP photo that becomes 224 x 224.
-    """
-    _register_heif()
-    with Image.open(path) as im:
-        width, height = im.size  # the header only: nothing decoded yet
-        if width * height > max_pixels:
-            raise ImageTooLarge(f"{width}x{height} pixels is over the {max_pixels / 1e6:g} megapixel guard")
-        exif = im.getexif()
-        orientation = exif.get(_EXIF_ORIENTATION, 1)
-        taken = None
-        try:
-            taken = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
-        except Exception:  # a broken EXIF block must not cost us the image itself
-            taken = None
-        if draft_size and im.format == "JPEG":
-            im.draft("RGB", (draft_size, draft_size))
-        im.load()
-        upright = ImageOps.exif_transpose(im)
-        if orientation in (5, 6, 7, 8):  # 90-degree rotations swap the stored dimensions
-            width, height = height, width
-        rgb = _to_rgb(upright)
-    return rgb, {"width": width, "height": height, "exif_time": str(taken).strip("\x00 ") if taken else None}
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        # Transparent pixels become white, as a viewer shows them, not the black that convert() gives.
-        rgba = im.convert("RGBA")
-        back = Image.new("RGB", rgba.size, (255, 255, 255))
-        back.paste(rgba, mask=rgba.getchannel("A"))
-        return back
-    return im.convert("RGB")
-
-
-def _register_heif() -> None:
-    global _heif_registered
-    if not _heif_registered:
-        try:
-            import pillow_heif
-
-            pillow_heif.register_heif_opener()
-        except ImportError:  # HEIC files then fail one by one with a clear reason
-            logger.debug("pillow-heif not installed: HEIC/HEIF files cannot be read")
-        _heif_registered = True
 
 
 def describe_error(exc: BaseException, size: int | None = None) -> str:

@@ -1,11 +1,13 @@
-"""Image loading and preprocessing shared by the encoder, the indexer and training.
+"""Image loading and preprocessing shared by the encoder, the indexer, explain and training.
 
-``open_image`` applies EXIF orientation and refuses decompression bombs; ``preprocess`` is pure numpy/PIL
-(no torch state), so it can run in decoder threads ahead of the model.
+``load_image`` opens any supported file (HEIC/HEIF through pillow-heif) upright in RGB, refusing decompression
+bombs before decoding a pixel; ``preprocess`` is pure numpy/PIL (no torch state), so both run in decoder
+threads ahead of the model.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,26 +15,90 @@ from PIL import Image, ImageOps
 
 from lexsearch.errors import DataError
 
-# Refuse images above this many pixels before decoding them (a 20,000 x 20,000 PNG bomb is 400 MP).
-MAX_MEGAPIXELS = 180
+logger = logging.getLogger(__name__)
+
+# A decompression-bomb guard: phone cameras reach ~200 MP; a crafted PNG header can claim 10,000 MP.
+MAX_MEGAPIXELS = 200.0
 
 
 def open_image(path: str | Path, max_megapixels: float = MAX_MEGAPIXELS) -> Image.Image:
-    """Open an image as RGB with EXIF orientation applied; a DataError with the reason if it cannot be."""
-    if isinstance(path, (str, Path)) and not Path(path).is_file():
+    """Open an image upright in RGB (see :func:`load_image`); a DataError with the reason if it cannot be."""
+    if not Path(path).is_file():
         raise DataError(f"{path}: no such file")
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > max_megapixels * 1e6:
-                raise DataError(f"{path}: {img.width}x{img.height} is over the {max_megapixels:g} MP limit")
-            img = ImageOps.exif_transpose(img)
-            return img.convert("RGB")
-    except DataError:
-        raise
+        return load_image(str(path), max_pixels=int(max_megapixels * 1e6))[0]
+    except ImageTooLarge as exc:
+        raise DataError(f"{path}: {exc}") from exc
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: too large to decode safely") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
+
+
+_EXIF_ORIENTATION = 0x0112
+_EXIF_IFD = 0x8769
+_EXIF_DATETIME_ORIGINAL = 36867
+_EXIF_DATETIME = 306
+
+_heif_registered = False
+
+
+class ImageTooLarge(Exception):
+    """The header claims more pixels than the megapixel guard allows (nothing was decoded)."""
+
+
+def load_image(path: str, *, max_pixels: int, draft_size: int | None = None) -> tuple[Image.Image, dict]:
+    """Open an image upright in RGB, refusing decompression bombs before decoding any pixel.
+
+    Returns the image and facts for the ``images`` row: the original width/height (after rotation) and the
+    EXIF capture time. ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling) when the model only
+    needs a small input: much less work for a 12 MP photo that becomes 224 x 224.
+    """
+    _register_heif()
+    with Image.open(path) as im:
+        width, height = im.size  # the header only: nothing decoded yet
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"{width}x{height} pixels is over the {max_pixels / 1e6:g} megapixel guard")
+        exif = im.getexif()
+        orientation = exif.get(_EXIF_ORIENTATION, 1)
+        taken = None
+        try:
+            taken = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
+        except Exception:  # a broken EXIF block must not cost us the image itself
+            taken = None
+        if draft_size and im.format == "JPEG":
+            im.draft("RGB", (draft_size, draft_size))
+        im.load()
+        upright = ImageOps.exif_transpose(im)
+        if orientation in (5, 6, 7, 8):  # 90-degree rotations swap the stored dimensions
+            width, height = height, width
+        rgb = _to_rgb(upright)
+    return rgb, {"width": width, "height": height, "exif_time": str(taken).strip("\x00 ") if taken else None}
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels become white, as a viewer shows them, not the black that convert() gives.
+        rgba = im.convert("RGBA")
+        back = Image.new("RGB", rgba.size, (255, 255, 255))
+        back.paste(rgba, mask=rgba.getchannel("A"))
+        return back
+    return im.convert("RGB")
+
+
+def _register_heif() -> None:
+    global _heif_registered
+    if not _heif_registered:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+        except ImportError:  # HEIC files then fail one by one with a clear reason
+            logger.debug("pillow-heif not installed: HEIC/HEIF files cannot be read")
+        _heif_registered = True
+
 
 
 def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
