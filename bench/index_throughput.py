@@ -78,22 +78,29 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     w, h = (int(x) for x in args.size.lower().split("x"))
 
-    from lexsearch.model import Encoder, build_tiny_checkpoint
+    from lexsearch.model import Encoder
+    from lexsearch.tiny.builder import build_tiny_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="lexsearch-bench-") as tmp_s:
         tmp = Path(tmp_s)
         os.environ["LEXSEARCH_HOME"] = str(tmp / "home")
         model_dir = args.model or str(build_tiny_checkpoint(tmp / "tiny", TINY_TEXTS, seed=0))
         enc = Encoder.load(model_dir, device=args.device)
-        print(f"model {model_dir} on {enc.device}: image {enc.image_size}px, V={enc.vocab_size}, "
-              f"dense {enc.dense_dim}; {os.cpu_count()} CPU cores", file=sys.stderr)
+        print(
+            f"model {model_dir} on {enc.device}: image {enc.image_size}px, V={enc.vocab_size}, "
+            f"dense {enc.dense_dim}; {os.cpu_count()} CPU cores",
+            file=sys.stderr,
+        )
 
         photos = tmp / "photos"
         make_photos(photos, args.images, (w, h))
         files = sorted(photos.iterdir())
-        pixels = np.stack([
-            enc.preprocess(load_image(str(p), max_pixels=10**9, draft_size=enc.image_size)[0]) for p in files
-        ])
+        pixels = np.stack(
+            [
+                enc.preprocess(load_image(str(p), max_pixels=10**9, draft_size=enc.image_size)[0])
+                for p in files
+            ]
+        )
         bs = args.batch_size
         # Warm-up: the first calls of a CPU torch model are several times slower (allocator, oneDNN kernel
         # selection); without this the forward rate is understated and the ratio overstated.
@@ -147,10 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"index / forward       {index_rate / forward:8.2f}")
     print(f"model share of run    {model_share:8.2f}   (time in encode_pixels / index time, same seconds)")
     print(f"first index of {n} small files: {fill_s:.1f} s ({n / fill_s:.0f} files/s)")
-    print(f"re-index unchanged    {min(times):8.2f} s for {n} files (best of 3; first {times[0]:.2f} s)"
-          f" -> {min(times) * 10_000 / n:.2f} s per 10,000")
-    print(f"disk per image        {per_image:8.0f} bytes ({len(files)} photos), "
-          f"{per_image_many:.0f} bytes ({n} files)")
+    print(
+        f"re-index unchanged    {min(times):8.2f} s for {n} files (best of 3; first {times[0]:.2f} s)"
+        f" -> {min(times) * 10_000 / n:.2f} s per 10,000"
+    )
+    print(
+        f"disk per image        {per_image:8.0f} bytes ({len(files)} photos), "
+        f"{per_image_many:.0f} bytes ({n} files)"
+    )
 
 
 if __name__ == "__main__":

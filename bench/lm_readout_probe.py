@@ -26,31 +26,36 @@ def main() -> int:
     import numpy as np
     import torch
 
+    from lexsearch.data.pairs import load_folder
     from lexsearch.model.presets import preset_config
-    from lexsearch.model.tiny import build_tokenizer, random_tiny_bases
-    from lexsearch.train import pretrain as P
-    from lexsearch.train.data import load_folder
+    from lexsearch.tiny.builder import build_tokenizer, random_tiny_bases
+    from lexsearch.tiny.config import PretrainConfig
+    from lexsearch.tiny.lm import PromptFormat, important_words, pretrain_lm
 
     over = json.loads(args.overrides)
     model_config = preset_config("tiny")
     captions = list(load_folder(args.train).captions)
     held_out = list(load_folder(args.val).captions)[: args.n_val]
     tokenizer = build_tokenizer(captions)
-    cfg = replace(P.PretrainConfig(), **over)
+    cfg = replace(PretrainConfig(), **over)
     _vision, lm = random_tiny_bases(tokenizer, model_config.vision_config, model_config.lm_config, cfg.seed)
     torch.manual_seed(cfg.seed + 1)  # as pretrain_tiny_bases does
     t0 = time.time()
-    report = P.pretrain_lm(lm, tokenizer, captions, model_config, cfg)
+    report = pretrain_lm(lm, tokenizer, captions, model_config, cfg)
     seconds = time.time() - t0
-    fmt = P.PromptFormat(tokenizer, model_config)
+    fmt = PromptFormat(tokenizer, model_config)
     hits = []
     with torch.no_grad():
         for caption in held_out:
             last = lm(input_ids=torch.tensor([fmt.query_ids(caption)])).logits[0, -1]
-            target = {fmt.word_ids(w)[0] for w in P.important_words(caption, cfg.stop_words)}
+            target = {fmt.word_ids(w)[0] for w in important_words(caption, cfg.stop_words)}
             hits.append(set(last.topk(len(target)).indices.tolist()) == target)
-    print(over, report, f"caption words = top-|words| of the read-out: {100 * np.mean(hits):.1f}%",
-          f"({seconds:.0f} s)")
+    print(
+        over,
+        report,
+        f"caption words = top-|words| of the read-out: {100 * np.mean(hits):.1f}%",
+        f"({seconds:.0f} s)",
+    )
     return 0
 
 

@@ -193,19 +193,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prune-exact", type=int, default=PruneConfig.exact_terms)
     ap.add_argument("--prune-terms", type=int, default=PruneConfig.max_terms)
-    ap.add_argument("--prune-cap", type=float, default=PruneConfig.cap_fraction,
-                    help="postings kept per term, as a fraction of the images")
+    ap.add_argument(
+        "--prune-cap",
+        type=float,
+        default=PruneConfig.cap_fraction,
+        help="postings kept per term, as a fraction of the images",
+    )
     ap.add_argument("--prune-pool", type=float, default=PruneConfig.pool)
     args = ap.parse_args(argv)
     import scipy
 
-    print(f"query latency: {QUERY_TERMS}-term queries, top {K}, {args.queries} queries per size; numpy "
-          f"{np.__version__}, scipy {scipy.__version__}, "
-          f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"query latency: {QUERY_TERMS}-term queries, top {K}, {args.queries} queries per size; numpy "
+        f"{np.__version__}, scipy {scipy.__version__}, "
+        f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     for n in (int(s) for s in args.sizes.split(",")):
-        prune = PruneConfig(exact_terms=args.prune_exact, max_terms=args.prune_terms,
-                            cap_fraction=args.prune_cap, pool=args.prune_pool)
+        prune = PruneConfig(
+            exact_terms=args.prune_exact,
+            max_terms=args.prune_terms,
+            cap_fraction=args.prune_cap,
+            pool=args.prune_pool,
+        )
         run_size(n, args.queries, prune, args.seed)
         gc.collect()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

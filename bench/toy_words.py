@@ -34,11 +34,11 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    from lexsearch.data.pairs import load_folder
+    from lexsearch.data.toyworld import generate_toy_world
+    from lexsearch.tiny.bases import PretrainConfig, write_pretrained_checkpoint
     from lexsearch.train.config import train_config
-    from lexsearch.train.data import load_folder
     from lexsearch.train.loop import train
-    from lexsearch.train.pretrain import PretrainConfig, write_pretrained_checkpoint
-    from lexsearch.train.toyworld import generate_toy_world
 
     world = Path(args.world)
     for name, n, seed in (("train", 2000, 0), ("val", 500, 1)):

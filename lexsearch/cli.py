@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from lexsearch.errors import LexsearchError, NotBuiltError
+from lexsearch.errors import LexsearchError
 
 
 def _handle_errors(fn):
@@ -61,8 +61,23 @@ def cli(verbose: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_handle_errors
-def train(data, out, val_data, preset, init, epochs, max_minutes, batch_size, micro_batch_size, lr, reg, resume,
-          seed, device, quiet) -> None:
+def train(
+    data,
+    out,
+    val_data,
+    preset,
+    init,
+    epochs,
+    max_minutes,
+    batch_size,
+    micro_batch_size,
+    lr,
+    reg,
+    resume,
+    seed,
+    device,
+    quiet,
+) -> None:
     """Train or fine-tune a LexVLA model (GPU; the tiny preset also on CPU). Several GPUs: use torchrun."""
     import os
 
@@ -70,9 +85,21 @@ def train(data, out, val_data, preset, init, epochs, max_minutes, batch_size, mi
     from lexsearch.train.loop import train as run_training
 
     config = train_config(
-        preset, data=data, out=out, val_data=val_data, init=init, epochs=epochs, max_minutes=max_minutes,
-        batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, reg=reg, resume=resume, seed=seed,
-        device=device, quiet=quiet,
+        preset,
+        data=data,
+        out=out,
+        val_data=val_data,
+        init=init,
+        epochs=epochs,
+        max_minutes=max_minutes,
+        batch_size=batch_size,
+        micro_batch_size=micro_batch_size,
+        lr=lr,
+        reg=reg,
+        resume=resume,
+        seed=seed,
+        device=device,
+        quiet=quiet,
     )
     main_rank = os.environ.get("RANK", "0") == "0"
     progress = _TrainBar(quiet or not main_rank)
@@ -83,8 +110,10 @@ def train(data, out, val_data, preset, init, epochs, max_minutes, batch_size, mi
     if not main_rank:
         return
     state = "stopped early" if result.stopped_early else "done"
-    click.echo(f"{state}: step {result.step}/{result.total_steps}, loss {result.loss:.4f}, "
-               f"{result.steps_per_s:.2f} steps/s, {result.minutes:.1f} min -> {result.out}")
+    click.echo(
+        f"{state}: step {result.step}/{result.total_steps}, loss {result.loss:.4f}, "
+        f"{result.steps_per_s:.2f} steps/s, {result.minutes:.1f} min -> {result.out}"
+    )
     if result.val:
         click.echo(_format_val(result.val))
 
@@ -100,8 +129,15 @@ class _TrainBar:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=p.total_steps, initial=p.step - 1, desc="train", unit="step", file=sys.stderr,
-                            disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+            self.bar = tqdm(
+                total=p.total_steps,
+                initial=p.step - 1,
+                desc="train",
+                unit="step",
+                file=sys.stderr,
+                disable=self.quiet or not sys.stderr.isatty(),
+                dynamic_ncols=True,
+            )
         self.bar.update(p.step - self.bar.n)
         self.bar.set_postfix(loss=f"{p.loss:.3f}", epoch=p.epoch, refresh=False)
 
@@ -113,17 +149,23 @@ class _TrainBar:
 def _format_val(v: dict) -> str:
     """The final validation of a training run: R@K both ways and active dims."""
     lines = [f"  {d} " + "  ".join(f"{k} {x:.1f}" for k, x in v[d].items()) for d in ("t2i", "i2t")]
-    lines.append(f"  active dims: image {v['active_img']:.1f}, text {v['active_txt']:.1f} "
-                 f"({v['n_images']} held-out images, {v['n_texts']} captions)")
-    if "toy" in v:  # interpretability on a toy world (lexsearch.train.metrics), each beside its control
+    lines.append(
+        f"  active dims: image {v['active_img']:.1f}, text {v['active_txt']:.1f} "
+        f"({v['n_images']} held-out images, {v['n_texts']} captions)"
+    )
+    if "toy" in v:  # interpretability on a toy world (lexsearch.eval.toy), each beside its control
         t = v["toy"]
-        lines.append(f"  explanations: top-{t['k']} words name the largest shape's colour and shape for "
-                     f"{100 * t['explanation_precision']:.1f}% (random-codebook control "
-                     f"{100 * t['random_codebook_control']:.1f}%, chance {100 * t['chance']:.1f}%); top word "
-                     f"outside the caption {100 * t['top_word_outside_caption']:.1f}%")
+        lines.append(
+            f"  explanations: top-{t['k']} words name the largest shape's colour and shape for "
+            f"{100 * t['explanation_precision']:.1f}% (random-codebook control "
+            f"{100 * t['random_codebook_control']:.1f}%, chance {100 * t['chance']:.1f}%); top word "
+            f"outside the caption {100 * t['top_word_outside_caption']:.1f}%"
+        )
         if "patchdis_miou" in t:
-            lines.append(f"  PatchDis (shape words): mIoU {t['patchdis_miou']:.1f} "
-                         f"(random assignment {t['patchdis_random']:.1f})")
+            lines.append(
+                f"  PatchDis (shape words): mIoU {t['patchdis_miou']:.1f} "
+                f"(random assignment {t['patchdis_random']:.1f})"
+            )
     return "\n".join(lines)
 
 
@@ -189,13 +231,19 @@ def index(
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
 @click.option("--json", "as_json", is_flag=True, help='Print [{"rank", "path", "score", "words": [...]}].')
 @click.option("--paths", "as_paths", is_flag=True, help="Print only the paths, one a line (for xargs).")
-@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=str),
-              help="Search by this image instead of text (dense search; shared words still shown).")
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    help="Search by this image instead of text (dense search; shared words still shown).",
+)
 @click.option("--no-rerank", is_flag=True, help="Rank by the fast candidate stage only (no exact re-rank).")
 @click.option("--min-score", type=float, help="Drop results scoring below this.")
 @click.option("--pruned", is_flag=True, help="Approximate candidate stage (faster on huge collections).")
-@click.option("--expand", is_flag=True,
-              help="Also match images that share none of the query's words, only words the model relates to them.")
+@click.option(
+    "--expand",
+    is_flag=True,
+    help="Also match images that share none of the query's words, only words the model relates to them.",
+)
 @click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @_handle_errors
@@ -228,9 +276,16 @@ def query(
         if image:
             results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
         else:
-            results = s.search(col, encoder, text, top=top, rerank_candidates=not no_rerank,
-                               min_score=min_score, prune=s.PruneConfig() if pruned else None,
-                               expand=expand)
+            results = s.search(
+                col,
+                encoder,
+                text,
+                top=top,
+                rerank_candidates=not no_rerank,
+                min_score=min_score,
+                prune=s.PruneConfig() if pruned else None,
+                expand=expand,
+            )
     if as_json:
         click.echo(json.dumps(s.results_to_json(results), indent=2))
     elif as_paths:
@@ -246,7 +301,9 @@ def query(
 @click.argument("image", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
 @click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
-@click.option("--top", "top_k", default=10, show_default=True, type=click.IntRange(min=1), help="Words to show.")
+@click.option(
+    "--top", "top_k", default=10, show_default=True, type=click.IntRange(min=1), help="Words to show."
+)
 @click.option("--json", "as_json", is_flag=True, help='Print {"path", "words": [{"word", "weight"}]}.')
 @click.option("--heatmap", type=click.Path(dir_okay=False, path_type=str), help="Write a heat map PNG here.")
 @click.option("--word", help="Heat map of this one word's patch scores instead of the top words.")
@@ -262,7 +319,8 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
     import numpy as np
 
     from lexsearch.errors import UsageError
-    from lexsearch.explain import explain_image, heatmap as draw_heatmap
+    from lexsearch.explain import explain_image
+    from lexsearch.explain import heatmap as draw_heatmap
     from lexsearch.index.store import Collection
     from lexsearch.model import Encoder
     from lexsearch.model.images import open_image
@@ -287,7 +345,9 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
         result = explain_image(encoder, img, top_k=top_k, path=image)
         words, term_ids = result.words, result.term_ids
     if as_json:
-        click.echo(json.dumps({"path": image, "words": [{"word": w, "weight": round(x, 6)} for w, x in words]}))
+        click.echo(
+            json.dumps({"path": image, "words": [{"word": w, "weight": round(x, 6)} for w, x in words]})
+        )
     else:
         click.echo(f"{image}")
         for w, x in words:
@@ -351,8 +411,8 @@ def eval_retrieval(
     """Zero-shot retrieval R@1/5/10 both ways (several captions per image), with active dims."""
     import os
 
+    from lexsearch.data import karpathy as kp
     from lexsearch.errors import UsageError
-    from lexsearch.eval import karpathy as kp
     from lexsearch.eval import retrieval as rt
     from lexsearch.eval.report import format_retrieval, to_json
 
@@ -479,10 +539,21 @@ def eval_patchdis(
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=str))
-@click.option("--images", "n_images", default=2500, show_default=True, type=click.IntRange(min=20),
-              help="Size of the generated toy world (a fifth, at most 500, is held out for validation).")
-@click.option("--minutes", default=8.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Time limit for training the tiny model.")
+@click.option(
+    "--images",
+    "n_images",
+    default=2500,
+    show_default=True,
+    type=click.IntRange(min=20),
+    help="Size of the generated toy world (a fifth, at most 500, is held out for validation).",
+)
+@click.option(
+    "--minutes",
+    default=8.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Time limit for training the tiny model.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @_handle_errors
@@ -500,8 +571,15 @@ def demo(directory, n_images, minutes, seed, device) -> None:
 
     bar = _TrainBar(quiet=False)
     try:
-        report = run_demo(directory, n_images=n_images, max_minutes=minutes, seed=seed, device=device,
-                          step=step, train_progress=bar)
+        report = run_demo(
+            directory,
+            n_images=n_images,
+            max_minutes=minutes,
+            seed=seed,
+            device=device,
+            step=step,
+            train_progress=bar,
+        )
     finally:
         bar.close()
     if report.train:
@@ -516,7 +594,7 @@ def demo(directory, n_images, minutes, seed, device) -> None:
     for word, weight in report.explanation:
         click.echo(f"  {weight:7.4f}  {word}")
     click.echo(f"\nHeat map of its top words: {report.heatmap}")
-    click.echo("Try your own: lexsearch query \"green triangle\" --collection demo")
+    click.echo('Try your own: lexsearch query "green triangle" --collection demo')
 
 
 def main() -> None:

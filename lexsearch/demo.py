@@ -1,6 +1,6 @@
 """``lexsearch demo``: the whole loop on a generated toy world, with no download.
 
-1. generate a toy world of coloured shapes with captions (``lexsearch.train.toyworld``);
+1. generate a toy world of coloured shapes with captions (``lexsearch.data.toyworld``);
 2. train the ``tiny`` preset on it (pretraining its tiny bases first), or reuse the model a previous demo
    trained with the same settings (kept under ``LEXSEARCH_HOME/models``);
 3. index the images into the ``demo`` collection;
@@ -66,13 +66,13 @@ def run_demo(
     index_reporter=None,
 ) -> DemoReport:
     """Run the demo into ``out_dir`` (world, heat map); the model goes to LEXSEARCH_HOME/models."""
+    from lexsearch.data.toyworld import generate_toy_world, read_labels
     from lexsearch.index.build import build_index
     from lexsearch.index.store import Collection
     from lexsearch.model import Encoder
     from lexsearch.search import search
     from lexsearch.train.config import train_config
     from lexsearch.train.loop import train
-    from lexsearch.train.toyworld import generate_toy_world, read_labels
 
     say = step or (lambda msg: None)
     out_dir = Path(out_dir).expanduser().resolve()
@@ -93,8 +93,16 @@ def run_demo(
             shutil.rmtree(model_dir)
         say(f"Training the tiny model (at most {max_minutes:g} minutes on this machine) into {model_dir}")
         holdout = max(1, min(500, n_images // 5))
-        cfg = train_config("tiny", data=str(world), out=str(model_dir), max_minutes=max_minutes, seed=seed,
-                           device=device, val_holdout=float(holdout), quiet=True)
+        cfg = train_config(
+            "tiny",
+            data=str(world),
+            out=str(model_dir),
+            max_minutes=max_minutes,
+            seed=seed,
+            device=device,
+            val_holdout=float(holdout),
+            quiet=True,
+        )
         result = train(cfg, progress=train_progress)
         train_val = result.val
         (model_dir / MODEL_DONE).write_text(json.dumps({"val": result.val, "minutes": result.minutes}))
@@ -102,10 +110,17 @@ def run_demo(
     say(f"Indexing {world / 'images'} into the '{DEMO_COLLECTION}' collection")
     encoder = Encoder.load(model_dir, device=device)
     with Collection.open(DEMO_COLLECTION, readonly=False, recreate=True) as col:
-        summary = build_index([world / "images"], encoder, col, reporter=index_reporter,
-                              model_path=str(model_dir), rebuild_command="lexsearch demo")
-    report = DemoReport(world=world, model=model_dir, model_reused=reused, train=train_val,
-                        index_summary=summary.line())
+        summary = build_index(
+            [world / "images"],
+            encoder,
+            col,
+            reporter=index_reporter,
+            model_path=str(model_dir),
+            rebuild_command="lexsearch demo",
+        )
+    report = DemoReport(
+        world=world, model=model_dir, model_reused=reused, train=train_val, index_summary=summary.line()
+    )
 
     with Collection.open(DEMO_COLLECTION, readonly=True) as col:
         for query in DEMO_QUERIES:
@@ -127,6 +142,11 @@ def run_demo(
     if key in labels:
         shapes = labels[key].shapes
         report.truth = ", ".join(f"{s.colour} {s.shape}" for s in shapes)
-    report.heatmap = heatmap(encoder, open_image(first), [int(c) for c in term_cols[order][:3]],
-                             encoder.words(term_cols[order][:3]), out_dir / "explain.png")
+    report.heatmap = heatmap(
+        encoder,
+        open_image(first),
+        [int(c) for c in term_cols[order][:3]],
+        encoder.words(term_cols[order][:3]),
+        out_dir / "explain.png",
+    )
     return report

@@ -3,10 +3,10 @@
     python scripts/pretrain_tiny_vit.py --steps 12000 [--n-train 16000 --n-eval 1000 --out DIR]
 
 The corpus is rendered in memory from the toy world's generator with its own fixed seed (CorpusSpec), never
-from a user's data; training is :func:`lexsearch.train.pretrain.pretrain_vision` (dense per-patch shape and
+from a user's data; training is :func:`lexsearch.tiny.vision.pretrain_vision` (dense per-patch shape and
 colour heads + image-level presence head); the held-out part of the corpus gives the recorded accuracies.
 Writes ``model.safetensors`` (float16) + ``config.json`` + ``pretrain_record.json`` into ``--out``
-(default: lexsearch/model/assets/tiny_vit).
+(default: lexsearch/tiny/assets/tiny_vit).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import lexsearch  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 
 
 def main() -> int:
-    from lexsearch.train.tiny_vit import ASSET_DIR, CorpusSpec
+    from lexsearch.tiny.vit_asset import ASSET_DIR, CorpusSpec
 
     spec = CorpusSpec()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,8 +44,9 @@ def main() -> int:
     from transformers import Dinov2Config, Dinov2Model
 
     from lexsearch.model.presets import preset_config
-    from lexsearch.train.pretrain import PretrainConfig, pretrain_vision
-    from lexsearch.train.tiny_vit import RECORD_FILE, asset_fingerprint, corpus_targets
+    from lexsearch.tiny.config import PretrainConfig
+    from lexsearch.tiny.vision import pretrain_vision
+    from lexsearch.tiny.vit_asset import RECORD_FILE, asset_fingerprint, corpus_targets
 
     config = preset_config("tiny")
     config.vision_config = dict(config.vision_config, **json.loads(args.vision))
@@ -83,10 +84,10 @@ def main() -> int:
     vision.half().save_pretrained(out)
     record = {
         "what": "tiny preset ViT (DINOv2 architecture) pretrained on a generic toy corpus; see "
-        "lexsearch/train/tiny_vit.py",
+        "lexsearch/tiny/vit_asset.py",
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "corpus": {
-            "generator": "lexsearch.train.toyworld.render_scene (default ToyWorldConfig)",
+            "generator": "lexsearch.data.toyworld.render_scene (default ToyWorldConfig)",
             "seed": args.corpus_seed,
             "n_train": args.n_train,
             "eval_images": [args.n_train, args.n_train + args.n_eval],

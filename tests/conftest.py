@@ -33,7 +33,7 @@ def lexsearch_home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def _tiny_model_master(tmp_path_factory):
-    from lexsearch.model import build_tiny_checkpoint
+    from lexsearch.tiny.builder import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model"), TINY_TEXTS, seed=0)
 

@@ -32,10 +32,10 @@ def test_help_does_not_import_torch():
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from lexsearch.cli import cli\n"
-        "for args in (['--help'], *[[c, '--help'] for c in %r]):\n"
+        f"for args in (['--help'], *[[c, '--help'] for c in {COMMANDS!r}]):\n"
         "    assert CliRunner().invoke(cli, args).exit_code == 0, args\n"
         "heavy = [m for m in ('torch', 'transformers', 'faiss', 'scipy') if m in sys.modules]\n"
-        "print(','.join(heavy))\n" % COMMANDS
+        "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

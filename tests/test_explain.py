@@ -36,7 +36,8 @@ def test_explain_cli_json_and_heatmap(tiny_model_dir, tmp_path):
     path = _image(tmp_path / "a.png")
     out = tmp_path / "heat.png"
     res = CliRunner().invoke(
-        cli, ["explain", str(path), "--model", str(tiny_model_dir), "--top", "3", "--json", "--heatmap", str(out)]
+        cli,
+        ["explain", str(path), "--model", str(tiny_model_dir), "--top", "3", "--json", "--heatmap", str(out)],
     )
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout.splitlines()[0])
@@ -45,19 +46,47 @@ def test_explain_cli_json_and_heatmap(tiny_model_dir, tmp_path):
     with Image.open(out) as heat:
         assert heat.format == "PNG" and heat.size == (150, 110)
         # the overlay changed pixels: something was drawn over the image
-        assert np.abs(np.asarray(heat.convert("RGB"), dtype=int) - np.asarray(Image.open(path), dtype=int)).sum() > 0
+        assert (
+            np.abs(np.asarray(heat.convert("RGB"), dtype=int) - np.asarray(Image.open(path), dtype=int)).sum()
+            > 0
+        )
 
 
 def test_explain_cli_single_word_and_bad_input(tiny_model_dir, tmp_path):
     path = _image(tmp_path / "a.png")
     runner = CliRunner()
-    res = runner.invoke(cli, ["explain", str(path), "--model", str(tiny_model_dir), "--word", "circle",
-                              "--heatmap", str(tmp_path / "w.png")])
+    res = runner.invoke(
+        cli,
+        [
+            "explain",
+            str(path),
+            "--model",
+            str(tiny_model_dir),
+            "--word",
+            "circle",
+            "--heatmap",
+            str(tmp_path / "w.png"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "w.png").size == (150, 110)
-    for word, message in (("\u65e5\u672c", "not in the model's vocabulary"), ("zebrax", "not one vocabulary word")):
-        res = runner.invoke(cli, ["explain", str(path), "--model", str(tiny_model_dir), "--word", word,
-                                  "--heatmap", str(tmp_path / "z.png")])
+    for word, message in (
+        ("\u65e5\u672c", "not in the model's vocabulary"),
+        ("zebrax", "not one vocabulary word"),
+    ):
+        res = runner.invoke(
+            cli,
+            [
+                "explain",
+                str(path),
+                "--model",
+                str(tiny_model_dir),
+                "--word",
+                word,
+                "--heatmap",
+                str(tmp_path / "z.png"),
+            ],
+        )
         assert res.exit_code != 0 and message in res.output, res.output
     res = runner.invoke(cli, ["explain", str(tmp_path / "missing.jpg"), "--model", str(tiny_model_dir)])
     assert res.exit_code != 0 and "no such file" in res.output and "Traceback" not in res.output
@@ -74,9 +103,20 @@ def test_explain_reads_heic_photos(tiny_model_dir, tmp_path):
     pillow_heif = pytest.importorskip("pillow_heif")
     pillow_heif.from_pillow(Image.open(_image(tmp_path / "a.png"))).save(tmp_path / "phone.heic")
     out = subprocess.run(
-        [sys.executable, "-m", "lexsearch", "explain", str(tmp_path / "phone.heic"), "--model", str(tiny_model_dir),
-         "--json", "--heatmap", str(tmp_path / "h.png")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "lexsearch",
+            "explain",
+            str(tmp_path / "phone.heic"),
+            "--model",
+            str(tiny_model_dir),
+            "--json",
+            "--heatmap",
+            str(tmp_path / "h.png"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[0])["words"]

@@ -460,7 +460,6 @@ class Collection:
         gen = int(self._meta_value("generation", 0))
         if self._faiss is not None and self._faiss_gen == gen:
             return self._faiss
-        import faiss
 
         if self._faiss is None:
             self._faiss = self._load_faiss(dim)

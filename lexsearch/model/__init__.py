@@ -9,11 +9,20 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "build_model": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
-    "ModelConfig": "config", "read_config": "config", "fingerprint": "config",
-    "Encoded": "encoder", "Encoder": "encoder", "pick_device": "encoder",
-    "LazyEncoder": "lazy", "LexVLA": "lexvla", "PRESETS": "presets", "preset_config": "presets",
-    "build_tiny_checkpoint": "tiny", "Vocabulary": "vocab",
+    "build_model": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "ModelConfig": "config",
+    "read_config": "config",
+    "fingerprint": "config",
+    "Encoded": "encoder",
+    "Encoder": "encoder",
+    "pick_device": "encoder",
+    "LazyEncoder": "lazy",
+    "LexVLA": "lexvla",
+    "PRESETS": "presets",
+    "preset_config": "presets",
+    "Vocabulary": "vocab",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -22,12 +22,19 @@ import torch
 
 from lexsearch.config import to_dict
 from lexsearch.errors import ModelError
-from lexsearch.model.config import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelConfig, read_config, resolve_base, tokenizer_source
+from lexsearch.model.config import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    ModelConfig,
+    read_config,
+    resolve_base,
+    tokenizer_source,
+)
 from lexsearch.model.lexvla import LexVLA
 from lexsearch.model.vocab import filter_vocabulary
 
 log = logging.getLogger(__name__)
-
 
 
 def quiet_transformers() -> None:
@@ -118,7 +125,9 @@ def save_checkpoint(model: LexVLA, out_dir: Path, root: Path | None = None) -> P
                     shutil.rmtree(dest)
                 shutil.copytree(src, dest)
             setattr(config, field, f"base/{sub}")
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.trainable_state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.trainable_state_dict().items()
+    }
     tmp = out_dir / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "lexsearch", "version": str(FORMAT_VERSION)})
     tmp.replace(out_dir / WEIGHTS_FILE)

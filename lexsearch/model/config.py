@@ -50,7 +50,15 @@ class ModelConfig:
     lora_r: int = 8  # [choice] r=8 on all linear projections = 20.0M params = 0.297% of Llama-2-7B
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_targets: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
     max_text_tokens: int = 64  # caption tokens after the prompt prefix (longer captions are cut)
     # --- vocabulary ---------------------------------------------------------------------------------------
     # Kept tokenizer ids (the columns of every vector). Filled by the vocabulary filter at build time.
@@ -65,7 +73,7 @@ class ModelConfig:
     max_logit_scale: float = 100.0
     # --- bookkeeping --------------------------------------------------------------------------------------
     preset: str = "custom"
-    # Tiny presets build their bases from these configs instead of loading weights (see model/tiny.py).
+    # Tiny presets build their bases from these configs instead of loading weights (see lexsearch/tiny/builder.py).
     vision_config: dict[str, Any] = field(default_factory=dict)
     lm_config: dict[str, Any] = field(default_factory=dict)
 
@@ -94,7 +102,9 @@ def read_config(model_dir: Path) -> ModelConfig:
     if not Path(model_dir).is_dir():
         raise ModelError(f"model folder not found: {model_dir}")
     if not path.is_file():
-        raise ModelError(f"{model_dir} is not a lexsearch model (no {CONFIG_FILE}); train one with 'lexsearch train'")
+        raise ModelError(
+            f"{model_dir} is not a lexsearch model (no {CONFIG_FILE}); train one with 'lexsearch train'"
+        )
     try:
         payload = json.loads(path.read_text())
         return from_dict(ModelConfig, payload["model"])

@@ -94,7 +94,9 @@ def sparsify_vectors(vectors: torch.Tensor, mode: str, k: int) -> sp.csr_matrix:
 class Encoder:
     """A loaded LexVLA model ready for inference on one device (see docs/INTERFACES.md)."""
 
-    def __init__(self, model: LexVLA, device: torch.device, model_id: str = "", model_dir: Path | None = None):
+    def __init__(
+        self, model: LexVLA, device: torch.device, model_id: str = "", model_dir: Path | None = None
+    ):
         self.model = model.to(device).eval()
         self.device = device
         self.config = model.config
@@ -137,7 +139,10 @@ class Encoder:
         return Encoded(sparsify_vectors(s_img, mode, k), _numpy(dense))
 
     def encode_images(
-        self, images: Sequence[Image.Image | str | Path], batch_size: int = 32, sparsify: str | tuple | None = None
+        self,
+        images: Sequence[Image.Image | str | Path],
+        batch_size: int = 32,
+        sparsify: str | tuple | None = None,
     ) -> Encoded:
         parts = []
         for start in range(0, len(images), batch_size):

@@ -42,8 +42,19 @@ class LazyEncoder:
         return self.vocab.decode(row, top_k)
 
     # What needs the networks; anything else missing is a plain AttributeError (no accidental load).
-    _NETWORK = frozenset({"encode_texts", "encode_images", "encode_pixels", "encode_words", "encode_patches",
-                          "preprocess", "grid", "model", "device"})
+    _NETWORK = frozenset(
+        {
+            "encode_texts",
+            "encode_images",
+            "encode_pixels",
+            "encode_words",
+            "encode_patches",
+            "preprocess",
+            "grid",
+            "model",
+            "device",
+        }
+    )
 
     def __getattr__(self, name: str):
         if name not in LazyEncoder._NETWORK:

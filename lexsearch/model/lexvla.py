@@ -93,8 +93,11 @@ class LexVLA(nn.Module):
         # LoRA on the LM's linear projections [paper: ~0.30% of Llama-2-7B]; peft freezes everything else.
         targets = [t for t in config.lora_targets if any(n.endswith(t) for n, _ in lm.named_modules())]
         lora = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=targets, bias="none",
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=targets,
+            bias="none",
         )
         self.lm = get_peft_model(lm, lora)
         self.decoder = self.lm.get_base_model().get_decoder()  # the transformer without its LM head

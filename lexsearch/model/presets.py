@@ -1,7 +1,7 @@
 """Model presets: ``paper`` (the paper's models), ``small`` (one GPU; CPU-usable queries), ``tiny`` (offline).
 
 ``tiny`` is the same LexVLA code with small sizes. Its bases are built from the configs below (no weights are
-downloaded) with a tokenizer trained on the toy world's text; see :mod:`lexsearch.model.tiny`.
+downloaded) with a tokenizer trained on the toy world's text; see :mod:`lexsearch.tiny.builder`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,25 @@ PRESETS = ("paper", "small", "tiny")
 
 # A 4-layer ViT on 64 px images with 8 px patches (an 8 x 8 grid), DINOv2's architecture.
 TINY_VISION = dict(
-    image_size=64, patch_size=8, hidden_size=96, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=2,
-    layerscale_value=1.0, drop_path_rate=0.0,
+    image_size=64,
+    patch_size=8,
+    hidden_size=96,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    mlp_ratio=2,
+    layerscale_value=1.0,
+    drop_path_rate=0.0,
 )
 # A 2-layer Llama; vocab_size is set from the tokenizer built on the training text.
 TINY_LM = dict(
-    hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-    max_position_embeddings=256, tie_word_embeddings=False, rms_norm_eps=1e-5,
+    hidden_size=96,
+    intermediate_size=192,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-5,
 )
 
 

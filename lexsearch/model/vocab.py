@@ -63,8 +63,11 @@ def display_words(pieces: Sequence[str]) -> list[str]:
     words = []
     for piece in pieces:
         text, starts = _strip_marker(piece)
-        words.append(text if starts or not uses_markers or text.startswith(CONTINUATION_MARK)
-                     else CONTINUATION_MARK + text)
+        words.append(
+            text
+            if starts or not uses_markers or text.startswith(CONTINUATION_MARK)
+            else CONTINUATION_MARK + text
+        )
     return words
 
 

@@ -1,1 +1,3 @@
-"""Training LexVLA: data readers, losses, the training loop, distributed helpers and the toy world."""
+"""The paper's training recipe (LexVLA section 3): config, losses, exact large-batch micro-batching, the loop,
+distributed helpers and resumable state. Data comes from :mod:`lexsearch.data`; the tiny preset's bases from
+:mod:`lexsearch.tiny`."""

@@ -73,7 +73,7 @@ def count_shard_samples(urls: list[str]) -> int:
     """Samples (keys with an image member) in local tar shards, from the tar headers alone."""
     import tarfile
 
-    from lexsearch.train.data import IMAGE_EXTENSIONS
+    from lexsearch.data.pairs import IMAGE_EXTENSIONS
 
     total = 0
     for url in urls:
@@ -165,7 +165,7 @@ class Batches:
 
 def load_data(config: TrainConfig):
     """(train pairs, validation FolderPairs) from --data and --val-data or a held-out split."""
-    from lexsearch.train.data import FolderPairs, load_pairs, split_holdout
+    from lexsearch.data.pairs import FolderPairs, load_pairs, split_holdout
 
     pairs = load_pairs(config.data)
     if config.val_data:

@@ -119,17 +119,36 @@ class TrainConfig:
 
 # Per-preset defaults for what the paper's values cannot mean at that scale. Everything else is the paper's.
 PRESET_DEFAULTS: dict[str, dict] = {
-    "paper": {"micro_batch_size": 96, "grad_checkpointing": True, "num_workers": 8, "log_every": 20,
-              "val_every": 1000},
-    "small": {"batch_size": 1024, "micro_batch_size": 128, "grad_checkpointing": True, "num_workers": 8,
-              "log_every": 20, "val_every": 1000},
+    "paper": {
+        "micro_batch_size": 96,
+        "grad_checkpointing": True,
+        "num_workers": 8,
+        "log_every": 20,
+        "val_every": 1000,
+    },
+    "small": {
+        "batch_size": 1024,
+        "micro_batch_size": 128,
+        "grad_checkpointing": True,
+        "num_workers": 8,
+        "log_every": 20,
+        "val_every": 1000,
+    },
     # A toy world of ~2,000 images: ~15 steps an epoch, so the ramp and logging are scaled to a few hundred
     # steps, and the lambdas to the tiny vocabulary (see scale_lambdas_by_vocab).
     # epochs 40 and a temperature LR of 0.02 (the scale 14 -> ~75) measured best on 2,000 / 500 toy images
     # (bench/toy_words.py); at the base LR the temperature barely moves and R@1 stays ~2-4%.
-    "tiny": {"batch_size": 128, "epochs": 40.0, "temperature_lr": 0.02, "ramp_steps": 100,
-             "scale_lambdas_by_vocab": True,
-             "num_workers": 1, "log_every": 5, "val_every": 50, "val_batch_size": 128},
+    "tiny": {
+        "batch_size": 128,
+        "epochs": 40.0,
+        "temperature_lr": 0.02,
+        "ramp_steps": 100,
+        "scale_lambdas_by_vocab": True,
+        "num_workers": 1,
+        "log_every": 5,
+        "val_every": 50,
+        "val_batch_size": 128,
+    },
 }
 
 

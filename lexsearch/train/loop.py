@@ -476,7 +476,7 @@ class _Trainer:
         if self.info.is_main:
             val = validate(self.model, self.val, self.info.device, self.config.val_batch_size)
             if final:  # on a toy world: do the words mean something? (explanations, PatchDis, controls)
-                from lexsearch.train.metrics import toy_validation
+                from lexsearch.eval.toy import toy_validation
 
                 toy = toy_validation(self.model, self.val, self.info.device, seed=self.config.seed)
                 if toy is not None:

@@ -1,0 +1,41 @@
+"""The words behind a match: per-word contributions ``q_w * d_w`` of the scored vectors, merged for display."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+# Words shown per result (the rest is summed into ``Result.rest`` so words + rest == lexical).
+EXPLAIN_WORDS = 6
+
+
+def contributions(terms: np.ndarray, weights: np.ndarray, qvec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(term ids, q_w * d_w) of every shared word, largest first: the exact decomposition of ``q . d``."""
+    contrib = qvec[terms] * weights
+    nz = np.flatnonzero(contrib > 0)
+    order = nz[np.argsort(-contrib[nz], kind="stable")]
+    return np.asarray(terms)[order], contrib[order]
+
+
+def merge_words(words: Sequence[str], values: Sequence[float]) -> list[tuple[str, float]]:
+    """Merge pieces that read as the same word ("Horse", "horse", "##horse") and sort, largest first.
+
+    The merged word is shown as its strongest piece, so the reader sees the form the model used most.
+    """
+    merged: dict[str, list] = {}
+    for word, value in zip(words, values):
+        key = word.removeprefix("##").lower()
+        slot = merged.setdefault(key, [word, 0.0, -1.0])
+        slot[1] += float(value)
+        if value > slot[2]:
+            slot[0], slot[2] = word, float(value)
+    return sorted(((w, total) for w, total, _ in merged.values()), key=lambda wt: -wt[1])
+
+
+def explain_row(
+    terms: np.ndarray, weights: np.ndarray, qvec: np.ndarray, words: Callable[[Sequence[int]], list[str]]
+) -> list[tuple[str, float]]:
+    """Every shared word of one image and its contribution (they sum to the lexical score), largest first."""
+    t, c = contributions(terms, weights, qvec)
+    return merge_words(words(t.tolist()), c.tolist())

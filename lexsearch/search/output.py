@@ -1,0 +1,39 @@
+"""Results as the CLI prints them: a table, ``--paths`` and ``--json``. Returns strings; never prints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lexsearch.search.query import Result
+
+
+def results_to_json(results: Sequence[Result]) -> list[dict[str, Any]]:
+    """The ``--json`` shape: ``[{"rank", "path", "score", "words": [{"word", "weight"}]}]`` (+ details)."""
+    return [
+        {
+            "rank": r.rank,
+            "path": r.path,
+            "score": round(r.score, 6),
+            "lexical": round(r.lexical, 6),
+            "dense": None if r.dense is None else round(r.dense, 6),
+            "words": [{"word": w, "weight": round(v, 6)} for w, v in r.words],
+        }
+        for r in results
+    ]
+
+
+def format_paths(results: Sequence[Result]) -> str:
+    return "".join(f"{r.path}\n" for r in results)
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """Rank, score, path and the words with their contributions; ``+x`` is what the unlisted words add."""
+    lines = [f"{'#':>3}  {'score':>6}  path"] if results else []
+    for r in results:
+        words = ", ".join(f"{w} {v:.3f}" for w, v in r.words)
+        if r.rest > 0.0005:
+            words += f" (+{r.rest:.3f} more)"
+        lines.append(f"{r.rank:>3}  {r.score:6.3f}  {r.path}")
+        lines.append(f"{'':>3}  {'':>6}  {words or '(no shared words)'}")
+    return "\n".join(lines) + ("\n" if lines else "")

@@ -1,0 +1,222 @@
+"""Search a collection by text or by image: the stages of the query path, run in order."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lexsearch.errors import UsageError
+from lexsearch.search.candidates import CANDIDATES, Candidates, PruneConfig, candidates
+from lexsearch.search.explain import EXPLAIN_WORDS, explain_row
+from lexsearch.search.parse import Filters, parse_query, query_word_clauses, resolve_operators
+from lexsearch.search.postings import PostingsIndex
+from lexsearch.search.rerank import DENSE_WEIGHT, ForwardRows, Ranked, lexical_scores, query_vector, rerank
+
+logger = logging.getLogger(__name__)
+
+
+# How many of the query's strongest terms the candidate stage scores. A LexVLA text vector has hundreds of
+# active terms, but its mass sits in a few dozen; the re-rank still uses the full vector.
+QUERY_TERMS = 32
+
+
+@dataclass
+class Result:
+    """One ranked image and the words behind it (``words`` + ``rest`` == ``lexical``)."""
+
+    rank: int
+    image_id: int
+    path: str
+    score: float  # what the ranking used: lexical, or fused with the dense score
+    lexical: float  # exact q . d over the query's words
+    dense: float | None  # dense cosine, None when not used
+    words: list[tuple[str, float]]  # strongest shared words and their contributions q_w * d_w
+    rest: float = 0.0  # sum of the contributions of the shared words not listed
+
+
+def _row_of(encoded: Any) -> tuple[Any, np.ndarray | None]:
+    """(csr (1, V), dense (D,) or None) of a one-row ``Encoded`` / ``CachedQuery``."""
+    dense = encoded.dense
+    return encoded.sparse[0].tocsr(), None if dense is None else np.asarray(dense, np.float32).reshape(-1)
+
+
+def encode_query(
+    collection: Any, encoder: Any, text: str, use_cache: bool = True
+) -> tuple[Any, np.ndarray | None]:
+    """Encode ``text`` with the model's prompt, or take it from the collection's query cache.
+
+    A fresh encoding is rounded to float16 like the cache stores it, so a query ranks the same the first
+    time and every time after.
+    """
+    if use_cache:
+        cached = collection.cached_query(text)
+        if cached is not None:
+            logger.debug("query cache hit: %r", text)
+            return _row_of(cached)
+    sparse, dense = _row_of(encoder.encode_texts([text]))
+    sparse.data = sparse.data.astype(np.float16).astype(np.float32)
+    if use_cache:
+        collection.cache_query(text, sparse, dense)
+    return sparse, dense
+
+
+def _strongest(terms: np.ndarray, weights: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if terms.size > n:
+        top = np.argpartition(-weights, n - 1)[:n]
+        terms, weights = terms[top], weights[top]
+    return terms.astype(np.intp), weights.astype(np.float32)
+
+
+def _dense_head(collection: Any, q_dense: np.ndarray | None) -> bool:
+    return q_dense is not None and int(collection.meta.get("dense_dim") or 0) > 0
+
+
+def search(
+    collection: Any,
+    encoder: Any,
+    query_text: str,
+    top: int = 10,
+    *,
+    rerank_candidates: bool = True,
+    min_score: float | None = None,
+    dense_weight: float = DENSE_WEIGHT,
+    prune: PruneConfig | None = None,
+    query_terms: int = QUERY_TERMS,
+    n_candidates: int = CANDIDATES,
+    explain_words: int = EXPLAIN_WORDS,
+    index: PostingsIndex | None = None,
+    use_cache: bool = True,
+    expand: bool = False,
+) -> list[Result]:
+    """Search ``collection`` by text; see the module docstring for the stages.
+
+    ``rerank_candidates=False`` ranks by the candidate stage alone (the strongest ``query_terms`` terms; no
+    dense fusion). Pass a long-lived ``index`` to keep converted postings between queries. An empty list is
+    an honest "no image has a word of this query". ``expand`` also admits images that share only words the
+    model associates with the query (ranked as usual), not the query's own words.
+    """
+    if top <= 0:
+        raise UsageError("--top must be at least 1.")
+    parsed = parse_query(query_text)
+    filters = resolve_operators(parsed, encoder.word_terms) if parsed.must or parsed.exclude else Filters()
+    if not expand:
+        filters.any_of = query_word_clauses(parsed, encoder.word_terms)
+        if not filters.any_of:
+            return []  # no word of the query is in the vocabulary: nothing can honestly match it
+    q_sparse, q_dense = encode_query(collection, encoder, parsed.text, use_cache)
+    if q_sparse.nnz == 0:
+        return []
+    vocab = max(int(encoder.vocab_size), int(q_sparse.shape[1]))
+    terms, weights = _strongest(q_sparse.indices, q_sparse.data, query_terms)
+    index = index or PostingsIndex.from_collection(collection)
+    cands = candidates(index, terms, weights, filters, k=max(n_candidates, top), prune=prune)
+    if not rerank_candidates:
+        # The candidate scores cover only the strongest terms: explain (and show) exactly those.
+        cands = Candidates(cands.ids[: top * 2], cands.scores[: top * 2])
+        qvec = query_vector(terms, weights, vocab)
+        dense = None
+    else:
+        qvec = query_vector(q_sparse.indices, q_sparse.data, vocab)
+        use_dense = dense_weight > 0 and _dense_head(collection, q_dense)
+        dense = collection.dense_scores(q_dense, cands.ids) if use_dense else None
+    rows = ForwardRows.from_mapping(cands.ids, collection.forward(cands.ids.tolist()))
+    ranked = rerank(rows, qvec, dense, dense_weight if dense is not None else 0.0, min_score)
+    return _results(collection, encoder, ranked, qvec, top, explain_words)
+
+
+def search_by_image(
+    collection: Any,
+    encoder: Any,
+    image: Any,
+    top: int = 10,
+    *,
+    min_score: float | None = None,
+    explain_words: int = EXPLAIN_WORDS,
+    index: PostingsIndex | None = None,
+) -> list[Result]:
+    """Images like ``image`` (a path or PIL image): a dense FAISS search when the collection has a dense
+    head, otherwise a lexical search with the image's own sparse vector as the query. Shared words are
+    shown either way (an image found by the dense side may share none: its ``words`` are then empty)."""
+    if top <= 0:
+        raise UsageError("--top must be at least 1.")
+    q_sparse, q_dense = _row_of(encoder.encode_images([image]))
+    vocab = max(int(encoder.vocab_size), int(q_sparse.shape[1]))
+    qvec = query_vector(q_sparse.indices, q_sparse.data, vocab)
+    if _dense_head(collection, q_dense):
+        ids, scores = collection.dense_search(q_dense, top)
+        rows = ForwardRows.from_mapping(ids, collection.forward(ids.tolist()))
+        lexical = lexical_scores(rows, qvec)
+        keep = np.ones(ids.size, bool) if min_score is None else scores >= min_score
+        pos = np.flatnonzero(keep)
+        ranked = Ranked(ids[pos].astype(np.intp), scores[pos], lexical[pos], scores[pos], pos, rows)
+    else:
+        if q_sparse.nnz == 0:
+            return []
+        terms, weights = _strongest(q_sparse.indices, q_sparse.data, QUERY_TERMS)
+        index = index or PostingsIndex.from_collection(collection)
+        cands = candidates(index, terms, weights, k=max(CANDIDATES, top))
+        rows = ForwardRows.from_mapping(cands.ids, collection.forward(cands.ids.tolist()))
+        ranked = rerank(rows, qvec, min_score=min_score)
+    return _results(collection, encoder, ranked, qvec, top, explain_words)
+
+
+def _results(
+    collection: Any, encoder: Any, ranked: Ranked, qvec: np.ndarray, top: int, explain_words: int
+) -> list[Result]:
+    """The first ``top`` ranked images that still have a path, with their explanations."""
+    want = ranked.ids[: top * 2].tolist()  # a few spare: an image deleted since the postings were read
+    paths = collection.image_paths(want)
+    results: list[Result] = []
+    for j, image_id in enumerate(ranked.ids.tolist()):
+        if len(results) == top or j >= len(want):
+            break
+        path = paths.get(image_id)
+        if path is None:
+            continue
+        words = explain_row(*ranked.rows.row(int(ranked.positions[j])), qvec, encoder.words)
+        shown = words[:explain_words] if explain_words >= 0 else words
+        lexical = float(ranked.lexical[j])
+        results.append(
+            Result(
+                rank=len(results) + 1,
+                image_id=int(image_id),
+                path=path,
+                score=float(ranked.score[j]),
+                lexical=lexical,
+                dense=None if ranked.dense is None else float(ranked.dense[j]),
+                words=shown,
+                rest=float(sum(w for _, w in words[len(shown) :])),
+            )
+        )
+    return results
+
+
+def load_encoder(collection: Any, model_dir: str | None = None, device: str = "auto") -> Any:
+    """The text/image encoder of ``collection``: its recorded model folder (or ``model_dir``), checked to
+    be the very model that wrote the collection (different vectors would score nonsense)."""
+    import os
+
+    from lexsearch.errors import ModelError
+    from lexsearch.index import model_meta
+    from lexsearch.index.store import check_model
+    from lexsearch.model.lazy import LazyEncoder
+
+    meta = collection.meta
+    path = model_dir or meta.get("model_path")
+    if not path:
+        raise ModelError(f"Collection {collection.path} records no model folder; pass --model MODEL_DIR.")
+    if not os.path.isdir(path):
+        raise ModelError(f"No model at {path} (the collection's model folder); pass --model MODEL_DIR.")
+    # The networks load only if the query is not in the cache (or searches by image).
+    encoder = LazyEncoder(path, device=device)
+    roots = " ".join(meta.get("roots") or ["DIR"])
+    check_model(
+        meta,
+        model_meta(encoder),
+        collection.path,
+        f"lexsearch index {roots} --model {path} --collection {collection.path} --rebuild",
+    )
+    return encoder

@@ -1,0 +1,77 @@
+"""How the tiny bases are pretrained: the settings every stand-in shares (and the cache key)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Words that are never "important" [choice]: articles, conjunctions and the toy templates' function words.
+DEFAULT_STOP_WORDS: tuple[str, ...] = (
+    "a",
+    "an",
+    "and",
+    "the",
+    "of",
+    "is",
+    "are",
+    "there",
+    "with",
+    "in",
+    "on",
+    "at",
+    "to",
+    "it",
+    "this",
+    "that",
+    "picture",
+    "image",
+    "photo",
+    "some",
+    "its",
+    "by",
+    "for",
+    "as",
+    "or",
+    "from",
+)
+
+Progress = Callable[[str, int, int, dict], None]  # (stage, step, total, metrics) -> None
+
+
+@dataclass
+class PretrainConfig:
+    """How the tiny bases are pretrained. Every field is part of the cache key."""
+
+    seed: int = 0
+    tokenizer_vocab_size: int = 2000
+    # --- LM: ~300 steps of 32 prompt-format sequences take ~1 min on 2 CPU cores ---
+    # A 2-layer LM learns to *copy* the caption's words into the answer only after several hundred steps
+    # (before that it predicts every colour/shape word alike): 800 steps, a high LR and answer-weighted loss.
+    lm_steps: int = 600
+    lm_batch_size: int = 32
+    lm_lr: float = 5e-3
+    lm_answer_weight: float = 50.0  # loss weight of the quoted-words answer relative to the caption tokens
+    # Weight of a sigmoid loss at the read-out position (caption's words up, every other piece down) [choice]:
+    # CE alone leaves all eleven toy content words at similar logits, and elu1p(logits) is then flat. At 10
+    # the caption's words were the top-|words| of the read-out for only 14% of held-out toy captions (the
+    # other shape/colour words sat just below), at 100 for 100%, same steps (issue 3, 2,000-image world).
+    lm_readout_weight: float = 100.0
+    stop_words: tuple[str, ...] = DEFAULT_STOP_WORDS
+    # --- ViT: a few epochs over the training images ---
+    vit_epochs: int = 15
+    vit_batch_size: int = 64
+    vit_lr: float = 2e-3
+    vit_max_images: int = 4000  # cap, so a large --data folder does not blow the time budget
+    # Load the shipped ViT (lexsearch/tiny/assets/tiny_vit, pretrained once on a generic toy corpus) when it
+    # matches the vision config, instead of pretraining one on the training set; see lexsearch.tiny.vit_asset.
+    use_shipped_vit: bool = True
+
+    def __post_init__(self) -> None:
+        self.stop_words = tuple(self.stop_words)
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))

@@ -1,0 +1,119 @@
+"""Crash safety and concurrency: SIGKILL at random moments, and queries while an indexer writes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakes import FakeEncoder, make_images
+
+from lexsearch.index import Collection, build_index
+from lexsearch.index.store import FAISS_NAME
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+
+TESTS = Path(__file__).parent.parent  # tests/, where fakes.py is
+# An indexer in a child process: slow enough (a delay per batch, tiny commits) to be killed midway.
+CHILD = """
+import sys
+from fakes import FakeEncoder
+from lexsearch.index import Collection, IndexOptions, build_index
+with Collection.open(sys.argv[1], readonly=False) as col:
+    s = build_index([sys.argv[2]], FakeEncoder(delay_s=0.05), col,
+                    IndexOptions(batch_size=4, workers=2, commit_every_s=0.05, commit_every_n=8))
+print(s.line())
+"""
+
+
+def child(collection: Path, root: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(collection), str(root)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def check_consistent(collection: Path, expect_files: int | None = None) -> int:
+    with Collection.open(collection) as col:  # a reader: repairs a lagging FAISS in memory only
+        assert col.verify() == []
+        n = col.count()
+        meta = col.meta
+        if expect_files is not None:
+            assert n == expect_files
+        faiss_file = collection / FAISS_NAME
+        if faiss_file.exists() and meta.get("faiss_generation") == meta.get("generation"):
+            # When the file claims to be current it must hold exactly the stored dense vectors.
+            import faiss
+
+            index = faiss.read_index(str(faiss_file))  # keep it referenced while reading its id map
+            ids = set(faiss.vector_to_array(index.id_map).tolist())
+            assert ids == set(col.dense_vectors(range(col.max_image_id + 1)))
+    return n
+
+
+def test_sigkill_at_random_points_never_corrupts(tmp_path):
+    root = tmp_path / "photos"
+    make_images(root, 120)
+    collection = tmp_path / "col"
+    rng = random.Random(1234)
+    killed = 0
+    for attempt in range(6):
+        if attempt:  # new work for every run: additions, a deletion and a move, all interruptible
+            make_images(root, 60, start=1000 * attempt)
+            victims = sorted(root.iterdir())
+            victims[0].unlink()
+            os.replace(victims[1], root / f"moved_{attempt}.png")
+        proc = child(collection, root)
+        time.sleep(rng.uniform(0.3, 1.6))
+        proc.send_signal(signal.SIGKILL)
+        killed += proc.wait() == -signal.SIGKILL
+        if (collection / "index.db").exists():
+            check_consistent(collection)  # opens, and images / forward / postings / FAISS agree
+    assert killed >= 2  # several runs really were cut short
+    proc = child(collection, root)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    check_consistent(collection, expect_files=len(list(root.iterdir())))
+    with Collection.open(collection) as col:
+        assert col.meta["faiss_generation"] == col.meta["generation"]
+        assert col.db.execute("SELECT count(*) FROM tombstones").fetchone()[0] == 0
+        assert col.count("failed") == 0
+
+
+def test_queries_while_indexing_never_see_locks(tmp_path):
+    root = tmp_path / "photos"
+    make_images(root, 8)
+    collection = tmp_path / "col"
+    with Collection.open(collection, readonly=False) as col:  # the collection exists before readers start
+        build_index([root], FakeEncoder(), col)
+    make_images(root, 150, start=100)
+    proc = child(collection, root)
+    errors, rounds, seen = [], 0, set()
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with Collection.open(collection) as col:
+                posts = col.postings(range(80))
+                ids = np.unique(np.concatenate([i for i, _ in posts.values()]))
+                assert len(col.forward(ids.tolist())) == ids.size  # a consistent snapshot
+                assert len(col.image_paths(ids.tolist())) == ids.size
+                q = col.dense_vectors([int(ids[0])])[int(ids[0])]
+                found, _ = col.dense_search(q, 5)
+                assert found[0] == ids[0]
+                col.dense_scores(q, ids)
+                col.cache_query(f"q{rounds % 5}", np.eye(1, 68, rounds % 68, dtype=np.float32)[0], None)
+                assert col.cached_query(f"q{rounds % 5}") is not None
+                seen.add(ids.size)
+        except Exception as exc:  # collect, so the child is always reaped
+            errors.append(repr(exc))
+        rounds += 1
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert errors == []
+    assert rounds > 3 and len(seen) > 1  # readers ran during the write and saw it progress
+    check_consistent(collection, expect_files=158)
