@@ -37,13 +37,40 @@ def explain_image(encoder, image, top_k: int = 10, path: str = "") -> Explanatio
                        term_ids=[int(c) for c in cols])
 
 
+def heatmap_format(out: str | Path) -> str:
+    """The Pillow format a heat map at ``out`` is written in, as its extension says (.png, .jpg, .webp ...).
+
+    Checked before any work: a name with no or an unknown extension, or a folder that does not exist, is a
+    ``UsageError`` (one line), never PNG bytes behind a .jpg name nor a traceback after the words.
+    """
+    out = Path(out)
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"Folder for --heatmap does not exist: {folder}")
+    ext = out.suffix.lower()
+    Image.init()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE or fmt in _NOT_FOR_HEATMAPS:
+        raise UsageError(
+            f"Cannot tell which image format to write from {out.name!r}; name the heat map .png, .jpg or .webp."
+        )
+    return fmt
+
+
+# Formats Pillow can write but that are no picture to look at (or need an external program).
+_NOT_FOR_HEATMAPS = frozenset({"PDF", "EPS", "PALM", "XBM", "MSP", "BUFR", "GRIB", "HDF5", "WMF"})
+
+
 def heatmap(encoder, image: Image.Image, term_ids: list[int], words: list[str], out: Path,
             alpha: float = 0.55) -> Path:
-    """Write a PNG the size of ``image``: each patch tinted by its strongest word among ``term_ids``, opacity by
-    that word's patch score, with a legend. One word: a single-colour map of that word's patch scores."""
+    """Write an image the size of ``image`` in the format ``out``'s extension names (see ``heatmap_format``):
+    each patch tinted by its strongest word among ``term_ids``, opacity by that word's patch score, with a
+    legend. One word: a single-colour map of that word's patch scores."""
     if not term_ids:
         raise UsageError("nothing to draw: the image lights up no word")
-    image = image.convert("RGB")
+    fmt = heatmap_format(out)
+    # A fresh RGB copy: ``info`` of the source (a tRNS colour key, an ICC profile) must not reach the saver.
+    image = Image.fromarray(np.asarray(image.convert("RGB")))
     gh, gw = encoder.grid
     patches = encoder.encode_patches(image)[:, term_ids]  # (h*w, W)
     best = patches.argmax(1).reshape(gh, gw)
@@ -64,8 +91,10 @@ def heatmap(encoder, image: Image.Image, term_ids: list[int], words: list[str], 
 
     _legend(overlay, words, [PALETTE[k % len(PALETTE)] for k in range(len(words))])
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    overlay.save(out, format="PNG")
+    try:
+        overlay.save(out, format=fmt)
+    except OSError as exc:  # a read-only folder, a full disk
+        raise UsageError(f"Cannot write the heat map to {out}: {exc.strerror or exc}") from exc
     return out
 
 

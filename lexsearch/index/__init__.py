@@ -3,7 +3,9 @@
 Importing this package is light (numpy, Pillow, sqlite-utils); FAISS and the model load on first use.
 """
 
-from lexsearch.index.build import IndexOptions, IndexSummary, Reporter, build_index, model_meta
+from lexsearch.index.build import IndexOptions, IndexSummary, Reporter, build_index, check_roots, model_meta
 from lexsearch.index.store import Collection, resolve
 
-__all__ = ["Collection", "IndexOptions", "IndexSummary", "Reporter", "build_index", "model_meta", "resolve"]
+__all__ = [
+    "Collection", "IndexOptions", "IndexSummary", "Reporter", "build_index", "check_roots", "model_meta", "resolve"
+]

@@ -20,20 +20,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from lexsearch.errors import UsageError
 from lexsearch.index.scan import ScannedFile, content_hash, normalise_roots, scan, under_roots
 from lexsearch.index.store import Changes, Collection, NewImage
-from lexsearch.model.images import MAX_MEGAPIXELS, ImageTooLarge, load_image
+from lexsearch.model.images import MAX_MEGAPIXELS, describe_error, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +70,8 @@ class IndexSummary:
     failed_before: int = 0  # failed in an earlier run and unchanged since: not retried, not warned again
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run's failures
+    # Files passed over for their type (videos, sidecars, RAW), by extension; each is logged at debug level.
+    skipped: Counter[str] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
@@ -79,9 +79,14 @@ class IndexSummary:
 
     def line(self) -> str:
         failed = f"{self.failed} failed" + (f" (+{self.failed_before} earlier)" if self.failed_before else "")
+        skipped = ""
+        if self.skipped:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in self.skipped.most_common(4))
+            more = ", ..." if len(self.skipped) > 4 else ""
+            skipped = f", {sum(self.skipped.values())} skipped (not images: {kinds}{more}; -v lists them)"
         return (
             f"{self.indexed} indexed, {self.unchanged} unchanged, {self.moved} moved, "
-            f"{self.removed} removed, {failed} in {self.seconds:.1f}s"
+            f"{self.removed} removed, {failed}{skipped} in {self.seconds:.1f}s"
         )
 
 
@@ -145,25 +150,6 @@ def model_meta(encoder: Any, model_path: str | None = None) -> dict[str, Any]:
         "sparsify": sparsify,
         "model_path": os.path.abspath(model_path) if model_path else None,
     }
-
-
-def describe_error(exc: BaseException, size: int | None = None) -> str:
-    """A short, user-facing reason for a file that failed."""
-    if size == 0:
-        return "empty file (0 bytes)"
-    if isinstance(exc, (ImageTooLarge, Image.DecompressionBombError)):
-        return f"too large: {exc}"
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image, or an unsupported format"
-    if isinstance(exc, PermissionError):
-        return "unreadable: permission denied"
-    if isinstance(exc, FileNotFoundError):
-        return "vanished while indexing"
-    if isinstance(exc, OSError) and "truncated" in str(exc).lower():
-        return "truncated file"
-    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
-        return f"corrupt image ({exc})"
-    return f"cannot read ({type(exc).__name__}: {exc})"
 
 
 class _Builder:
@@ -264,6 +250,19 @@ class _Builder:
             self.last_commit = time.monotonic()
 
 
+def check_roots(roots: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """The roots as absolute paths; ``UsageError`` for one that does not exist.
+
+    Called before anything is created or loaded, so a typo leaves no empty collection behind, and a run
+    over an unmounted drive never treats every image under it as deleted.
+    """
+    roots = normalise_roots(roots)
+    for root in roots:
+        if not os.path.exists(root):
+            raise UsageError(f"{root}: no such file or folder.")
+    return roots
+
+
 def build_index(
     roots: Iterable[str | os.PathLike[str]],
     encoder: Any,
@@ -282,10 +281,7 @@ def build_index(
     options = options or IndexOptions()
     reporter = reporter or Reporter()
     start = time.monotonic()
-    roots = normalise_roots(roots)
-    for root in roots:
-        if not os.path.exists(root):
-            raise UsageError(f"{root}: no such file or folder.")
+    roots = check_roots(roots)
     if options.batch_size < 1:
         raise UsageError("--batch-size must be at least 1.")
 
@@ -294,10 +290,6 @@ def build_index(
         f"--collection {collection.path} --rebuild"
     )
     collection.bind_model(model_meta(encoder, model_path), rebuild_command)
-    # Our own megapixel guard checks the header first; lift Pillow's (global) bomb limit to it so Pillow
-    # does not warn on stderr or refuse first with a less helpful message.
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, int(options.max_megapixels * 1e6))
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
     b = _Builder(collection, encoder, options, reporter)
     collection._dense_index()  # load dense.faiss now, repairing it if a previous run was killed
@@ -305,7 +297,11 @@ def build_index(
     stored = collection.rows_by_path()
     work: list[_Work] = []
     seen: set[str] = set()
-    for f in scan(roots, exclude=options.exclude, include_hidden=options.include_hidden):
+    def skipped(path: str, kind: str) -> None:
+        logger.debug("skipped %r: not an image type (%s)", path, kind)
+        b.summary.skipped[kind] += 1
+
+    for f in scan(roots, exclude=options.exclude, include_hidden=options.include_hidden, on_skip=skipped):
         seen.add(f.path)
         row = stored.get(f.path)
         if row is None:

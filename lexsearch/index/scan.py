@@ -13,15 +13,19 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-# Extensions Pillow (plus pillow-heif for HEIC/HEIF) decodes; matched case-insensitively.
+# Extensions Pillow (plus pillow-heif for HEIC/HEIF) decodes safely; matched case-insensitively. Beyond the
+# photo formats: JPEG 2000, Netpbm, TGA, ICO, MPO (stereo JPEG), APNG, the PSD composite, PCX, SGI, QOI, DDS.
+# Not EPS/PDF (they run Ghostscript) nor camera RAW (Pillow cannot decode it): those are counted as skipped.
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
+     ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jpx", ".jpf", ".j2c", ".ppm", ".pgm", ".pbm", ".pnm",
+     ".tga", ".ico", ".mpo", ".psd", ".pcx", ".sgi", ".rgb", ".qoi", ".dds"}
 )
 
 # Folder names that are never photos a person wants searched: VCS metadata, dependency trees, Synology and
@@ -50,14 +54,23 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def skip_kind(name: str) -> str:
+    """The type of a file the scan passes over: its extension ('.mov'), or 'no extension'."""
+    return os.path.splitext(name)[1].lower() or "no extension"
+
+
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
+
+
+# Thumbnail caches and folder settings Windows writes next to photos: not worth a 'skipped' line.
+_JUNK_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})
 
 
 def _is_junk_file(name: str) -> bool:
     # ._foo.jpg are AppleDouble resource forks that macOS scatters on non-HFS volumes; they end in .jpg
     # but are not images. Thumbs.db / .DS_Store have no image extension anyway.
-    return name.startswith("._")
+    return name.startswith("._") or name.lower() in _JUNK_FILES
 
 
 def _excluded(path: str, name: str, patterns: tuple[str, ...]) -> bool:
@@ -71,11 +84,15 @@ def scan(
     *,
     exclude: Iterable[str] = (),
     include_hidden: bool = False,
+    on_skip: Callable[[str, str], None] | None = None,
 ) -> Iterator[ScannedFile]:
     """Yield every image file under ``roots`` (files given directly as roots are yielded too).
 
-    Unreadable folders are logged and skipped; the scan itself never raises for a bad entry.
+    Unreadable folders are logged and skipped; the scan itself never raises for a bad entry. ``on_skip``
+    hears (path, kind) of each other file that is passed over for its type (a video, a sidecar, a RAW);
+    hidden, junk and excluded files are left out on purpose and not reported.
     """
+    on_skip = on_skip or (lambda path, reason: None)
     patterns = tuple(exclude)
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[str] = set()
@@ -87,11 +104,13 @@ def scan(
             logger.warning("cannot read %s: %s", root_path, exc.strerror or exc)
             continue
         if stat.S_ISREG(st.st_mode):
-            if is_image_name(root_path) and root_path not in seen_files:
+            if not is_image_name(root_path):
+                on_skip(root_path, skip_kind(root_path))
+            elif root_path not in seen_files:
                 seen_files.add(root_path)
                 yield ScannedFile(root_path, st.st_size, st.st_mtime_ns)
             continue
-        yield from _walk(root_path, st, patterns, include_hidden, seen_dirs, seen_files)
+        yield from _walk(root_path, st, patterns, include_hidden, seen_dirs, seen_files, on_skip)
 
 
 def _walk(
@@ -101,6 +120,7 @@ def _walk(
     include_hidden: bool,
     seen_dirs: set[tuple[int, int]],
     seen_files: set[str],
+    on_skip: Callable[[str, str], None],
 ) -> Iterator[ScannedFile]:
     # Iterative depth-first walk: deep trees cannot hit the recursion limit.
     stack = [(top, top_stat)]
@@ -126,7 +146,10 @@ def _walk(
                     if name in JUNK_DIRS:
                         continue
                     subdirs.append((entry.path, entry.stat(follow_symlinks=True)))
-                elif entry.is_file(follow_symlinks=True) and is_image_name(name) and not _is_junk_file(name):
+                elif entry.is_file(follow_symlinks=True) and not _is_junk_file(name):
+                    if not is_image_name(name):
+                        on_skip(entry.path, skip_kind(name))
+                        continue
                     if entry.path in seen_files:
                         continue
                     st = entry.stat(follow_symlinks=True)

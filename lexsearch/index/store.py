@@ -6,7 +6,8 @@ Schema (created and changed only by the named migrations below):
   roots, schema, postings_format, and two counters: ``generation`` (bumped by every commit that adds or
   removes images) and ``faiss_generation`` (the generation ``dense.faiss`` reflects).
 - ``images(id, path, size, mtime_ns, hash, width, height, exif_time, status, error, indexed_at)``: one row
-  per file seen, ``status`` 'ok' or 'failed' (with ``error``). ``id`` is AUTOINCREMENT, so ids are never
+  per file seen, ``status`` 'ok' or 'failed' (with ``error``). ``path`` is text, or the raw bytes of a name
+  that is not valid UTF-8 (see ``_db_path``), so every file name the OS can give is stored losslessly. ``id`` is AUTOINCREMENT, so ids are never
   reused: a deleted or changed image's id stays dead and tombstones stay unambiguous.
 - ``forward(image_id, terms, weights, dense)``: the sparse vector (and dense vector) of each 'ok' image.
   It is the source of truth: postings and FAISS can always be rebuilt from it.
@@ -38,7 +39,13 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from lexsearch import config
-from lexsearch.errors import CollectionBusyError, CollectionNotFoundError, IndexError_, ModelMismatchError
+from lexsearch.errors import (
+    CollectionBusyError,
+    CollectionNotFoundError,
+    IndexError_,
+    ModelMismatchError,
+    UsageError,
+)
 from lexsearch.index import postings as pf
 
 logger = logging.getLogger(__name__)
@@ -144,9 +151,38 @@ class CachedQuery:
     dense: np.ndarray | None  # (1, D) or None
 
 
+def _db_path(path: str) -> str | bytes:
+    """A path as stored: text when it is valid UTF-8, else its raw bytes.
+
+    Names from old drives and NAS shares are often Latin-1; Python hands them over with surrogate escapes,
+    which SQLite cannot store as text. Their bytes (``os.fsencode``) are stored instead (SQLite keeps a
+    BLOB in a TEXT column as is, and compares it exactly), so the path round-trips without loss.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _py_path(value: str | bytes) -> str:
+    """A stored path back as Python names it (``os.fsdecode``: surrogate escapes for undecodable bytes)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _db_text(text: str | None) -> str | None:
+    """Free text (an error message quoting a file name) made storable: undecodable bytes shown as \\xNN."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def resolve(name_or_path: str | os.PathLike[str]) -> Path:
     """A bare name means ``LEXSEARCH_HOME/collections/NAME``; anything with a separator is a path."""
     s = os.fspath(name_or_path)
+    if not s.strip():
+        # '' would resolve to the collections folder itself and turn it into a collection.
+        raise UsageError("The collection name is empty; give a name (e.g. --collection photos) or a folder.")
     if os.sep in s or (os.altsep and os.altsep in s) or s.startswith(".") or Path(s).is_absolute():
         return Path(s).expanduser().absolute()
     return config.collections_dir() / s
@@ -204,6 +240,10 @@ class Collection:
         """
         path = resolve(name_or_path)
         db_path = path / DB_NAME
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{path} is a file, not a collection folder; give a collection name or a folder.")
+        rebuild = (f"rebuild it with: lexsearch index DIR --model MODEL_DIR --collection {name_or_path} "
+                   "--rebuild")
         if not db_path.exists() and readonly:
             raise CollectionNotFoundError(
                 f"No collection at {path}. Create it with: lexsearch index DIR --model MODEL_DIR"
@@ -231,6 +271,9 @@ class Collection:
                 col.db.enable_wal()
                 col.db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, safe
             if migrations.pending(col.db):
+                if readonly and not col.db.table_names():
+                    # An empty file (a full disk, a bad copy) is not an old schema: an upgrade cannot help.
+                    raise IndexError_(f"Collection {path} has an empty {DB_NAME} (nothing is indexed); {rebuild}")
                 if readonly:
                     raise IndexError_(f"Collection {path} needs an upgrade: run 'lexsearch index' on it.")
                 migrations.apply(col.db)
@@ -240,7 +283,7 @@ class Collection:
                 )
         except sqlite3.DatabaseError as exc:
             col.close()
-            raise IndexError_(f"Collection {path} cannot be opened ({exc}).") from exc
+            raise IndexError_(f"Collection {path} is damaged ({exc}); {rebuild}") from exc
         except BaseException:
             col.close()
             raise
@@ -330,7 +373,7 @@ class Collection:
         out = {}
         for chunk in _chunks(sorted({int(i) for i in image_ids})):
             q = f"SELECT id, path FROM images WHERE id IN ({_marks(chunk)}) AND status = 'ok'"
-            out.update(self.db.execute(q, chunk).fetchall())
+            out.update((i, _py_path(p)) for i, p in self.db.execute(q, chunk))
         return out
 
     def dense_vectors(self, image_ids: Iterable[int]) -> dict[int, np.ndarray]:
@@ -412,11 +455,11 @@ class Collection:
     def failures(self) -> list[tuple[str, str]]:
         """(path, error) of every file that failed to index."""
         q = "SELECT path, error FROM images WHERE status = 'failed' ORDER BY path"
-        return self.db.execute(q).fetchall()
+        return [(_py_path(p), e) for p, e in self.db.execute(q)]
 
     def rows(self) -> list[ImageRow]:
         q = "SELECT id, path, size, mtime_ns, hash, status FROM images"
-        return [ImageRow(*r) for r in self.db.execute(q)]
+        return [ImageRow(i, _py_path(p), *rest) for i, p, *rest in self.db.execute(q)]
 
     def verify(self) -> list[str]:
         """Check that images, forward, postings, tombstones and FAISS agree; returns the problems found."""
@@ -555,7 +598,7 @@ class Collection:
             for image_id, path, size, mtime_ns in changes.move:
                 conn.execute(
                     "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
-                    [path, size, mtime_ns, image_id],
+                    [_db_path(path), size, mtime_ns, image_id],
                 )
             now = time.time()
             for im in changes.insert:
@@ -563,8 +606,8 @@ class Collection:
                 cur = conn.execute(
                     "INSERT INTO images (path, size, mtime_ns, hash, width, height, exif_time, status, "
                     "error, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [im.path, im.size, im.mtime_ns, im.hash, im.width, im.height, im.exif_time, status,
-                     im.error, now],
+                    [_db_path(im.path), im.size, im.mtime_ns, im.hash, im.width, im.height,
+                     _db_text(im.exif_time), status, _db_text(im.error), now],
                 )
                 new_ids.append(int(cur.lastrowid))
                 if status == "ok":

@@ -2,7 +2,12 @@
 
 ``load_image`` opens any supported file (HEIC/HEIF through pillow-heif) upright in RGB, refusing decompression
 bombs before decoding a pixel; ``preprocess`` is pure numpy/PIL (no torch state), so both run in decoder
-threads ahead of the model.
+threads ahead of the model. It is the one loader of the indexer, ``explain``, ``query --image`` and
+training, so every command accepts and refuses the same files with the same words (one megapixel guard).
+
+High-bit-depth greyscale (16-bit, 32-bit integer, float: scientific, satellite and scanner TIFFs, 16-bit
+PNGs) is rescaled to 8 bits by the image's own value range, as viewers show it; a plain conversion clips it
+to a white or black page.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lexsearch.errors import DataError
 
@@ -20,6 +25,11 @@ logger = logging.getLogger(__name__)
 # A decompression-bomb guard: phone cameras reach ~200 MP; a crafted PNG header can claim 10,000 MP.
 MAX_MEGAPIXELS = 200.0
 
+# Pillow's own bomb check (a global) would fire first, with its own, different limit (89 MP warning, 179 MP
+# error) and a message naming no size; the guard in ``load_image`` reads the header before decoding a pixel
+# instead, so it is switched off and there is one limit and one message for every command.
+Image.MAX_IMAGE_PIXELS = None
+
 
 def open_image(path: str | Path, max_megapixels: float = MAX_MEGAPIXELS) -> Image.Image:
     """Open an image upright in RGB (see :func:`load_image`); a DataError with the reason if it cannot be."""
@@ -27,12 +37,28 @@ def open_image(path: str | Path, max_megapixels: float = MAX_MEGAPIXELS) -> Imag
         raise DataError(f"{path}: no such file")
     try:
         return load_image(str(path), max_pixels=int(max_megapixels * 1e6))[0]
-    except ImageTooLarge as exc:
-        raise DataError(f"{path}: {exc}") from exc
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: too large to decode safely") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from exc
+    except Exception as exc:  # whatever a decoder raises for a bad file: the same reason the indexer gives
+        size = Path(path).stat().st_size if Path(path).is_file() else None
+        raise DataError(f"{path}: {describe_error(exc, size)}") from exc
+
+
+def describe_error(exc: BaseException, size: int | None = None) -> str:
+    """A short, user-facing reason why a file could not be loaded (the indexer's warnings use it too)."""
+    if size == 0:
+        return "empty file (0 bytes)"
+    if isinstance(exc, (ImageTooLarge, Image.DecompressionBombError)):
+        return f"too large: {exc}"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image, or an unsupported format"
+    if isinstance(exc, PermissionError):
+        return "unreadable: permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "vanished while indexing"
+    if isinstance(exc, OSError) and "truncated" in str(exc).lower():
+        return "truncated file"
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+        return f"corrupt image ({exc})"
+    return f"cannot read ({type(exc).__name__}: {exc})"
 
 
 _EXIF_ORIENTATION = 0x0112
@@ -58,7 +84,9 @@ def load_image(path: str, *, max_pixels: int, draft_size: int | None = None) -> 
     with Image.open(path) as im:
         width, height = im.size  # the header only: nothing decoded yet
         if width * height > max_pixels:
-            raise ImageTooLarge(f"{width}x{height} pixels is over the {max_pixels / 1e6:g} megapixel guard")
+            raise ImageTooLarge(
+                f"{width}x{height} = {width * height} pixels is over the {max_pixels / 1e6:g} megapixel guard"
+            )
         exif = im.getexif()
         orientation = exif.get(_EXIF_ORIENTATION, 1)
         taken = None
@@ -76,16 +104,47 @@ def load_image(path: str, *, max_pixels: int, draft_size: int | None = None) -> 
     return rgb, {"width": width, "height": height, "exif_time": str(taken).strip("\x00 ") if taken else None}
 
 
+# Modes whose values do not fit 8 bits: rescaled by the image's own range instead of clipped.
+_WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        # Transparent pixels become white, as a viewer shows them, not the black that convert() gives.
+    """An 8-bit RGB copy with no transparency left in it (nor in ``info``, which savers would trip over)."""
+    if im.mode in _WIDE_MODES:
+        return _rescale_to_8bit(im).convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        # Transparent pixels (an alpha channel, a palette entry or a tRNS colour key) become white, as a
+        # viewer shows them, not the black that convert() gives.
         rgba = im.convert("RGBA")
         back = Image.new("RGB", rgba.size, (255, 255, 255))
         back.paste(rgba, mask=rgba.getchannel("A"))
         return back
-    return im.convert("RGB")
+    rgb = im.convert("RGB") if im.mode != "RGB" else im.copy()
+    rgb.info.pop("transparency", None)
+    return rgb
+
+
+def _rescale_to_8bit(im: Image.Image) -> Image.Image:
+    """Map the image's own finite value range onto 0-255 (a 12-bit scan, a float map, a narrow 16-bit TIFF).
+
+    A flat image keeps its absolute level (its value over the type's full range), so a black frame stays
+    black instead of turning mid-grey.
+    """
+    arr = np.asarray(im)
+    if arr.dtype.byteorder not in ("=", "|"):  # I;16B arrives big-endian
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    arr = arr.astype(np.float64)
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return Image.new("L", im.size, 0)
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    if hi > lo:
+        scaled = (arr - lo) / (hi - lo)
+    else:
+        full = 1.0 if im.mode == "F" else (65535.0 if im.mode.startswith("I;16") else 2.0**31 - 1)
+        scaled = np.full_like(arr, min(max(lo / full, 0.0), 1.0))
+    scaled[~finite] = 0.0
+    return Image.fromarray(np.round(scaled * 255.0).astype(np.uint8))  # (H, W) uint8: mode L
 
 
 def _register_heif() -> None:

@@ -7,6 +7,7 @@ The config used is saved as ``train_config.json`` in ``--out`` and read back by 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -77,6 +78,11 @@ class TrainConfig:
             raise UsageError("no training data given (--data)")
         if not self.out:
             raise UsageError("no output folder given (--out)")
+        for flag, where in (("--data", self.data), ("--val-data", self.val_data)):
+            # Checked here, before the output folder is made: a typo must not leave an empty model behind.
+            # Brace-expanded shard lists ('shards/{000..009}.tar') and URLs are left to the data loader.
+            if where and "{" not in where and "://" not in where and not os.path.exists(where):
+                raise UsageError(f"{flag} {where}: no such file or folder")
         if self.reg not in REGULARISERS:
             raise UsageError(f"unknown regulariser {self.reg!r}; choose one of {', '.join(REGULARISERS)}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
