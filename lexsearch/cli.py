@@ -7,14 +7,32 @@ readable line and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
+import os
+import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 
 from lexsearch.errors import LexsearchError
+
+
+def shown(text: str) -> str:
+    """``text`` (a file name, a query) safe to print on a terminal and in valid UTF-8.
+
+    Bytes of a name that are not UTF-8 (Python holds them as surrogate escapes) show as ``\\xNN``, and
+    control characters (a newline in a name, an escape sequence in a pasted query) as ``\\n``, ``\\x1b``,
+    so nothing printed can move the cursor or recolour the terminal.
+    """
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _handle_errors(fn):
@@ -25,8 +43,12 @@ def _handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except LexsearchError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {shown(str(exc))}", err=True)
             sys.exit(exc.exit_code)
+        except sqlite3.DatabaseError as exc:  # damage found after opening (a torn page, a bad copy)
+            click.echo(f"Error: the collection's index.db is damaged ({exc}); rebuild it with: lexsearch index "
+                       "DIR --model MODEL_DIR --collection NAME --rebuild", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -34,14 +56,97 @@ def _handle_errors(fn):
     return wrapper
 
 
+_verbose = False  # -v was given: decoder noise and library warnings are shown
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A log handler that writes to whatever ``sys.stderr`` is now (``_decoder_noise_hidden`` swaps it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _decoder_noise_hidden():
+    """Keep what C decoders write straight to file descriptor 2 (libtiff's ``TIFFFetchNormalTag ...``,
+    ``TIFFReadDirectory: Warning ...``) off the terminal unless ``-v`` is given.
+
+    Those lines name no file and bury the per-file warnings that matter; Python's own stderr (warnings,
+    the progress bar, messages) is moved to a copy of the real descriptor, and descriptor 2 to a scratch
+    file, dropped at the end (replayed if the command dies of an unexpected error, so nothing that explains
+    a crash is lost).
+    """
+    if _verbose:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        uses_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a test runner's capture object: Python output is safe
+        uses_fd2 = False
+    saved = os.dup(2)
+    sink = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
+    os.dup2(sink.fileno(), 2)
+    old_stderr = sys.stderr
+    if uses_fd2:
+        sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=old_stderr.encoding,  # noqa: SIM115
+                          errors=old_stderr.errors)
+    failed = False
+    try:
+        yield
+    except (LexsearchError, KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if uses_fd2:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = old_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+        if failed:
+            sink.seek(0)
+            os.write(2, sink.read())
+        sink.close()
+
+
+class _FiniteFloat(click.ParamType):
+    """A float that is a number: 'nan' and 'inf' would silently drop every result or none."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lexsearch")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages to stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages (and decoder warnings) to stderr.")
 def cli(verbose: bool) -> None:
     """Search local image collections by text, with the words that explain every match."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+        handlers=[_StderrHandler()],
     )
+    # Library warnings (Pillow's "Corrupt EXIF data", "Truncated File Read", ...) name no file; the
+    # indexer reports each bad file itself. They go to the log, shown only with -v.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.NOTSET if verbose else logging.ERROR)
+    global _verbose
+    _verbose = verbose
 
 
 @cli.command()
@@ -79,7 +184,6 @@ def train(
     quiet,
 ) -> None:
     """Train or fine-tune a LexVLA model (GPU; the tiny preset also on CPU). Several GPUs: use torchrun."""
-    import os
 
     from lexsearch.train.config import train_config
     from lexsearch.train.loop import train as run_training
@@ -185,43 +289,88 @@ def index(
     dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet
 ) -> None:
     """Embed folders of images into a collection (incremental, crash-safe)."""
-    import os
     import shlex
-
-    from tqdm import tqdm
+    import shutil
 
     from lexsearch.errors import ModelError
-    from lexsearch.index import Collection, IndexOptions, Reporter, build_index
+    from lexsearch.index import Collection, IndexOptions, build_index, check_roots, resolve
     from lexsearch.model import Encoder
 
+    # Everything that can be checked cheaply is checked before anything is created or loaded: a typo in a
+    # folder leaves no empty collection behind, and a busy collection is refused before the model loads.
+    check_roots(dirs)
     if not os.path.isdir(model_dir):
         raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
+    path = resolve(collection)
+    fresh = not path.exists()
     rebuild_cmd = shlex.join(
         ["lexsearch", "index", *dirs, "--model", model_dir, "--collection", collection, "--rebuild"]
     )
-    encoder = Encoder.load(model_dir, device=device)
-    # disable=None: tqdm turns itself off when stderr is not a terminal (pipes, CI logs).
-    bar = tqdm(unit="file", file=sys.stderr, disable=True if quiet else None, dynamic_ncols=True)
-
-    def warn(path: str, reason: str) -> None:
-        tqdm.write(f"warning: {path}: {reason}", file=sys.stderr)
-
-    def set_total(n: int) -> None:
-        bar.reset(total=n)
-
-    reporter = Reporter(on_total=set_total, on_advance=bar.update, on_warning=warn)
-    options = IndexOptions(
-        exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers
-    )
-    with Collection.open(collection, readonly=False, recreate=rebuild) as col:
-        try:
-            summary = build_index(
-                dirs, encoder, col, options, reporter, model_path=model_dir, rebuild_command=rebuild_cmd
-            )
-        finally:
-            bar.close()
+    options = IndexOptions(exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers)
+    progress = _IndexProgress(quiet)
+    try:
+        with Collection.open(collection, readonly=False, recreate=rebuild) as col, _decoder_noise_hidden():
+            encoder = Encoder.load(model_dir, device=device)  # after the lock: a second indexer waits for nothing
+            progress.start()
+            try:
+                summary = build_index(
+                    dirs, encoder, col, options, progress.reporter, model_path=model_dir,
+                    rebuild_command=rebuild_cmd,
+                )
+            finally:
+                progress.close()  # inside: the bar writes to the stderr _decoder_noise_hidden lent it
+    except BaseException:
+        # A collection this run created and never got to fill (the model would not load) is not left behind.
+        if fresh and not progress.started and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     if not quiet:
-        click.echo(f"{col.path}: {summary.line()}")
+        click.echo(f"{shown(str(col.path))}: {summary.line()}")
+
+
+class _IndexProgress:
+    """The indexer's tqdm bar and per-file warnings (stderr), fed by its ``Reporter`` callbacks."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+        self.started = False
+
+    def start(self) -> None:
+        from tqdm import tqdm
+
+        from lexsearch.index import Reporter
+
+        self.started = True
+        # disable=None: tqdm turns itself off when stderr is not a terminal (pipes, CI logs). Made here, after
+        # _decoder_noise_hidden has put Python's stderr on the real terminal.
+        self.bar = tqdm(unit="file", file=sys.stderr, disable=True if self.quiet else None, dynamic_ncols=True)
+        self.reporter = Reporter(on_total=lambda n: self.bar.reset(total=n), on_advance=self.bar.update,
+                                 on_warning=self.warn)
+
+    def warn(self, path: str, reason: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {shown(path)}: {shown(reason)}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _existing(results: list, top: int) -> tuple[list, int]:
+    """The first ``top`` results whose file still exists (renumbered), and how many were left out."""
+    import dataclasses
+
+    kept = [r for r in results if os.path.exists(r.path)]
+    gone = len(results) - len(kept)
+    return [dataclasses.replace(r, rank=i + 1) for i, r in enumerate(kept[:top])], gone
+
+
+def _valid_utf8(path: str) -> str:
+    """A path as JSON text: undecodable bytes (surrogate escapes, invalid in UTF-8 JSON) written as \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # ignore_unknown_options: a query may start with an exclusion ('-night horse'), which is not an option.
@@ -231,13 +380,12 @@ def index(
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
 @click.option("--json", "as_json", is_flag=True, help='Print [{"rank", "path", "score", "words": [...]}].')
 @click.option("--paths", "as_paths", is_flag=True, help="Print only the paths, one a line (for xargs).")
-@click.option(
-    "--image",
-    type=click.Path(exists=True, dir_okay=False, path_type=str),
-    help="Search by this image instead of text (dense search; shared words still shown).",
-)
+@click.option("-0", "--null", "null", is_flag=True,
+              help="Print only the paths, each ended by a NUL byte (for xargs -0; names may hold newlines).")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Search by this image instead of text (dense search; shared words still shown).")
 @click.option("--no-rerank", is_flag=True, help="Rank by the fast candidate stage only (no exact re-rank).")
-@click.option("--min-score", type=float, help="Drop results scoring below this.")
+@click.option("--min-score", type=_FiniteFloat(), help="Drop results scoring below this.")
 @click.option("--pruned", is_flag=True, help="Approximate candidate stage (faster on huge collections).")
 @click.option(
     "--expand",
@@ -248,13 +396,14 @@ def index(
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @_handle_errors
 def query(
-    text, collection, top, as_json, as_paths, image, no_rerank, min_score, pruned, expand, model_dir, device
+    text, collection, top, as_json, as_paths, null, image, no_rerank, min_score, pruned, expand, model_dir, device
 ) -> None:
     """Search a collection by text; each result shows the words behind the match.
 
     TEXT takes words, "quoted phrases", +must and -exclude words, e.g. 'white horse -night +beach'
     (quote it as one argument, or give the words as several).
     """
+    import dataclasses
     import json
 
     from lexsearch import search as s
@@ -265,33 +414,38 @@ def query(
     if unknown:
         raise UsageError(f"No such option: {unknown[0]} (see lexsearch query --help).")
     text = " ".join(text) if text else None
-    if as_json and as_paths:
+    if as_json and (as_paths or null):
         raise UsageError("--json and --paths are alternatives; pick one.")
     if image and text:
         raise UsageError("Give a text or --image IMG, not both.")
     if not image and text is None:
         raise UsageError("Nothing to search for: give a text, e.g. lexsearch query 'white horse'.")
-    with Collection.open(collection, readonly=True) as col:
+    with Collection.open(collection, readonly=True) as col, _decoder_noise_hidden():
         encoder = s.load_encoder(col, model_dir, device)
-        if image:
-            results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
-        else:
-            results = s.search(
-                col,
-                encoder,
-                text,
-                top=top,
-                rerank_candidates=not no_rerank,
-                min_score=min_score,
-                prune=s.PruneConfig() if pruned else None,
-                expand=expand,
-            )
+
+        def run(k: int) -> list:
+            if image:
+                return s.search_by_image(col, encoder, image, top=k, min_score=min_score)
+            return s.search(col, encoder, text, top=k, rerank_candidates=not no_rerank, min_score=min_score,
+                            prune=s.PruneConfig() if pruned else None, expand=expand)
+
+        results, gone = _existing(run(top), top)
+        if gone:  # files deleted since the last index run: look a little further down the ranking
+            results, gone = _existing(run(2 * top + gone), top)
+        roots = " ".join(col.meta.get("roots") or ["DIR"])
+    if gone:
+        click.echo(f"note: {gone} matching file{'s' if gone > 1 else ''} no longer exist{'' if gone > 1 else 's'} "
+                   f"and {'are' if gone > 1 else 'is'} not shown; the index is out of date: "
+                   f"lexsearch index {shown(roots)} --collection {shown(collection)}", err=True)
     if as_json:
-        click.echo(json.dumps(s.results_to_json(results), indent=2))
-    elif as_paths:
-        click.echo(s.format_paths(results), nl=False)
+        json_results = [dataclasses.replace(r, path=_valid_utf8(r.path)) for r in results]
+        click.echo(json.dumps(s.results_to_json(json_results), indent=2))
+    elif as_paths or null:
+        # The raw bytes of each name, so xargs gets the very file even where the name is not UTF-8.
+        end = b"\0" if null else b"\n"
+        click.echo(b"".join(os.fsencode(r.path) + end for r in results), nl=False)
     elif results:
-        click.echo(s.format_table(results), nl=False)
+        click.echo(s.format_table([dataclasses.replace(r, path=shown(r.path)) for r in results]), nl=False)
     else:
         # An honest empty answer: no indexed image shares a word with the query (or passes the filters).
         click.echo("No image matches this query.")
@@ -305,7 +459,8 @@ def query(
     "--top", "top_k", default=10, show_default=True, type=click.IntRange(min=1), help="Words to show."
 )
 @click.option("--json", "as_json", is_flag=True, help='Print {"path", "words": [{"word", "weight"}]}.')
-@click.option("--heatmap", type=click.Path(dir_okay=False, path_type=str), help="Write a heat map PNG here.")
+@click.option("--heatmap", type=click.Path(dir_okay=False, path_type=str),
+              help="Write a heat map here, in the format its extension names (.png, .jpg, .webp).")
 @click.option("--word", help="Heat map of this one word's patch scores instead of the top words.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @_handle_errors
@@ -319,21 +474,27 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
     import numpy as np
 
     from lexsearch.errors import UsageError
-    from lexsearch.explain import explain_image
+    from lexsearch.explain import explain_image, heatmap_format
     from lexsearch.explain import heatmap as draw_heatmap
     from lexsearch.index.store import Collection
     from lexsearch.model import Encoder
     from lexsearch.model.images import open_image
     from lexsearch.search import load_encoder
 
-    img = open_image(image)
+    if heatmap:
+        heatmap_format(heatmap)  # a bad name or a missing folder is refused before any work
+    with _decoder_noise_hidden():
+        img = open_image(image)
     indexed = None
     if model_dir is None:
         with Collection.open(collection, readonly=True) as col:
             encoder = load_encoder(col, device=device)
-            row = col.rows_by_path().get(str(Path(image).resolve()))
-            if row is not None:
-                indexed = col.forward([row.id]).get(row.id)
+            # The indexer stores absolute paths as reached from its root (symlinks kept), so look up both.
+            for key in dict.fromkeys([os.path.abspath(image), str(Path(image).resolve())]):
+                row = col.rows_by_path().get(key)
+                if row is not None and row.status == "ok":
+                    indexed = col.forward([row.id]).get(row.id)
+                    break
     else:
         encoder = Encoder.load(model_dir, device=device)
     if indexed is not None:
@@ -345,11 +506,10 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
         result = explain_image(encoder, img, top_k=top_k, path=image)
         words, term_ids = result.words, result.term_ids
     if as_json:
-        click.echo(
-            json.dumps({"path": image, "words": [{"word": w, "weight": round(x, 6)} for w, x in words]})
-        )
+        click.echo(json.dumps({"path": _valid_utf8(image),
+                               "words": [{"word": w, "weight": round(x, 6)} for w, x in words]}))
     else:
-        click.echo(f"{image}")
+        click.echo(shown(image))
         for w, x in words:
             click.echo(f"  {x:7.4f}  {w}")
         if not words:
@@ -366,7 +526,7 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
         else:
             labels = [w for w, _ in words]
         out = draw_heatmap(encoder, img, term_ids, labels, Path(heatmap))
-        click.echo(f"heat map written to {out}", err=True)
+        click.echo(f"heat map written to {shown(str(out))}", err=True)
 
 
 @cli.group(name="eval")
