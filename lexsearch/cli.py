@@ -46,8 +46,11 @@ def _handle_errors(fn):
             click.echo(f"Error: {shown(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except sqlite3.DatabaseError as exc:  # damage found after opening (a torn page, a bad copy)
-            click.echo(f"Error: the collection's index.db is damaged ({exc}); rebuild it with: lexsearch index "
-                       "DIR --model MODEL_DIR --collection NAME --rebuild", err=True)
+            click.echo(
+                f"Error: the collection's index.db is damaged ({exc}); rebuild it with: lexsearch index "
+                "DIR --model MODEL_DIR --collection NAME --rebuild",
+                err=True,
+            )
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -94,8 +97,13 @@ def _decoder_noise_hidden():
     os.dup2(sink.fileno(), 2)
     old_stderr = sys.stderr
     if uses_fd2:
-        sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=old_stderr.encoding,  # noqa: SIM115
-                          errors=old_stderr.errors)
+        sys.stderr = open(
+            os.dup(saved),
+            "w",
+            buffering=1,
+            encoding=old_stderr.encoding,  # noqa: SIM115
+            errors=old_stderr.errors,
+        )
     failed = False
     try:
         yield
@@ -138,7 +146,8 @@ class _FiniteFloat(click.ParamType):
 def cli(verbose: bool) -> None:
     """Search local image collections by text, with the words that explain every match."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
         handlers=[_StderrHandler()],
     )
     # Library warnings (Pillow's "Corrupt EXIF data", "Truncated File Read", ...) name no file; the
@@ -306,15 +315,24 @@ def index(
     rebuild_cmd = shlex.join(
         ["lexsearch", "index", *dirs, "--model", model_dir, "--collection", collection, "--rebuild"]
     )
-    options = IndexOptions(exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers)
+    options = IndexOptions(
+        exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers
+    )
     progress = _IndexProgress(quiet)
     try:
         with Collection.open(collection, readonly=False, recreate=rebuild) as col, _decoder_noise_hidden():
-            encoder = Encoder.load(model_dir, device=device)  # after the lock: a second indexer waits for nothing
+            encoder = Encoder.load(
+                model_dir, device=device
+            )  # after the lock: a second indexer waits for nothing
             progress.start()
             try:
                 summary = build_index(
-                    dirs, encoder, col, options, progress.reporter, model_path=model_dir,
+                    dirs,
+                    encoder,
+                    col,
+                    options,
+                    progress.reporter,
+                    model_path=model_dir,
                     rebuild_command=rebuild_cmd,
                 )
             finally:
@@ -344,9 +362,12 @@ class _IndexProgress:
         self.started = True
         # disable=None: tqdm turns itself off when stderr is not a terminal (pipes, CI logs). Made here, after
         # _decoder_noise_hidden has put Python's stderr on the real terminal.
-        self.bar = tqdm(unit="file", file=sys.stderr, disable=True if self.quiet else None, dynamic_ncols=True)
-        self.reporter = Reporter(on_total=lambda n: self.bar.reset(total=n), on_advance=self.bar.update,
-                                 on_warning=self.warn)
+        self.bar = tqdm(
+            unit="file", file=sys.stderr, disable=True if self.quiet else None, dynamic_ncols=True
+        )
+        self.reporter = Reporter(
+            on_total=lambda n: self.bar.reset(total=n), on_advance=self.bar.update, on_warning=self.warn
+        )
 
     def warn(self, path: str, reason: str) -> None:
         from tqdm import tqdm
@@ -380,10 +401,18 @@ def _valid_utf8(path: str) -> str:
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
 @click.option("--json", "as_json", is_flag=True, help='Print [{"rank", "path", "score", "words": [...]}].')
 @click.option("--paths", "as_paths", is_flag=True, help="Print only the paths, one a line (for xargs).")
-@click.option("-0", "--null", "null", is_flag=True,
-              help="Print only the paths, each ended by a NUL byte (for xargs -0; names may hold newlines).")
-@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=str),
-              help="Search by this image instead of text (dense search; shared words still shown).")
+@click.option(
+    "-0",
+    "--null",
+    "null",
+    is_flag=True,
+    help="Print only the paths, each ended by a NUL byte (for xargs -0; names may hold newlines).",
+)
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    help="Search by this image instead of text (dense search; shared words still shown).",
+)
 @click.option("--no-rerank", is_flag=True, help="Rank by the fast candidate stage only (no exact re-rank).")
 @click.option("--min-score", type=_FiniteFloat(), help="Drop results scoring below this.")
 @click.option("--pruned", is_flag=True, help="Approximate candidate stage (faster on huge collections).")
@@ -396,7 +425,19 @@ def _valid_utf8(path: str) -> str:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @_handle_errors
 def query(
-    text, collection, top, as_json, as_paths, null, image, no_rerank, min_score, pruned, expand, model_dir, device
+    text,
+    collection,
+    top,
+    as_json,
+    as_paths,
+    null,
+    image,
+    no_rerank,
+    min_score,
+    pruned,
+    expand,
+    model_dir,
+    device,
 ) -> None:
     """Search a collection by text; each result shows the words behind the match.
 
@@ -426,17 +467,28 @@ def query(
         def run(k: int) -> list:
             if image:
                 return s.search_by_image(col, encoder, image, top=k, min_score=min_score)
-            return s.search(col, encoder, text, top=k, rerank_candidates=not no_rerank, min_score=min_score,
-                            prune=s.PruneConfig() if pruned else None, expand=expand)
+            return s.search(
+                col,
+                encoder,
+                text,
+                top=k,
+                rerank_candidates=not no_rerank,
+                min_score=min_score,
+                prune=s.PruneConfig() if pruned else None,
+                expand=expand,
+            )
 
         results, gone = _existing(run(top), top)
         if gone:  # files deleted since the last index run: look a little further down the ranking
             results, gone = _existing(run(2 * top + gone), top)
         roots = " ".join(col.meta.get("roots") or ["DIR"])
     if gone:
-        click.echo(f"note: {gone} matching file{'s' if gone > 1 else ''} no longer exist{'' if gone > 1 else 's'} "
-                   f"and {'are' if gone > 1 else 'is'} not shown; the index is out of date: "
-                   f"lexsearch index {shown(roots)} --collection {shown(collection)}", err=True)
+        click.echo(
+            f"note: {gone} matching file{'s' if gone > 1 else ''} no longer exist{'' if gone > 1 else 's'} "
+            f"and {'are' if gone > 1 else 'is'} not shown; the index is out of date: "
+            f"lexsearch index {shown(roots)} --collection {shown(collection)}",
+            err=True,
+        )
     if as_json:
         json_results = [dataclasses.replace(r, path=_valid_utf8(r.path)) for r in results]
         click.echo(json.dumps(s.results_to_json(json_results), indent=2))
@@ -459,8 +511,11 @@ def query(
     "--top", "top_k", default=10, show_default=True, type=click.IntRange(min=1), help="Words to show."
 )
 @click.option("--json", "as_json", is_flag=True, help='Print {"path", "words": [{"word", "weight"}]}.')
-@click.option("--heatmap", type=click.Path(dir_okay=False, path_type=str),
-              help="Write a heat map here, in the format its extension names (.png, .jpg, .webp).")
+@click.option(
+    "--heatmap",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Write a heat map here, in the format its extension names (.png, .jpg, .webp).",
+)
 @click.option("--word", help="Heat map of this one word's patch scores instead of the top words.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @_handle_errors
@@ -506,8 +561,11 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
         result = explain_image(encoder, img, top_k=top_k, path=image)
         words, term_ids = result.words, result.term_ids
     if as_json:
-        click.echo(json.dumps({"path": _valid_utf8(image),
-                               "words": [{"word": w, "weight": round(x, 6)} for w, x in words]}))
+        click.echo(
+            json.dumps(
+                {"path": _valid_utf8(image), "words": [{"word": w, "weight": round(x, 6)} for w, x in words]}
+            )
+        )
     else:
         click.echo(shown(image))
         for w, x in words:

@@ -42,8 +42,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 def png_header_only(w: int, h: int) -> bytes:
     """A PNG whose header claims w x h pixels but holds almost no data (a decompression bomb by header)."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 10))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def rgb_png_with_trns(path: Path, seed: int = 3) -> None:
@@ -63,8 +67,12 @@ def psd_bytes(im: Image.Image) -> bytes:
 
 
 # Mean brightness a viewer shows for the high-bit-depth files (a gradient over the image's own range).
-expected_grey = {"grey16_narrow.tif": 127.5, "grey12in16.tif": 127.5, "float32.tif": 127.5,
-                 "grey16.png": 127.5}
+expected_grey = {
+    "grey16_narrow.tif": 127.5,
+    "grey12in16.tif": 127.5,
+    "float32.tif": 127.5,
+    "grey16.png": 127.5,
+}
 
 
 def make_odd_folder(dest: str | os.PathLike[str]) -> dict[bytes, str]:
@@ -166,16 +174,33 @@ def make_odd_folder(dest: str | os.PathLike[str]) -> dict[bytes, str]:
     raw("zero.png", b"", "empty")
     raw("text.jpg", b"this is not a picture\n", "not an image")
     raw("html.png", b"<html><body>404 Not Found</body></html>\n", "not an image")
-    raw("random.tif", np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(), "not an image")
-    for name, fmt in [("truncated.jpg", "JPEG"), ("truncated.png", "PNG"), ("truncated.webp", "WEBP"),
-                      ("truncated.tif", "TIFF"), ("truncated.gif", "GIF")]:
+    raw(
+        "random.tif",
+        np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "not an image",
+    )
+    for name, fmt in [
+        ("truncated.jpg", "JPEG"),
+        ("truncated.png", "PNG"),
+        ("truncated.webp", "WEBP"),
+        ("truncated.tif", "TIFF"),
+        ("truncated.gif", "GIF"),
+    ]:
         buf = io.BytesIO()
         _rgb(46, (200, 150)).save(buf, format=fmt)
         data = buf.getvalue()
         raw(name, data[: len(data) // 3], "")  # truncated or corrupt: any reason, as long as it is named
     raw("bomb.png", png_header_only(100_000, 100_000), "too large")
-    raw("bomb_gif.gif", b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00" + b"," +
-        struct.pack("<HHHH", 0, 0, 65535, 65535) + b"\x00\x02\x02\x44\x01\x00;", "too large")
+    raw(
+        "bomb_gif.gif",
+        b"GIF89a"
+        + struct.pack("<HH", 65535, 65535)
+        + b"\x00\x00\x00"
+        + b","
+        + struct.pack("<HHHH", 0, 0, 65535, 65535)
+        + b"\x00\x02\x02\x44\x01\x00;",
+        "too large",
+    )
     raw("header_only.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00", "")
     raw("magic_only.png", b"\x89PNG\r\n\x1a\n", "")
 
