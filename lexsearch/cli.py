@@ -19,20 +19,8 @@ from pathlib import Path
 
 import click
 
+from lexsearch.display import shown, utf8_text
 from lexsearch.errors import LexsearchError
-
-
-def shown(text: str) -> str:
-    """``text`` (a file name, a query) safe to print on a terminal and in valid UTF-8.
-
-    Bytes of a name that are not UTF-8 (Python holds them as surrogate escapes) show as ``\\xNN``, and
-    control characters (a newline in a name, an escape sequence in a pasted query) as ``\\n``, ``\\x1b``,
-    so nothing printed can move the cursor or recolour the terminal.
-    """
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _handle_errors(fn):
@@ -380,20 +368,6 @@ class _IndexProgress:
             self.bar = None
 
 
-def _existing(results: list, top: int) -> tuple[list, int]:
-    """The first ``top`` results whose file still exists (renumbered), and how many were left out."""
-    import dataclasses
-
-    kept = [r for r in results if os.path.exists(r.path)]
-    gone = len(results) - len(kept)
-    return [dataclasses.replace(r, rank=i + 1) for i, r in enumerate(kept[:top])], gone
-
-
-def _valid_utf8(path: str) -> str:
-    """A path as JSON text: undecodable bytes (surrogate escapes, invalid in UTF-8 JSON) written as \\xNN."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 # ignore_unknown_options: a query may start with an exclusion ('-night horse'), which is not an option.
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("text", nargs=-1)
@@ -444,7 +418,6 @@ def query(
     TEXT takes words, "quoted phrases", +must and -exclude words, e.g. 'white horse -night +beach'
     (quote it as one argument, or give the words as several).
     """
-    import dataclasses
     import json
 
     from lexsearch import search as s
@@ -464,40 +437,33 @@ def query(
     with Collection.open(collection, readonly=True) as col, _decoder_noise_hidden():
         encoder = s.load_encoder(col, model_dir, device)
 
-        def run(k: int) -> list:
-            if image:
-                return s.search_by_image(col, encoder, image, top=k, min_score=min_score)
-            return s.search(
+        if image:
+            results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
+        else:
+            results = s.search(
                 col,
                 encoder,
                 text,
-                top=k,
+                top=top,
                 rerank_candidates=not no_rerank,
                 min_score=min_score,
                 prune=s.PruneConfig() if pruned else None,
                 expand=expand,
             )
-
-        results, gone = _existing(run(top), top)
-        if gone:  # files deleted since the last index run: look a little further down the ranking
-            results, gone = _existing(run(2 * top + gone), top)
         roots = " ".join(col.meta.get("roots") or ["DIR"])
-    if gone:
+    if results.stale:
+        n = results.stale
         click.echo(
-            f"note: {gone} matching file{'s' if gone > 1 else ''} no longer exist{'' if gone > 1 else 's'} "
-            f"and {'are' if gone > 1 else 'is'} not shown; the index is out of date: "
-            f"lexsearch index {shown(roots)} --collection {shown(collection)}",
+            f"note: {n} matching file{'s' if n > 1 else ''} no longer exist{'' if n > 1 else 's'} (not shown); "
+            f"the index is out of date: lexsearch index {shown(roots)} --collection {shown(collection)}",
             err=True,
         )
     if as_json:
-        json_results = [dataclasses.replace(r, path=_valid_utf8(r.path)) for r in results]
-        click.echo(json.dumps(s.results_to_json(json_results), indent=2))
+        click.echo(json.dumps(s.results_to_json(results), indent=2))
     elif as_paths or null:
-        # The raw bytes of each name, so xargs gets the very file even where the name is not UTF-8.
-        end = b"\0" if null else b"\n"
-        click.echo(b"".join(os.fsencode(r.path) + end for r in results), nl=False)
+        click.echo(s.paths_bytes(results, end=b"\0" if null else b"\n"), nl=False)
     elif results:
-        click.echo(s.format_table([dataclasses.replace(r, path=shown(r.path)) for r in results]), nl=False)
+        click.echo(s.format_table(results), nl=False)
     else:
         # An honest empty answer: no indexed image shares a word with the query (or passes the filters).
         click.echo("No image matches this query.")
@@ -563,7 +529,7 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
     if as_json:
         click.echo(
             json.dumps(
-                {"path": _valid_utf8(image), "words": [{"word": w, "weight": round(x, 6)} for w, x in words]}
+                {"path": utf8_text(image), "words": [{"word": w, "weight": round(x, 6)} for w, x in words]}
             )
         )
     else:

@@ -376,6 +376,10 @@ class Collection:
             out.update((i, _py_path(p)) for i, p in self.db.execute(q, chunk))
         return out
 
+    def file_exists(self, path: str) -> bool:
+        """Whether an indexed file is still on disk (a search leaves out, and counts, those that are not)."""
+        return os.path.exists(path)
+
     def dense_vectors(self, image_ids: Iterable[int]) -> dict[int, np.ndarray]:
         """Stored dense vectors (D,) float32 of some images (those without one are omitted)."""
         out = {}

@@ -22,17 +22,19 @@ Stages (DESIGN.md, "Query path"), one module each:
 """
 
 from lexsearch.search.candidates import PruneConfig
-from lexsearch.search.output import format_paths, format_table, results_to_json
+from lexsearch.search.output import format_paths, format_table, paths_bytes, results_to_json
 from lexsearch.search.postings import PostingsIndex
-from lexsearch.search.query import Result, load_encoder, search, search_by_image
+from lexsearch.search.query import Result, Results, load_encoder, search, search_by_image
 
 __all__ = [
     "PostingsIndex",
     "PruneConfig",
     "Result",
+    "Results",
     "format_paths",
     "format_table",
     "load_encoder",
+    "paths_bytes",
     "results_to_json",
     "search",
     "search_by_image",

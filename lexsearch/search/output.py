@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
+from lexsearch.display import shown, utf8_text
 from lexsearch.search.query import Result
 
 
@@ -13,7 +15,7 @@ def results_to_json(results: Sequence[Result]) -> list[dict[str, Any]]:
     return [
         {
             "rank": r.rank,
-            "path": r.path,
+            "path": utf8_text(r.path),  # JSON is UTF-8 text: a non-UTF-8 byte of a name shows as \xNN
             "score": round(r.score, 6),
             "lexical": round(r.lexical, 6),
             "dense": None if r.dense is None else round(r.dense, 6),
@@ -27,6 +29,12 @@ def format_paths(results: Sequence[Result]) -> str:
     return "".join(f"{r.path}\n" for r in results)
 
 
+def paths_bytes(results: Sequence[Result], end: bytes = b"\n") -> bytes:
+    """The ``--paths`` output: each path's raw bytes (the very file, even where the name is not UTF-8), each
+    followed by ``end`` (``b"\\0"`` for ``xargs -0``: names may hold newlines)."""
+    return b"".join(os.fsencode(r.path) + end for r in results)
+
+
 def format_table(results: Sequence[Result]) -> str:
     """Rank, score, path and the words with their contributions; ``+x`` is what the unlisted words add."""
     lines = [f"{'#':>3}  {'score':>6}  path"] if results else []
@@ -34,6 +42,6 @@ def format_table(results: Sequence[Result]) -> str:
         words = ", ".join(f"{w} {v:.3f}" for w, v in r.words)
         if r.rest > 0.0005:
             words += f" (+{r.rest:.3f} more)"
-        lines.append(f"{r.rank:>3}  {r.score:6.3f}  {r.path}")
+        lines.append(f"{r.rank:>3}  {r.score:6.3f}  {shown(r.path)}")
         lines.append(f"{'':>3}  {'':>6}  {words or '(no shared words)'}")
     return "\n".join(lines) + ("\n" if lines else "")

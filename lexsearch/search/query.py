@@ -37,6 +37,14 @@ class Result:
     rest: float = 0.0  # sum of the contributions of the shared words not listed
 
 
+class Results(list):
+    """The ranked results (a list of :class:`Result`), and how many matches were left out as stale."""
+
+    # Matching images whose file no longer exists (deleted or moved since the last index run): left out,
+    # so nothing shown points nowhere; the caller says that a re-index is due.
+    stale: int = 0
+
+
 def _row_of(encoded: Any) -> tuple[Any, np.ndarray | None]:
     """(csr (1, V), dense (D,) or None) of a one-row ``Encoded`` / ``CachedQuery``."""
     dense = encoded.dense
@@ -90,7 +98,7 @@ def search(
     index: PostingsIndex | None = None,
     use_cache: bool = True,
     expand: bool = False,
-) -> list[Result]:
+) -> Results:
     """Search ``collection`` by text; see the module docstring for the stages.
 
     ``rerank_candidates=False`` ranks by the candidate stage alone (the strongest ``query_terms`` terms; no
@@ -105,10 +113,10 @@ def search(
     if not expand:
         filters.any_of = query_word_clauses(parsed, encoder.word_terms)
         if not filters.any_of:
-            return []  # no word of the query is in the vocabulary: nothing can honestly match it
+            return Results()  # no word of the query is in the vocabulary: nothing can honestly match it
     q_sparse, q_dense = encode_query(collection, encoder, parsed.text, use_cache)
     if q_sparse.nnz == 0:
-        return []
+        return Results()
     vocab = max(int(encoder.vocab_size), int(q_sparse.shape[1]))
     terms, weights = _strongest(q_sparse.indices, q_sparse.data, query_terms)
     index = index or PostingsIndex.from_collection(collection)
@@ -136,7 +144,7 @@ def search_by_image(
     min_score: float | None = None,
     explain_words: int = EXPLAIN_WORDS,
     index: PostingsIndex | None = None,
-) -> list[Result]:
+) -> Results:
     """Images like ``image`` (a path or PIL image): a dense FAISS search when the collection has a dense
     head, otherwise a lexical search with the image's own sparse vector as the query. Shared words are
     shown either way (an image found by the dense side may share none: its ``words`` are then empty)."""
@@ -154,7 +162,7 @@ def search_by_image(
         ranked = Ranked(ids[pos].astype(np.intp), scores[pos], lexical[pos], scores[pos], pos, rows)
     else:
         if q_sparse.nnz == 0:
-            return []
+            return Results()
         terms, weights = _strongest(q_sparse.indices, q_sparse.data, QUERY_TERMS)
         index = index or PostingsIndex.from_collection(collection)
         cands = candidates(index, terms, weights, k=max(CANDIDATES, top))
@@ -165,16 +173,28 @@ def search_by_image(
 
 def _results(
     collection: Any, encoder: Any, ranked: Ranked, qvec: np.ndarray, top: int, explain_words: int
-) -> list[Result]:
-    """The first ``top`` ranked images that still have a path, with their explanations."""
-    want = ranked.ids[: top * 2].tolist()  # a few spare: an image deleted since the postings were read
-    paths = collection.image_paths(want)
-    results: list[Result] = []
-    for j, image_id in enumerate(ranked.ids.tolist()):
-        if len(results) == top or j >= len(want):
+) -> Results:
+    """The first ``top`` ranked images that still have a path and a file, with their explanations.
+
+    Paths are read a chunk at a time (a few spare: an image deleted since the postings were read, a file
+    deleted since the last index run); each shown file costs one stat.
+    """
+    ids = ranked.ids.tolist()
+    # A collection over files on disk says whether each is still there; one in memory has no files to lose.
+    on_disk = getattr(collection, "file_exists", None)
+    results = Results()
+    paths: dict[int, str] = {}
+    chunk = max(2 * top, 16)
+    for j, image_id in enumerate(ids):
+        if len(results) == top:
             break
+        if j % chunk == 0:
+            paths = collection.image_paths(ids[j : j + chunk])
         path = paths.get(image_id)
         if path is None:
+            continue
+        if on_disk is not None and not on_disk(path):
+            results.stale += 1
             continue
         words = explain_row(*ranked.rows.row(int(ranked.positions[j])), qvec, encoder.words)
         shown = words[:explain_words] if explain_words >= 0 else words
