@@ -57,6 +57,20 @@ def rgb_png_with_trns(path: Path, seed: int = 3) -> None:
     im.save(path, format="PNG", transparency=key)
 
 
+def tiff_with_bad_tag_count() -> bytes:
+    """An LZW TIFF whose PlanarConfiguration tag claims two values: libtiff prints a warning that names no
+    file straight to stderr (``TIFFFetchNormalTag: Incorrect count ...``), and Pillow warns too."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(buf, format="TIFF", compression="tiff_lzw")
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for k in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 284:
+            data[entry + 4 : entry + 8] = struct.pack("<I", 2)
+    return bytes(data)
+
+
 def psd_bytes(im: Image.Image) -> bytes:
     """A minimal flattened Photoshop file (RGB, 8 bits, raw composite): Pillow reads PSD but cannot write it."""
     w, h = im.size
@@ -203,6 +217,7 @@ def make_odd_folder(dest: str | os.PathLike[str]) -> dict[bytes, str]:
     )
     raw("header_only.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00", "")
     raw("magic_only.png", b"\x89PNG\r\n\x1a\n", "")
+    raw("libtiff_noise.tif", tiff_with_bad_tag_count(), "")
 
     # Files that are not images at all: counted as skipped, never opened.
     (d / "notes.txt").write_text("holiday notes\n")

@@ -81,7 +81,8 @@ class IndexSummary:
         failed = f"{self.failed} failed" + (f" (+{self.failed_before} earlier)" if self.failed_before else "")
         skipped = ""
         if self.skipped:
-            kinds = ", ".join(f"{n} {kind}" for kind, n in self.skipped.most_common(4))
+            top = sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))[:4]
+            kinds = ", ".join(f"{n} {kind}" for kind, n in top)
             more = ", ..." if len(self.skipped) > 4 else ""
             skipped = f", {sum(self.skipped.values())} skipped (not images: {kinds}{more}; -v lists them)"
         return (
