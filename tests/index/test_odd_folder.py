@@ -8,11 +8,17 @@ import subprocess
 import sys
 
 from fakes import FakeEncoder, make_image
-from oddfiles import LATIN1_NAMES, SKIPPED_NAMES, make_odd_folder
+from oddfiles import LATIN1_NAMES, SKIPPED_NAMES, make_odd_folder, tiff_with_bad_tag_count
+from PIL import Image
 
-from lexsearch.display import shown
 from lexsearch.index import Collection, Reporter, build_index
 from lexsearch.index.scan import scan
+
+
+def shown(path: str) -> str:
+    """How the CLI prints a name: non-UTF-8 bytes as \\xNN, control characters escaped (\\n)."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _run(root, name="c"):
@@ -132,3 +138,25 @@ def test_odd_folder_end_to_end_through_the_cli(tmp_path, tiny_model_dir):
     summary = proc.stdout.decode()
     assert f"{len(ok)} indexed" in summary and f"{len(SKIPPED_NAMES)} skipped" in summary
     assert "failed" in summary and f"{len(expected) - len(ok)} failed" in summary
+
+
+def test_decoder_noise_only_with_verbose(tmp_path, tiny_model_dir):
+    """libtiff's warnings (written by C straight to stderr) and Pillow's UserWarnings name no file: they are
+    shown with -v only; without it stderr holds just the per-file warnings."""
+    photos = tmp_path / "p"
+    photos.mkdir()
+    make_image(photos / "ok.png", 1)
+    (photos / "noise.tif").write_bytes(tiff_with_bad_tag_count())
+    Image.open(photos / "ok.png").save(photos / "exif.jpg", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    for verbose in (False, True):
+        cmd = [sys.executable, "-m", "lexsearch", *(["-v"] if verbose else []), "index", str(photos), "--model",
+               str(tiny_model_dir), "--device", "cpu", "--collection", "noise", "--rebuild"]
+        proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        err = proc.stderr.decode()
+        assert "warning: " + str(photos / "noise.tif") in err
+        noise = ["TIFFFetchNormalTag", "Corrupt EXIF", "Metadata Warning"]
+        assert [n in err for n in noise] == [verbose] * 3, err
+        if not verbose:
+            assert err.strip().splitlines() == [f"warning: {photos / 'noise.tif'}: corrupt image (decoder error -2)"]
