@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from lexsearch.errors import DataError, UsageError
 
@@ -37,12 +37,15 @@ CAPTION_FILES = ("captions.jsonl", "captions.csv")
 
 def _decode(source: str | io.BytesIO, name: str) -> Image.Image:
     """Decode to RGB with EXIF rotation applied; DataError naming the file or sample if it is not an image."""
+    # The loader every command uses: the same megapixel guard (Pillow's own is off), 16-bit rescaling and
+    # transparency on white, so a model trains on images as the indexer will show them to it.
+    from lexsearch.model.images import MAX_MEGAPIXELS, describe_error, load_image
+
     try:
         # Given a path, PIL opens and closes the file itself, so no handle outlives the decode.
-        with Image.open(source) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{name}: cannot read image ({exc})") from exc
+        return load_image(source, max_pixels=int(MAX_MEGAPIXELS * 1e6))[0]
+    except Exception as exc:  # whatever a decoder raises for a bad file
+        raise DataError(f"{name}: cannot read image ({describe_error(exc)})") from exc
 
 
 # Loaders are module-level functions / small classes bound with functools.partial rather than closures, so

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -73,7 +74,9 @@ class ImageTooLarge(Exception):
     """The header claims more pixels than the megapixel guard allows (nothing was decoded)."""
 
 
-def load_image(path: str, *, max_pixels: int, draft_size: int | None = None) -> tuple[Image.Image, dict]:
+def load_image(
+    path: str | BinaryIO, *, max_pixels: int, draft_size: int | None = None
+) -> tuple[Image.Image, dict]:
     """Open an image upright in RGB, refusing decompression bombs before decoding any pixel.
 
     Returns the image and facts for the ``images`` row: the original width/height (after rotation) and the
