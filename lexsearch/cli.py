@@ -81,7 +81,7 @@ def _decoder_noise_hidden():
     except (AttributeError, OSError, ValueError):  # a test runner's capture object: Python output is safe
         uses_fd2 = False
     saved = os.dup(2)
-    sink = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
+    sink = tempfile.TemporaryFile()  # closed in the finally below
     os.dup2(sink.fileno(), 2)
     old_stderr = sys.stderr
     if uses_fd2:
@@ -89,7 +89,7 @@ def _decoder_noise_hidden():
             os.dup(saved),
             "w",
             buffering=1,
-            encoding=old_stderr.encoding,  # noqa: SIM115
+            encoding=old_stderr.encoding,
             errors=old_stderr.errors,
         )
     failed = False
@@ -309,9 +309,8 @@ def index(
     progress = _IndexProgress(quiet)
     try:
         with Collection.open(collection, readonly=False, recreate=rebuild) as col, _decoder_noise_hidden():
-            encoder = Encoder.load(
-                model_dir, device=device
-            )  # after the lock: a second indexer waits for nothing
+            # Loaded only once the collection's lock is ours: a busy collection is refused at once.
+            encoder = Encoder.load(model_dir, device=device)
             progress.start()
             try:
                 summary = build_index(
@@ -436,7 +435,6 @@ def query(
         raise UsageError("Nothing to search for: give a text, e.g. lexsearch query 'white horse'.")
     with Collection.open(collection, readonly=True) as col, _decoder_noise_hidden():
         encoder = s.load_encoder(col, model_dir, device)
-
         if image:
             results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
         else:
@@ -511,8 +509,9 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
         with Collection.open(collection, readonly=True) as col:
             encoder = load_encoder(col, device=device)
             # The indexer stores absolute paths as reached from its root (symlinks kept), so look up both.
+            rows = col.rows_by_path()
             for key in dict.fromkeys([os.path.abspath(image), str(Path(image).resolve())]):
-                row = col.rows_by_path().get(key)
+                row = rows.get(key)
                 if row is not None and row.status == "ok":
                     indexed = col.forward([row.id]).get(row.id)
                     break

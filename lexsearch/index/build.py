@@ -298,6 +298,7 @@ def build_index(
     stored = collection.rows_by_path()
     work: list[_Work] = []
     seen: set[str] = set()
+
     def skipped(path: str, kind: str) -> None:
         logger.debug("skipped %r: not an image type (%s)", path, kind)
         b.summary.skipped[kind] += 1

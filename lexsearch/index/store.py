@@ -7,8 +7,9 @@ Schema (created and changed only by the named migrations below):
   removes images) and ``faiss_generation`` (the generation ``dense.faiss`` reflects).
 - ``images(id, path, size, mtime_ns, hash, width, height, exif_time, status, error, indexed_at)``: one row
   per file seen, ``status`` 'ok' or 'failed' (with ``error``). ``path`` is text, or the raw bytes of a name
-  that is not valid UTF-8 (see ``_db_path``), so every file name the OS can give is stored losslessly. ``id`` is AUTOINCREMENT, so ids are never
-  reused: a deleted or changed image's id stays dead and tombstones stay unambiguous.
+  that is not valid UTF-8 (see ``_db_path``): every file name the OS can give is stored losslessly. ``id``
+  is AUTOINCREMENT, so ids are never reused: a deleted or changed image's id stays dead and tombstones stay
+  unambiguous.
 - ``forward(image_id, terms, weights, dense)``: the sparse vector (and dense vector) of each 'ok' image.
   It is the source of truth: postings and FAISS can always be rebuilt from it.
 - ``postings(term_id, segment, n, ids, weights)``: per term a few blobs (see ``postings.py`` for the format
