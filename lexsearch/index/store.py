@@ -7,7 +7,7 @@ Schema (created and changed only by the named migrations below):
   removes images) and ``faiss_generation`` (the generation ``dense.faiss`` reflects).
 - ``images(id, path, size, mtime_ns, hash, width, height, exif_time, status, error, indexed_at)``: one row
   per file seen, ``status`` 'ok' or 'failed' (with ``error``). ``path`` is text, or the raw bytes of a name
-  that is not valid UTF-8 (see ``_db_path``): every file name the OS can give is stored losslessly. ``id``
+  that is not valid UTF-8 (see ``paths.py``): every file name the OS can give is stored losslessly. ``id``
   is AUTOINCREMENT, so ids are never reused: a deleted or changed image's id stays dead and tombstones stay
   unambiguous.
 - ``forward(image_id, terms, weights, dense)``: the sparse vector (and dense vector) of each 'ok' image.
@@ -48,6 +48,9 @@ from lexsearch.errors import (
     UsageError,
 )
 from lexsearch.index import postings as pf
+from lexsearch.index.paths import db_path as _db_path
+from lexsearch.index.paths import db_text as _db_text
+from lexsearch.index.paths import py_path as _py_path
 
 logger = logging.getLogger(__name__)
 
@@ -150,32 +153,6 @@ class CachedQuery:
 
     sparse: Any  # scipy.sparse.csr_matrix (1, V)
     dense: np.ndarray | None  # (1, D) or None
-
-
-def _db_path(path: str) -> str | bytes:
-    """A path as stored: text when it is valid UTF-8, else its raw bytes.
-
-    Names from old drives and NAS shares are often Latin-1; Python hands them over with surrogate escapes,
-    which SQLite cannot store as text. Their bytes (``os.fsencode``) are stored instead (SQLite keeps a
-    BLOB in a TEXT column as is, and compares it exactly), so the path round-trips without loss.
-    """
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(path)
-    return path
-
-
-def _py_path(value: str | bytes) -> str:
-    """A stored path back as Python names it (``os.fsdecode``: surrogate escapes for undecodable bytes)."""
-    return os.fsdecode(value) if isinstance(value, bytes) else value
-
-
-def _db_text(text: str | None) -> str | None:
-    """Free text (an error message quoting a file name) made storable: undecodable bytes shown as \\xNN."""
-    if text is None:
-        return None
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def resolve(name_or_path: str | os.PathLike[str]) -> Path:
