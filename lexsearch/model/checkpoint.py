@@ -91,7 +91,13 @@ def build_model(config: ModelConfig, root: Path | None = None, dtype: torch.dtyp
     """
     vision, lm, tokenizer = load_bases(config, root, dtype)
     if not config.vocab_ids:
-        config.vocab_ids = filter_vocabulary(tokenizer)
+        config.vocab_ids = filter_vocabulary(tokenizer, config.vocab_filter)
+        log.info(
+            "vocabulary: %d of %d tokenizer pieces kept (rule %s)",
+            len(config.vocab_ids),
+            len(tokenizer),
+            config.vocab_filter,
+        )
     elif max(config.vocab_ids) >= len(tokenizer):
         raise ModelError(
             f"the checkpoint's vocabulary (max id {max(config.vocab_ids)}) does not fit the tokenizer of "
@@ -120,7 +126,9 @@ def save_checkpoint(model: LexVLA, out_dir: Path, root: Path | None = None) -> P
         src = Path(resolve_base(name, root))
         if src.is_dir():
             dest = out_dir / "base" / sub
-            if src.resolve() != dest.resolve():
+            # Frozen bases do not change between saves: copy them once, not at every checkpoint of a run
+            # (a 7B LM is 13 GB).
+            if src.resolve() != dest.resolve() and not _same_tree(src, dest):
                 if dest.exists():
                     shutil.rmtree(dest)
                 shutil.copytree(src, dest)
@@ -131,9 +139,21 @@ def save_checkpoint(model: LexVLA, out_dir: Path, root: Path | None = None) -> P
     tmp = out_dir / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "lexsearch", "version": str(FORMAT_VERSION)})
     tmp.replace(out_dir / WEIGHTS_FILE)
-    payload = {"format_version": FORMAT_VERSION, "model": to_dict(config)}
+    # V stated on its own (the model's vocab_ids hold the kept ids): what a reader checks first.
+    payload = {"format_version": FORMAT_VERSION, "vocab_size": config.vocab_size, "model": to_dict(config)}
     (out_dir / CONFIG_FILE).write_text(json.dumps(payload, indent=1))
     return out_dir
+
+
+def _same_tree(src: Path, dest: Path) -> bool:
+    """True when ``dest`` holds the files of ``src`` with their sizes (a copy made by an earlier save)."""
+    if not dest.is_dir():
+        return False
+
+    def listing(root: Path) -> dict[str, int]:
+        return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+    return listing(src) == listing(dest)
 
 
 def load_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32) -> LexVLA:

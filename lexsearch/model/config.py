@@ -63,11 +63,17 @@ class ModelConfig:
     # --- vocabulary ---------------------------------------------------------------------------------------
     # Kept tokenizer ids (the columns of every vector). Filled by the vocabulary filter at build time.
     vocab_ids: list[int] = field(default_factory=list)
+    # [choice] which pieces the filter keeps (lexsearch.model.vocab): "ascii-lower" (17,549 of a Llama-2-family
+    # vocabulary, the paper keeps 17,149) | "latin" (the rule before, 25,961)
+    vocab_filter: str = "ascii-lower"
     # --- sparsification at inference [paper] ----------------------------------------------------------------
     sparsify: str = "threshold"  # "threshold" (> 1/sqrt(V)) | "topk" | "none"
     top_k: int = 512  # used when sparsify == "topk" ("Q(512)")
     # --- optional dense heads (beyond the paper): 0 turns them off ------------------------------------------
     dense_dim: int = 0
+    # [choice] False: the dense heads learn on detached features, so their InfoNCE never changes the adapter,
+    # Z_img or LoRA (the lexical model stays the paper's). True lets it shape them too (see README).
+    dense_backprop: bool = False
     # --- temperature [paper]: init 0.07, logit scale clamped at 100 (as CLIP) -------------------------------
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0

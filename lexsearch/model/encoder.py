@@ -180,11 +180,14 @@ class Encoder:
         rows = []
         for word in words:
             cols = self.word_terms(word)
-            if len(cols) == 1 and len(self.vocab.pieces(word)) == 1:
-                rows.append(self.model.word_vectors(torch.tensor(cols, device=self.device))[0])
-            else:
-                ids, mask = self.model.tokenize([word])
-                rows.append(self.model.encode_text(ids.to(self.device), mask.to(self.device))[0][0])
+            # pieces() already leaves out a bare word-start marker: "horse" is one piece even where the
+            # tokenizer writes " horse" as "▁" + "▁horse".
+            with autocast(self.device):  # the same precision as encode_texts, so the two paths compare
+                if len(cols) == 1 and len(self.vocab.pieces(word)) == 1:
+                    rows.append(self.model.word_vectors(torch.tensor(cols, device=self.device))[0])
+                else:
+                    ids, mask = self.model.tokenize([word])
+                    rows.append(self.model.encode_text(ids.to(self.device), mask.to(self.device))[0][0])
         return Encoded(sparsify_vectors(torch.stack(rows), mode, k), None)
 
     # ------------------------------------------------------------------------------------ vocabulary

@@ -34,6 +34,13 @@ def lexical(logits: torch.Tensor) -> torch.Tensor:
     return F.normalize(elu1p(logits.float()), dim=-1)
 
 
+def codebook_logits(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """``x @ codebook^T`` (..., V) in float32 even under bf16 autocast: a bf16 product keeps ~3 significant
+    digits, too few to rank 17k words whose logits differ in the third."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return x.float() @ codebook.float().T
+
+
 class Adapter(nn.Module):
     """One pre-LN self-attention block at backbone width, then a 2-layer MLP up to the LM width [paper ~17M].
 
@@ -113,10 +120,15 @@ class LexVLA(nn.Module):
             self.dense_img = self.dense_txt = None
 
         prefix, suffix = config.prompt_parts()
-        # The prompt is tokenised in three parts and concatenated: prefix (with BOS) + text + suffix. The
-        # prefix is then identical for every text, so its key/value cache can be computed once per batch.
-        self.register_buffer("prefix_ids", self._ids(prefix, special=True), persistent=False)
-        self.register_buffer("suffix_ids", self._ids(suffix, special=False), persistent=False)
+        self._prefix, self._suffix = prefix, suffix
+        # The LM sees the whole prompt string tokenised at once, as the paper writes it: tokenising prefix,
+        # text and suffix apart would give each part its own leading word marker (a SentencePiece model
+        # would read `of " a red circle "`). The shared part whose key/value cache is computed once per batch
+        # is the prefix up to its last space: merges never cross a word start, so every prompt's ids begin
+        # with it (tokenize checks, and text_hidden falls back to the full prompt if one does not).
+        cut = prefix.rstrip().rfind(" ")
+        shared = prefix[:cut] if cut > 0 else ""
+        self.register_buffer("prefix_ids", self._ids(shared, special=True), persistent=False)
 
     # ------------------------------------------------------------------------------------------- helpers
     @property
@@ -130,15 +142,33 @@ class LexVLA(nn.Module):
     def _ids(self, text: str, special: bool) -> torch.Tensor:
         return torch.tensor(self.tokenizer(text, add_special_tokens=special)["input_ids"], dtype=torch.long)
 
+    def prompt_ids(self, text: str) -> list[int]:
+        """Token ids of the whole prompt around ``text`` (BOS included), its text cut to ``max_text_tokens``."""
+        text = " ".join(text.split())
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if len(enc["input_ids"]) > self.config.max_text_tokens:
+            text = text[: enc["offset_mapping"][self.config.max_text_tokens - 1][1]]
+        prompt = self._prefix + text + self._suffix
+        return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text parts of the prompt (text + suffix), right-padded: ids (B, L) and attention mask (B, L).
+        """The prompt of each text after the shared prefix (``prefix_ids``), right-padded: ids (B, L) and
+        attention mask (B, L). ``prefix_ids + row`` is the tokenisation of the whole prompt string.
 
         The text is cut to ``max_text_tokens`` but the suffix is always kept: the read-out position must be
         the prompt's end.
         """
-        body = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        suffix = self.suffix_ids.tolist()
-        rows = [ids[: self.config.max_text_tokens] + suffix for ids in body]
+        prefix = self.prefix_ids.tolist()
+        n = len(prefix)
+        rows = []
+        for text in texts:
+            full = self.prompt_ids(text)
+            if full[:n] != prefix:  # never seen with SentencePiece or byte-level BPE, which start words at spaces
+                raise ValueError(
+                    f"the tokenizer merges pieces across the prompt prefix's last space ({text!r}); the shared "
+                    "prefix would not be exact"
+                )
+            rows.append(full[n:])
         length = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(rows), length), pad, dtype=torch.long)
@@ -162,6 +192,8 @@ class LexVLA(nn.Module):
         full_mask = torch.cat([mask.new_ones(bsz, n_prefix), mask], dim=1)  # (B, Lp + L)
         # Under gradient checkpointing transformers drops the KV cache inside every layer (a recompute would
         # write it twice), so the text would silently not attend to the prefix: run the full prompt instead.
+        # The choice must not depend on grad mode: GradCache's no-grad pass and its re-forward with a graph
+        # must take one path, or their features (and LoRA dropout's draws) differ.
         if share_prefix and not self._checkpointing_drops_cache():
             from transformers import DynamicCache
 
@@ -181,11 +213,9 @@ class LexVLA(nn.Module):
         return hidden[torch.arange(bsz, device=device), last]  # (B, H)
 
     def _checkpointing_drops_cache(self) -> bool:
-        """True when the LM's layers run under gradient checkpointing now (training, grad enabled)."""
+        """True when the LM's layers are checkpointed in training mode (whatever the grad mode)."""
         layer = self.decoder.layers[0] if hasattr(self.decoder, "layers") else None
-        return bool(
-            getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled()
-        )
+        return bool(getattr(layer, "gradient_checkpointing", False) and layer.training)
 
     def encode_text(
         self, ids: torch.Tensor, mask: torch.Tensor, share_prefix: bool = True
@@ -193,13 +223,13 @@ class LexVLA(nn.Module):
         """s_txt (B, V) = L2norm(elu1p(h @ Z_txt^T)): next-token logits on the vocabulary, no softmax [paper];
         and the dense text vector (B, D) or None."""
         h = self.text_hidden(ids, mask, share_prefix=share_prefix).float()  # (B, H)
-        s_txt = lexical(h @ self.z_txt.T)  # (B, V)
-        dense = F.normalize(self.dense_txt(h), dim=-1) if self.dense_txt is not None else None
+        s_txt = lexical(codebook_logits(h, self.z_txt))  # (B, V)
+        dense = F.normalize(self.dense_txt(self._dense_input(h)), dim=-1) if self.dense_txt is not None else None
         return s_txt, dense
 
     def word_vectors(self, vocab_columns: torch.Tensor) -> torch.Tensor:
         """Word-level vectors of single-piece words: L2norm(elu1p(Z_txt[w] @ Z_txt^T)) [paper]. (W, V)."""
-        return lexical(self.z_txt[vocab_columns] @ self.z_txt.T)
+        return lexical(codebook_logits(self.z_txt[vocab_columns], self.z_txt))
 
     # ------------------------------------------------------------------------------------------- image
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -215,15 +245,22 @@ class LexVLA(nn.Module):
         CLS takes part in the max [choice].
         """
         z = self.image_tokens(pixels)  # (B, T, H)
-        logits = z @ self.z_img.T  # (B, T, V)
+        logits = codebook_logits(z, self.z_img)  # (B, T, V)
         s_img = lexical(logits.max(dim=1).values)  # (B, V)
-        dense = F.normalize(self.dense_img(z.mean(1)), dim=-1) if self.dense_img is not None else None
+        dense = None
+        if self.dense_img is not None:
+            dense = F.normalize(self.dense_img(self._dense_input(z.mean(1))), dim=-1)
         return s_img, dense
 
     def patch_vectors(self, pixels: torch.Tensor) -> torch.Tensor:
         """Patch-level lexical vectors (B, P, V): the same read-out on each patch token, no max [paper]."""
         z = self.image_tokens(pixels)[:, self.num_prefix_tokens :]  # (B, P, H)
-        return lexical(z @ self.z_img.T)
+        return lexical(codebook_logits(z, self.z_img))
+
+    def _dense_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What a dense head reads: detached from the adapter / LoRA unless ``dense_backprop`` (the dense
+        InfoNCE would otherwise reshape the lexical model it only rides on)."""
+        return x if self.config.dense_backprop else x.detach()
 
     def _vision_dtype(self) -> torch.dtype:
         return next(self.vision.parameters()).dtype

@@ -1,9 +1,14 @@
 """The lexical vocabulary: which tokenizer pieces become dimensions, and how to show them as words.
 
-LexVLA keeps 17,149 of Llama 2's 32,000 pieces; the exact filter is not published. Our rule [choice]:
-drop special tokens, byte-fallback pieces (``<0x0A>``), pieces with no letter (punctuation, digits,
-whitespace) and pieces containing a letter outside the Latin script. Sub-word pieces are kept (the paper keeps
-them) and shown marked. No stop-word list: the overuse penalty handles frequent junk.
+LexVLA keeps 17,149 of Llama 2's 32,000 pieces; the exact filter is not published. Our rule [choice],
+``ascii-lower`` (the default): keep the pieces that are, after their word-start marker, made only of lower-case
+ASCII letters. That drops special tokens, byte-fallback pieces (``<0x0A>``), punctuation, digits, whitespace,
+punctuation glued to a word (``middle.``), other scripts, accented pieces and the capitalised twins of
+lower-case words (queries are matched case-insensitively, so ``Horse`` finds ``horse``). On Mistral-7B v0.1's
+SentencePiece model (32,000 pieces, Llama-2 family) it keeps 17,549, within 2.3% of the paper's 17,149.
+``latin`` (the earlier rule) keeps every piece whose letters are all Latin, any case, punctuation allowed
+(25,961 there). Sub-word pieces are kept (the paper keeps them) and shown marked. No stop-word list: the
+overuse penalty handles frequent junk.
 """
 
 from __future__ import annotations
@@ -39,7 +44,19 @@ def _is_latin_word(text: str) -> bool:
     return has_letter
 
 
-def filter_vocabulary(tokenizer) -> list[int]:
+_ASCII_LOWER = re.compile(r"^[a-z]+$")
+VOCAB_RULES = ("ascii-lower", "latin")
+
+
+def _keep(text: str, rule: str) -> bool:
+    if rule == "ascii-lower":
+        return bool(_ASCII_LOWER.match(text))
+    if rule == "latin":
+        return _is_latin_word(text)
+    raise ValueError(f"unknown vocabulary rule {rule!r}; choose one of {', '.join(VOCAB_RULES)}")
+
+
+def filter_vocabulary(tokenizer, rule: str = "ascii-lower") -> list[int]:
     """Ids of the tokenizer pieces that become lexical dimensions, ascending (the documented rule above)."""
     special = set(tokenizer.all_special_ids)
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
@@ -48,9 +65,14 @@ def filter_vocabulary(tokenizer) -> list[int]:
         if token_id in special or piece is None or _BYTE_PIECE.match(piece):
             continue
         text, _ = _strip_marker(piece)
-        if _is_latin_word(text):
+        if _keep(text, rule):
             kept.append(token_id)
     return kept
+
+
+def word_key(word: str) -> str:
+    """What makes two display words one word: case and the continuation mark do not count."""
+    return word.removeprefix(CONTINUATION_MARK).lower()
 
 
 def display_words(pieces: Sequence[str]) -> list[str]:
@@ -109,8 +131,13 @@ class Vocabulary:
         return cls(AutoTokenizer.from_pretrained(tokenizer_dir).backend_tokenizer, vocab_ids)
 
     def pieces(self, word: str) -> list[int]:
-        """Tokenizer ids of a word as it appears inside a text (after a space)."""
-        return self.backend.encode(" " + word.strip(), add_special_tokens=False).ids
+        """Tokenizer ids of a word as it appears inside a text (after a space).
+
+        A bare word-start marker is no part of the word: a SentencePiece normaliser that prepends ``▁`` to
+        the leading space (Llama 2's) turns " horse" into ``▁`` + ``▁horse``.
+        """
+        ids = self.backend.encode(" " + word.strip(), add_special_tokens=False).ids
+        return [i for i in ids if self.backend.id_to_token(i) not in WORD_START_MARKERS]
 
     def word_terms(self, word: str) -> list[int]:
         """Columns of a word's pieces that are kept dimensions; [] if none is."""

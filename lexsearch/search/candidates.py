@@ -84,12 +84,22 @@ def accumulate_pruned(
 
 
 def _presence(index: PostingsIndex, clause: Clause) -> np.ndarray | None:
-    """Boolean mask over image ids: the images holding every term of the clause (None: no image does)."""
-    postings = index.get(clause.terms)
-    if len(postings) < len(clause.terms):
+    """Boolean mask over image ids: the images holding every term of the clause, or of one of its
+    alternatives (other spellings of the word); None: no image does."""
+    masks = [m for m in (_all_of(index, cols) for cols in (clause.terms, *clause.alternatives)) if m is not None]
+    if not masks:
+        return None
+    for other in masks[1:]:
+        np.logical_or(masks[0], other, out=masks[0])
+    return masks[0]
+
+
+def _all_of(index: PostingsIndex, terms: tuple[int, ...]) -> np.ndarray | None:
+    postings = index.get(terms)
+    if len(postings) < len(terms):
         return None
     mask: np.ndarray | None = None
-    for t in clause.terms:
+    for t in terms:
         tp = postings[t]
         if tp.dense is not None:
             has = tp.dense > 0

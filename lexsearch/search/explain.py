@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from lexsearch.model.vocab import word_key
+
 # Words shown per result (the rest is summed into ``Result.rest`` so words + rest == lexical).
 EXPLAIN_WORDS = 6
 
@@ -21,11 +23,13 @@ def contributions(terms: np.ndarray, weights: np.ndarray, qvec: np.ndarray) -> t
 def merge_words(words: Sequence[str], values: Sequence[float]) -> list[tuple[str, float]]:
     """Merge pieces that read as the same word ("Horse", "horse", "##horse") and sort, largest first.
 
-    The merged word is shown as its strongest piece, so the reader sees the form the model used most.
+    The merged word is shown as its strongest piece, so the reader sees the form the model used most. The
+    key is the one the query rules use (:func:`lexsearch.model.vocab.word_key`), so ``Horse`` in a query and
+    ``horse`` in an explanation are one word.
     """
     merged: dict[str, list] = {}
     for word, value in zip(words, values):
-        key = word.removeprefix("##").lower()
+        key = word_key(word)
         slot = merged.setdefault(key, [word, 0.0, -1.0])
         slot[1] += float(value)
         if value > slot[2]:

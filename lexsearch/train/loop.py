@@ -119,6 +119,10 @@ def compute_loss(feats, scale: torch.Tensor, step: int, config: TrainConfig, voc
         di2t, dt2i = info_nce_terms(d_img, d_txt, 1.0 / config.dense_temperature)
         dense = di2t + dt2i
         total = total + config.dense_weight * dense
+    elif d_img is not None and d_img.requires_grad:
+        # Dense heads that take no part in the loss would leave their parameters without a gradient, which
+        # DDP reports as an error at the next step; a zero-weighted term gives them an exact zero gradient.
+        total = total + 0.0 * (d_img.sum() + d_txt.sum())
     with torch.no_grad():
         thr = 1.0 / math.sqrt(vocab_size)
         stats = StepStats(
