@@ -166,3 +166,40 @@ def load_sentencepiece_tokenizer(model_file: str):
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token
     return tok
+
+
+def meta_model(model_config, tokenizer, layers: int | None = None):
+    """The whole LexVLA of a preset on the meta device (shapes, no memory, no weights): for counting."""
+    from dataclasses import replace
+
+    import torch
+
+    from lexsearch.model.lexvla import LexVLA
+    from lexsearch.model.vocab import filter_vocabulary
+
+    ids = model_config.vocab_ids or filter_vocabulary(tokenizer, model_config.vocab_filter)
+    config = replace(model_config, vocab_ids=list(ids))
+    with torch.device("meta"):
+        vision, lm = preset_bases(config, tokenizer, layers)
+        return LexVLA(config, vision, lm, tokenizer)
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters by part: adapter, image codebook (Z_img), LoRA, the LM without LoRA, the vision backbone,
+    the dense heads, all trainable and all frozen ones."""
+
+    def count(params) -> int:
+        return int(sum(p.numel() for p in params))
+
+    named = list(model.named_parameters())
+    dense = [m for m in (model.dense_img, model.dense_txt) if m is not None]
+    return {
+        "adapter": count(model.adapter.parameters()),
+        "image_codebook": int(model.z_img.numel()),
+        "lora": count(p for n, p in named if "lora_" in n),
+        "lm": count(p for n, p in model.lm.named_parameters() if "lora_" not in n),
+        "vision": count(model.vision.parameters()),
+        "dense_heads": count(p for m in dense for p in m.parameters()),
+        "trainable": count(p for _, p in named if p.requires_grad),
+        "frozen": count(p for _, p in named if not p.requires_grad),
+    }

@@ -86,9 +86,9 @@ class LexVLA(nn.Module):
         lm.requires_grad_(False)
         head = lm.get_output_embeddings().weight  # (V_full, H)
         lm_width = head.shape[1]
-        ids = torch.tensor(config.vocab_ids, dtype=torch.long)
-        if len(ids) == 0 or int(ids.max()) >= head.shape[0]:
+        if not config.vocab_ids or max(config.vocab_ids) >= head.shape[0]:
             raise ValueError("config.vocab_ids must be non-empty ids of the LM's vocabulary")
+        ids = torch.tensor(config.vocab_ids, dtype=torch.long, device=head.device)
         # Z_txt: frozen LM-head rows of the kept vocabulary [paper]. A buffer, so it never gets a gradient.
         self.register_buffer("z_txt", head.detach()[ids].float().clone(), persistent=False)  # (V, H)
         # Z_img: trainable, initialised from Z_txt [paper].

@@ -133,10 +133,16 @@ class Vocabulary:
     def pieces(self, word: str) -> list[int]:
         """Tokenizer ids of a word as it appears inside a text (after a space).
 
-        A bare word-start marker is no part of the word: a SentencePiece normaliser that prepends ``▁`` to
-        the leading space (Llama 2's) turns " horse" into ``▁`` + ``▁horse``.
+        SentencePiece tokenizers mark the start of a text as a word start themselves (a leading space
+        would double it: Llama 2's hub normaliser writes " horse" as ``▁▁`` + ``hor`` + ``se``); byte-level
+        BPE needs the space. A bare word-start marker is no part of the word: SentencePiece writes a word
+        whose first letters have no ``▁``-piece as ``▁`` + ``ire``.
         """
-        ids = self.backend.encode(" " + word.strip(), add_special_tokens=False).ids
+        word = word.strip()
+        ids = self.backend.encode(word, add_special_tokens=False).ids
+        first = self.backend.id_to_token(ids[0]) if ids else ""
+        if not (first and first[0] in WORD_START_MARKERS):
+            ids = self.backend.encode(" " + word, add_special_tokens=False).ids
         return [i for i in ids if self.backend.id_to_token(i) not in WORD_START_MARKERS]
 
     def word_terms(self, word: str) -> list[int]:
