@@ -298,3 +298,20 @@ def test_clip_vision_backbone_is_selectable(tmp_path):
     s_img, _ = model.encode_image(torch.zeros(2, 3, 64, 64))
     assert s_img.shape == (2, model.vocab_size)
     assert model.patch_vectors(torch.zeros(1, 3, 64, 64)).shape == (1, 64, model.vocab_size)
+
+
+def test_saving_again_does_not_copy_the_bases_again(tiny_model_dir, tmp_path, monkeypatch):
+    import lexsearch.model.checkpoint as ckpt
+
+    model = load_checkpoint(tiny_model_dir)
+    copies = []
+    real_copytree = ckpt.shutil.copytree
+    monkeypatch.setattr(ckpt.shutil, "copytree", lambda src, dest: copies.append(dest) or real_copytree(src, dest))
+    out = tmp_path / "run"  # a fine-tune: its bases live in another checkpoint folder
+    save_checkpoint(model, out, root=tiny_model_dir)
+    first = len(copies)
+    assert first >= 2 and (out / "base" / "lm" / "config.json").is_file()
+    save_checkpoint(model, out, root=tiny_model_dir)
+    save_checkpoint(model, out, root=tiny_model_dir)
+    assert len(copies) == first  # the frozen bases were copied once
+    assert Encoder.load(out, device="cpu").vocab_size == model.vocab_size

@@ -95,3 +95,56 @@ def test_two_gloo_ranks_match_one_process(tiny_model_dir, tmp_path):
                 torch.testing.assert_close(
                     got[name], grad, rtol=1e-4, atol=atol, msg=lambda m, n=name: f"{n}: {m}"
                 )
+
+
+# Dense heads present, dense weight 0: their parameters take no part in the loss. DDP must still train
+# (it raises at the second step when a parameter got no gradient in the first).
+DENSE_OFF_WORKER = textwrap.dedent(
+    """
+    import os, sys, torch
+    from pathlib import Path
+    from lexsearch.model import load_checkpoint
+    from lexsearch.train import distributed as D
+    from lexsearch.train.config import train_config
+    from lexsearch.train.loop import Towers, train_step
+    sys.path[:0] = sys.argv[3].split(os.pathsep)
+    from test_train_distributed import global_batch
+
+    model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+    info = D.init_distributed("cpu")
+    model = load_checkpoint(model_dir).train()
+    assert model.dense_img is not None
+    towers = D.wrap_ddp(Towers(model), info)
+    pixels, ids, mask = global_batch(model)
+    per = pixels.shape[0] // info.world_size
+    rows = slice(info.rank * per, (info.rank + 1) * per)
+    cfg = train_config("tiny", data="x", out="y", dense_weight=0.0)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for step in range(3):
+        opt.zero_grad(set_to_none=True)
+        train_step(towers, pixels[rows], ids[rows], mask[rows], step, cfg, info, model.vocab_size)
+        opt.step()
+    (out / f"ok{info.rank}").write_text("done")
+    D.cleanup(info)
+    """
+)
+
+
+def test_dense_heads_with_zero_weight_train_under_ddp(tiny_model_dir, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(DENSE_OFF_WORKER)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(tiny_model_dir),
+        str(tmp_path),
+        os.pathsep.join([os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__))]),
+    ]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ok0").is_file() and (tmp_path / "ok1").is_file()

@@ -142,3 +142,38 @@ def test_train_config_round_trips_through_json(tmp_path):
     assert TrainConfig.load(tmp_path) == cfg
     assert cfg.lr == 5e-4 and cfg.lambda_img == 5e-4 and cfg.lambda_txt == 1e-3 and cfg.ramp_steps == 2000
     assert not cfg.scale_lambdas_by_vocab and cfg.batch_size == 6144
+
+
+def test_checkpointing_dropout_and_micro_batches_replay_exactly(tiny_model_dir):
+    """The real configuration at once: the no-grad pass and the re-forward take one prompt path, so the
+    cached features are the re-forward's and the gradients are those of the micro-batches' own graphs."""
+    model = _model(tiny_model_dir, lora_dropout=0.3)
+    model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    _, cached = _run(model, micro=3, seed=7)
+    cfg = train_config("tiny", data="x", out="y")
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    pixels, ids, mask = _batch(model)
+    outs = [Towers(model)(pixels[s], ids[s], mask[s]) for s in (slice(0, 3), slice(3, 6), slice(6, 8))]
+    feats = [torch.cat([o[k] for o in outs]) for k in range(4)]
+    loss, _ = compute_loss(feats, outs[0][4], 50, cfg, model.vocab_size)
+    loss.backward()
+    _assert_same(_grads(model), cached)
+
+
+def _dense_only_grads(model) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    pixels, ids, mask = _batch(model)
+    _, _, d_img, d_txt, _ = Towers(model)(pixels, ids, mask)
+    (d_img @ d_txt.T).sum().backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_dense_heads_do_not_train_the_lexical_model_by_default(tiny_model_dir):
+    model = _model(tiny_model_dir)
+    assert not model.config.dense_backprop
+    touched = _dense_only_grads(model)
+    assert touched and all(n.startswith(("dense_img", "dense_txt")) for n in touched)
+    model.config.dense_backprop = True  # the opt-in: the dense InfoNCE shapes the adapter and LoRA too
+    touched = _dense_only_grads(model)
+    assert any(n.startswith("adapter") for n in touched) and any("lora_" in n for n in touched)
