@@ -147,7 +147,13 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@click.option("--data", required=True, help="Caption folder (jsonl/csv) or WebDataset shards.")
+@click.option(
+    "--data",
+    required=True,
+    help="Caption folder (jsonl/csv), WebDataset shards, or a COCO captions / Karpathy split .json file.",
+)
+@click.option("--images", help="Image folder of a .json --data (default: beside the file).")
+@click.option("--split", help="Split of a Karpathy --data file (default train; train+restval joins two).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
 @click.option("--val-data", help="Caption folder for validation (default: a held-out part of --data).")
 @click.option("--preset", type=click.Choice(["tiny", "small", "paper"]), default="tiny", show_default=True)
@@ -165,6 +171,8 @@ def cli(verbose: bool) -> None:
 @_handle_errors
 def train(
     data,
+    images,
+    split,
     out,
     val_data,
     preset,
@@ -188,6 +196,8 @@ def train(
     config = train_config(
         preset,
         data=data,
+        images=images,
+        split=split,
         out=out,
         val_data=val_data,
         init=init,

@@ -361,13 +361,19 @@ def load_shards(spec: str) -> ShardPairs:
 # --------------------------------------------------------------------------------------------- API
 
 
-def load_pairs(source: str | Path) -> FolderPairs | ShardPairs:
-    """Open a ``--data`` source: a caption folder (jsonl/csv) or WebDataset shards (pattern or tar folder).
+def load_pairs(source: str | Path, images: str | Path | None = None, split: str = "train") -> FolderPairs | ShardPairs:
+    """Open a ``--data`` source: a caption folder (jsonl/csv), WebDataset shards (pattern or tar folder), or
+    a COCO captions / Karpathy split ``.json`` file (images under ``images``, Karpathy's ``split``; see
+    :mod:`lexsearch.data.coco`).
 
     Raises DataError for a missing source or bad rows (message names the file and line).
     """
     spec = str(source)
     path = Path(spec)
+    if path.is_file() and path.suffix.lower() == ".json":
+        from lexsearch.data.coco import load_json_pairs
+
+        return load_json_pairs(path, images, split)
     if path.is_dir():
         if any((path / name).is_file() for name in CAPTION_FILES):
             return load_folder(path)
@@ -378,7 +384,10 @@ def load_pairs(source: str | Path) -> FolderPairs | ShardPairs:
         return load_folder(path.parent)
     if ".tar" in spec or "{" in spec or _is_remote(spec):
         return load_shards(spec)
-    raise DataError(f"{spec}: not found (expected a folder with captions.jsonl/.csv or .tar shards)")
+    raise DataError(
+        f"{spec}: not found (expected a folder with captions.jsonl/.csv, .tar shards, or a COCO / Karpathy "
+        ".json caption file)"
+    )
 
 
 def _holdout_count(n_or_fraction: int | float, n_images: int, source: str) -> int:

@@ -167,7 +167,7 @@ def load_data(config: TrainConfig):
     """(train pairs, validation FolderPairs) from --data and --val-data or a held-out split."""
     from lexsearch.data.pairs import FolderPairs, load_pairs, split_holdout
 
-    pairs = load_pairs(config.data)
+    pairs = load_pairs(config.data, config.images or None, config.split)
     if config.val_data:
         val = load_pairs(config.val_data)
         if not isinstance(val, FolderPairs):

@@ -23,7 +23,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 @dataclass
 class TrainConfig:
     # --- data and output ----------------------------------------------------------------------------------
-    data: str = ""  # caption folder (captions.jsonl / .csv) or WebDataset shards (brace pattern or folder)
+    # caption folder (captions.jsonl / .csv), WebDataset shards (brace pattern or folder), or a COCO captions /
+    # Karpathy split .json file (lexsearch.data.coco)
+    data: str = ""
+    images: str = ""  # image folder of a .json `data` ("" = the usual place beside it)
+    split: str = "train"  # split of a Karpathy `data` file ("train+restval" joins two)
     val_data: str = ""  # caption folder for validation; "" = hold out part of `data`
     val_holdout: float = 0.1  # [choice] images held out when val_data is "": a fraction, or a count if >= 1
     val_max_images: int = 500  # [choice] cap on held-out images, so validation stays cheap on big data
