@@ -55,7 +55,9 @@ def hub_style_tokenizer():
 
     tok = real_tokenizer()
     backend = tok.backend_tokenizer
-    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
     backend.pre_tokenizer = None
     return tok
 

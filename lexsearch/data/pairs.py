@@ -361,7 +361,9 @@ def load_shards(spec: str) -> ShardPairs:
 # --------------------------------------------------------------------------------------------- API
 
 
-def load_pairs(source: str | Path, images: str | Path | None = None, split: str = "train") -> FolderPairs | ShardPairs:
+def load_pairs(
+    source: str | Path, images: str | Path | None = None, split: str = "train"
+) -> FolderPairs | ShardPairs:
     """Open a ``--data`` source: a caption folder (jsonl/csv), WebDataset shards (pattern or tar folder), or
     a COCO captions / Karpathy split ``.json`` file (images under ``images``, Karpathy's ``split``; see
     :mod:`lexsearch.data.coco`).

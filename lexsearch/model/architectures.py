@@ -118,7 +118,9 @@ def preset_bases(model_config, tokenizer, layers: int | None = None, seed: int =
     )
 
 
-def write_random_checkpoint(out_dir, model_config, tokenizer, vision_arch: dict, lm_arch: dict, seed: int = 0):
+def write_random_checkpoint(
+    out_dir, model_config, tokenizer, vision_arch: dict, lm_arch: dict, seed: int = 0
+):
     """A loadable lexsearch checkpoint in ``out_dir`` with random bases of the given architectures (saved
     under ``base/``) and fresh trainable parts: what `lexsearch index` / `query` / `explain` run on."""
     from dataclasses import replace
@@ -144,11 +146,11 @@ def write_random_checkpoint(out_dir, model_config, tokenizer, vision_arch: dict,
 def load_sentencepiece_tokenizer(model_file: str):
     """A SentencePiece ``.model`` file (Llama 2's, or Mistral's stand-in) through the tokenizer class the
     hub's Llama 2 uses (``LlamaTokenizer``), with Llama's pad convention (none: the unk piece)."""
-    from transformers import LlamaTokenizer
-
     import shutil
     import tempfile
     from pathlib import Path
+
+    from transformers import LlamaTokenizer
 
     from lexsearch.errors import ModelError
 

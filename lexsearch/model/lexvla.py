@@ -163,7 +163,8 @@ class LexVLA(nn.Module):
         rows = []
         for text in texts:
             full = self.prompt_ids(text)
-            if full[:n] != prefix:  # never seen with SentencePiece or byte-level BPE, which start words at spaces
+            # Never seen with SentencePiece or byte-level BPE, which start words at spaces.
+            if full[:n] != prefix:
                 raise ValueError(
                     f"the tokenizer merges pieces across the prompt prefix's last space ({text!r}); the shared "
                     "prefix would not be exact"
@@ -224,7 +225,9 @@ class LexVLA(nn.Module):
         and the dense text vector (B, D) or None."""
         h = self.text_hidden(ids, mask, share_prefix=share_prefix).float()  # (B, H)
         s_txt = lexical(codebook_logits(h, self.z_txt))  # (B, V)
-        dense = F.normalize(self.dense_txt(self._dense_input(h)), dim=-1) if self.dense_txt is not None else None
+        dense = (
+            F.normalize(self.dense_txt(self._dense_input(h)), dim=-1) if self.dense_txt is not None else None
+        )
         return s_txt, dense
 
     def word_vectors(self, vocab_columns: torch.Tensor) -> torch.Tensor:

@@ -86,7 +86,9 @@ def accumulate_pruned(
 def _presence(index: PostingsIndex, clause: Clause) -> np.ndarray | None:
     """Boolean mask over image ids: the images holding every term of the clause, or of one of its
     alternatives (other spellings of the word); None: no image does."""
-    masks = [m for m in (_all_of(index, cols) for cols in (clause.terms, *clause.alternatives)) if m is not None]
+    masks = [
+        m for m in (_all_of(index, cols) for cols in (clause.terms, *clause.alternatives)) if m is not None
+    ]
     if not masks:
         return None
     for other in masks[1:]:

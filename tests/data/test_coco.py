@@ -63,7 +63,9 @@ def test_coco_image_folder_can_be_given(coco, tmp_path):
 @pytest.fixture
 def karpathy(tmp_path):
     entries = []
-    for n, (split, folder) in enumerate((("train", "train2014"), ("restval", "val2014"), ("test", "val2014"))):
+    for n, (split, folder) in enumerate(
+        (("train", "train2014"), ("restval", "val2014"), ("test", "val2014"))
+    ):
         name = f"COCO_{folder}_{n:012d}.jpg"
         _image(tmp_path / folder / name, "red")
         sents = [{"raw": f"caption {n} {k}", "tokens": []} for k in range(2)]
@@ -88,7 +90,10 @@ def test_karpathy_split_file_as_training_data(karpathy):
     [
         ("{not json", "not valid JSON"),
         ('{"foo": 1}', "neither a COCO captions file"),
-        ('{"images": [{"id": 1, "file_name": "x.jpg"}], "annotations": [{"image_id": 2, "caption": "c"}]}', "image 2"),
+        (
+            '{"images": [{"id": 1, "file_name": "x.jpg"}], "annotations": [{"image_id": 2, "caption": "c"}]}',
+            "image 2",
+        ),
         ('{"images": [{"id": 1, "file_name": "x.jpg"}], "annotations": [{"image_id": 1}]}', "no caption"),
     ],
 )

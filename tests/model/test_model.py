@@ -306,7 +306,9 @@ def test_saving_again_does_not_copy_the_bases_again(tiny_model_dir, tmp_path, mo
     model = load_checkpoint(tiny_model_dir)
     copies = []
     real_copytree = ckpt.shutil.copytree
-    monkeypatch.setattr(ckpt.shutil, "copytree", lambda src, dest: copies.append(dest) or real_copytree(src, dest))
+    monkeypatch.setattr(
+        ckpt.shutil, "copytree", lambda src, dest: copies.append(dest) or real_copytree(src, dest)
+    )
     out = tmp_path / "run"  # a fine-tune: its bases live in another checkpoint folder
     save_checkpoint(model, out, root=tiny_model_dir)
     first = len(copies)

@@ -54,7 +54,11 @@ def test_shipped_architectures_are_the_published_ones():
     assert architecture(small.vision_model)["hidden_size"] == 384
     assert architecture(paper.vision_model)["hidden_size"] == 768
     tiny_llama, llama = architecture(small.lm_model), architecture(paper.lm_model)
-    assert (tiny_llama["hidden_size"], tiny_llama["num_hidden_layers"], tiny_llama["num_key_value_heads"]) == (
+    assert (
+        tiny_llama["hidden_size"],
+        tiny_llama["num_hidden_layers"],
+        tiny_llama["num_key_value_heads"],
+    ) == (
         2048,
         22,
         4,
@@ -75,7 +79,9 @@ def test_vocabulary_filter_on_a_llama2_family_tokenizer_lands_near_the_papers_si
 
 def test_vocabulary_size_is_logged_and_written_in_the_checkpoint(real_dir, tmp_path, caplog):
     stored = json.loads((real_dir / "config.json").read_text())
-    assert stored["vocab_size"] == len(stored["model"]["vocab_ids"]) == len(filter_vocabulary(real_tokenizer()))
+    assert (
+        stored["vocab_size"] == len(stored["model"]["vocab_ids"]) == len(filter_vocabulary(real_tokenizer()))
+    )
     assert stored["model"]["vocab_filter"] == "ascii-lower"
     with caplog.at_level(logging.INFO, logger="lexsearch.model.checkpoint"):
         real_checkpoint(tmp_path / "again")
@@ -123,7 +129,9 @@ def test_word_pieces_with_llama2s_hub_normaliser(real_model):
     hub = Vocabulary(hub_style_tokenizer().backend_tokenizer, real_model.config.vocab_ids)
     assert hub.backend.encode(" horse", add_special_tokens=False).tokens[0] == "\u2581\u2581"
     assert hub.pieces("horse") == [hub.backend.token_to_id("\u2581horse")]
-    assert hub.word_terms("horse") == Vocabulary(real_model.tokenizer.backend_tokenizer, hub.ids).word_terms("horse")
+    assert hub.word_terms("horse") == Vocabulary(real_model.tokenizer.backend_tokenizer, hub.ids).word_terms(
+        "horse"
+    )
 
 
 def test_query_rules_with_the_real_tokenizer(real_model):
