@@ -218,7 +218,16 @@ def query_stage(args, started: float) -> dict:
 
 
 def _run_stage(stage: str, args, ckpt: Path) -> dict:
-    cmd = [sys.executable, __file__, "--_stage", stage, "--preset", args.preset, "--tokenizer", args.tokenizer]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_stage",
+        stage,
+        "--preset",
+        args.preset,
+        "--tokenizer",
+        args.tokenizer,
+    ]
     cmd += ["--_ckpt", str(ckpt)] + (["--layers", str(args.layers)] if args.layers else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

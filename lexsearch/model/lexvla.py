@@ -199,11 +199,16 @@ class LexVLA(nn.Module):
             from transformers import DynamicCache
 
             cache = DynamicCache(config=self.decoder.config)
-            self.decoder(input_ids=prefix[None], cache=cache, use_cache=True)
+            key = self._cache_kwarg()
+            self.decoder(input_ids=prefix[None], use_cache=True, **{key: cache})
             cache.batch_repeat_interleave(bsz)
             positions = torch.arange(n_prefix, n_prefix + length, device=device)[None].expand(bsz, -1)
             out = self.decoder(
-                input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True
+                input_ids=ids,
+                attention_mask=full_mask,
+                position_ids=positions,
+                use_cache=True,
+                **{key: cache},
             )
             hidden = out.last_hidden_state  # (B, L, H)
             last = mask.sum(1) - 1
@@ -212,6 +217,13 @@ class LexVLA(nn.Module):
             hidden = self.decoder(input_ids=full, attention_mask=full_mask, use_cache=False).last_hidden_state
             last = full_mask.sum(1) - 1
         return hidden[torch.arange(bsz, device=device), last]  # (B, H)
+
+    def _cache_kwarg(self) -> str:
+        """The decoder's name for its key/value cache argument: ``cache`` from transformers 5.24 on,
+        ``past_key_values`` before (an unknown name would be swallowed by ``**kwargs``: no cache, silently)."""
+        import inspect
+
+        return "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
 
     def _checkpointing_drops_cache(self) -> bool:
         """True when the LM's layers are checkpointed in training mode (whatever the grad mode)."""

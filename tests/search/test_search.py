@@ -557,3 +557,27 @@ def test_cached_query_never_loads_the_networks(tiny_model_dir, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_operators_and_query_words_ignore_case(col):
+    enc = BagEncoder()
+    assert {r.image_id for r in search(col, enc, "white horse -Night", top=10)} == {
+        r.image_id for r in search(col, enc, "white horse -night", top=10)
+    }
+    assert 2 not in {r.image_id for r in search(col, enc, "white horse -NIGHT", top=10)}
+    assert {r.image_id for r in search(col, enc, "horse +Beach", top=10)} == {1, 3}
+    # +Horse is horse or Horse: image 8 holds only "Horse" (and "white", which the query lights).
+    assert 8 in {r.image_id for r in search(col, enc, "white +Horse", top=10)}
+
+
+class _TheIsAPiece(BagEncoder):
+    """A vocabulary where "the" is a piece (the sky column stands in for it)."""
+
+    def word_terms(self, word):
+        return [COL["sky"]] if word.lower() == "the" else super().word_terms(word)
+
+
+def test_function_words_are_no_match(col):
+    # Image 1 shares only "the" (sky) with "the dog" and must not be passed off as a match; image 5 has dog.
+    assert {r.image_id for r in search(col, _TheIsAPiece(), "the dog", top=10)} == {5}
+    assert {r.image_id for r in search(col, _TheIsAPiece(), "dog -the", top=10)} == {5}  # -the: ignored
