@@ -125,7 +125,7 @@ class LexVLA(nn.Module):
         # text and suffix apart would give each part its own leading word marker (a SentencePiece model
         # would read `of " a red circle "`). The shared part whose key/value cache is computed once per batch
         # is the prefix up to its last space: merges never cross a word start, so every prompt's ids begin
-        # with it (tokenize checks, and text_hidden falls back to the full prompt if one does not).
+        # with it (tokenize checks, and refuses a tokenizer for which one does not).
         cut = prefix.rstrip().rfind(" ")
         shared = prefix[:cut] if cut > 0 else ""
         self.register_buffer("prefix_ids", self._ids(shared, special=True), persistent=False)
