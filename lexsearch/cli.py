@@ -272,6 +272,13 @@ def _format_val(v: dict) -> str:
             f"{100 * t['random_codebook_control']:.1f}%, chance {100 * t['chance']:.1f}%); top word "
             f"outside the caption {100 * t['top_word_outside_caption']:.1f}%"
         )
+        if "query_words_top3" in t:
+            strays = ", ".join(f"{w} {n}" for w, n in t["stray_words"].items()) or "none"
+            lines.append(
+                f'  queries: both words of "COLOUR SHAPE" in the query\'s top-3 words for '
+                f"{100 * t['query_words_top3']:.1f}% of {t['n_queries']}; images with a function or prompt "
+                f"word in their top-{t['k']}: {100 * t['stray_word_images']:.1f}% ({strays})"
+            )
         if "patchdis_miou" in t:
             lines.append(
                 f"  PatchDis (shape words): mIoU {t['patchdis_miou']:.1f} "

@@ -11,6 +11,11 @@ recall with meaningless words), so every figure here comes with a control comput
   what it gets from the words' meaning does not, so the control sits near chance;
 - **top word outside the caption**: how often an image's strongest word is not a word of its caption (the
   shortcut-token symptom the overuse penalty exists to stop);
+- **query words on top**: for every single-object query "COLOUR SHAPE" of the world's words, whether both
+  query words are among the query vector's top-3 words (a query vector that holds other words than the
+  query's own explains its matches with words the user never typed);
+- **stray words**: how often an image's top-k words hold a function word (a generic English list, not the
+  tiny preset's own stop list) or a word of the prompt that is not in the image's captions;
 - **PatchDis on shape words** (via :mod:`lexsearch.eval.patchdis`) with its random-assignment baseline.
 
 :func:`toy_validation` runs them all on a model in memory; ``lexsearch train`` calls it in its final
@@ -30,6 +35,20 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+
+# Function words of English (articles, pronouns, prepositions, conjunctions, auxiliaries, determiners and
+# the usual adverbs), as in the common IR stop lists. Kept here, apart from the tiny preset's own list
+# (lexsearch.tiny.config), so the check does not grade the training side with its own definition.
+FUNCTION_WORDS = frozenset(
+    """a about above across after again against all almost along also although am among an and another any
+    are around as at be because been before behind being below beside besides between beyond both but by can
+    could did do does doing down during each either else every few for from further had has have having he
+    her here hers herself him himself his how i if in inside into is it its itself just me more most my
+    myself near neither next no nor not now of off on once one only onto or other our ours out outside over
+    own per same she should so some such than that the their theirs them themselves then there these they
+    this those though through to too toward towards under until up upon us very was we were what when where
+    whether which while who whom whose why will with within without would yet you your yours""".split()
+)
 
 
 def _dense(vectors) -> np.ndarray:
@@ -103,7 +122,56 @@ def top_word_outside_caption(vectors, words: Sequence[str], captions: Sequence[s
     return float(np.mean(outside)) if outside else float("nan")
 
 
+def stray_words(
+    tops: Sequence[Sequence[str]], captions: Sequence[Sequence[str]], prompt_words: Sequence[str]
+) -> tuple[float, dict[str, int]]:
+    """(share of rows whose top words hold a function word or a prompt word absent from the row's captions,
+    count per stray word). ``tops`` are each row's top words, ``captions`` each row's caption texts."""
+    prompt = {w.lower() for w in prompt_words}
+    counts: dict[str, int] = {}
+    rows = 0
+    for top, caps in zip(tops, captions):
+        said = {w for c in caps for w in _WORD.findall(c.lower())}
+        stray = [
+            w for w in top if w.lower() in FUNCTION_WORDS or (w.lower() in prompt and w.lower() not in said)
+        ]
+        rows += bool(stray)
+        for w in stray:
+            counts[w] = counts.get(w, 0) + 1
+    return (rows / len(tops) if len(tops) else float("nan")), dict(
+        sorted(counts.items(), key=lambda kv: -kv[1])
+    )
+
+
+def query_word_hits(
+    text_vectors, words: Sequence[str], queries: Sequence[Sequence[str]], k: int = 3
+) -> np.ndarray:
+    """Bool (N,): whether every word of query i is among the top-``k`` words of its text vector."""
+    return explanation_hits(text_vectors, words, queries, k)
+
+
 # ---------------------------------------------------------------------------------------- on a model
+
+
+def _text_vectors(model, texts: Sequence[str], device, batch_size: int) -> np.ndarray:
+    import torch
+
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            ids, mask = model.tokenize(list(texts[start : start + batch_size]))
+            rows.append(model.encode_text(ids.to(device), mask.to(device))[0].float().cpu().numpy())
+    return np.concatenate(rows)
+
+
+def world_words(root: Path) -> tuple[list[str], list[str]]:
+    """(colours, shapes) named by a labelled world's ``labels.jsonl``, sorted."""
+    from lexsearch.data.toyworld import read_labels
+
+    labels = read_labels(root)
+    colours = sorted({s.colour for lab in labels.values() for s in lab.shapes})
+    shapes = sorted({s.shape for lab in labels.values() for s in lab.shapes})
+    return colours, shapes
 
 
 def toy_targets(root: Path, image_keys: Sequence[str]) -> list[tuple[str, str]] | None:
@@ -176,6 +244,20 @@ def toy_validation(
         vecs = _sparsify(_image_vectors(model, root, keys, device, batch_size), model.vocab_size)
         # One caption per image for the caption-word check (the first, as listed).
         captions = [pairs.captions[pairs.image_captions[j][0]] for j in range(len(keys))]
+        all_captions = [[pairs.captions[c] for c in pairs.image_captions[j]] for j in range(len(keys))]
+        prefix, suffix = model.config.prompt_parts()
+        share, strays = stray_words(top_words(vecs, words, k), all_captions, _WORD.findall(prefix + suffix))
+        colours, shapes = world_words(root)
+        queries = [(c, s) for c in colours for s in shapes]
+        qvecs = _sparsify(
+            _text_vectors(model, [f"{c} {s}" for c, s in queries], device, batch_size), model.vocab_size
+        )
+        q_hits = query_word_hits(qvecs, words, queries, 3)
+        misses = [
+            f"{c} {s}: {', '.join(t)}"
+            for (c, s), t, h in zip(queries, top_words(qvecs, words, 3), q_hits)
+            if not h
+        ]
         result = {
             "k": k,
             "explanation_precision": explanation_precision(vecs, words, targets, k),
@@ -184,6 +266,11 @@ def toy_validation(
             "colour_in_top": explanation_precision(vecs, words, [t[:1] for t in targets], k),
             "shape_in_top": explanation_precision(vecs, words, [t[1:] for t in targets], k),
             "top_word_outside_caption": top_word_outside_caption(vecs, words, captions),
+            "stray_word_images": share,
+            "stray_words": dict(list(strays.items())[:8]),
+            "query_words_top3": float(q_hits.mean()),
+            "query_misses": misses[:8],
+            "n_queries": len(queries),
             "n_images": len(keys),
         }
         if patchdis:

@@ -44,3 +44,18 @@ def test_top_word_outside_caption():
     vecs = np.array([[0.9, 0.1, 0, 0, 0, 0], [0, 0, 0, 0, 0.9, 0], [0, 0, 0, 0, 0, 0.9]])
     captions = ["a red circle", "blue square", "the blue square"]
     assert M.top_word_outside_caption(vecs, WORDS, captions) == pytest.approx(1 / 3)
+
+
+def test_stray_words_count_function_words_and_prompt_words_the_captions_do_not_say():
+    tops = [["red", "circle", "the"], ["white", "circle"], ["white", "square"], ["blue", "important"]]
+    captions = [["a red circle"], ["A white circle."], ["a blue square"], ["blue square"]]
+    share, counts = M.stray_words(tops, captions, ["the", "important", "white", "horse"])
+    # Row 1: "the" (function word); row 2: "white" is said by its caption; row 3: "white" is not; row 4.
+    assert share == pytest.approx(3 / 4)
+    assert counts == {"the": 1, "white": 1, "important": 1}
+
+
+def test_query_word_hits_need_both_words_in_the_top_k():
+    vecs = np.array([[0.9, 0.0, 0.8, 0.0, 0.1, 0.0], [0.0, 0.9, 0.0, 0.05, 0.8, 0.7]])
+    hits = M.query_word_hits(vecs, WORDS, [("red", "circle"), ("blue", "square")], k=3)
+    assert hits.tolist() == [True, False]
