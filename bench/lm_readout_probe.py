@@ -30,7 +30,7 @@ def main() -> int:
     from lexsearch.model.presets import preset_config
     from lexsearch.tiny.builder import build_tokenizer, random_tiny_bases
     from lexsearch.tiny.config import PretrainConfig
-    from lexsearch.tiny.lm import PromptFormat, important_words, pretrain_lm
+    from lexsearch.tiny.lm import PromptFormat, important_words, pretrain_lm, prompt_stop_words
 
     over = json.loads(args.overrides)
     model_config = preset_config("tiny")
@@ -48,7 +48,8 @@ def main() -> int:
     with torch.no_grad():
         for caption in held_out:
             last = lm(input_ids=torch.tensor([fmt.query_ids(caption)])).logits[0, -1]
-            target = {fmt.word_ids(w)[0] for w in important_words(caption, cfg.stop_words)}
+            words = important_words(caption, prompt_stop_words(model_config, cfg.stop_words))
+            target = {fmt.word_ids(w)[0] for w in words}
             hits.append(set(last.topk(len(target)).indices.tolist()) == target)
     print(
         over,

@@ -23,12 +23,27 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     Works for any small corpus: the BPE trainer stops merging when the corpus has no more pairs, so the
     vocabulary is at most ``vocab_size`` and contains every character seen. The paper's prompt is added to
     the corpus so the prompt's words are whole pieces.
+
+    Text is lowercased and punctuation is split off words [choice]: captions in natural phrasing ("A red
+    heart.", "Red heart, blue ring") would otherwise give a tiny vocabulary "Red", "red" and "heart." as
+    separate words, splitting one word's evidence over several dimensions (Llama's 32,000 pieces keep
+    punctuation apart too).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    # Words and runs of punctuation become separate word-initial pieces ("\u2581heart", "\u2581."). Runs stay
+    # whole (`",` `:"` `".`) so the prompt's opening quote, its separators and its closing quote remain
+    # different pieces, as in Llama: a 2-layer LM cannot tell one shared quote piece's roles apart.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Punctuation("contiguous"),
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always"),
+        ]
+    )
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
     corpus = list(texts) + [PAPER_PROMPT.replace("[TEXT]", "")]

@@ -6,34 +6,22 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Words that are never "important" [choice]: articles, conjunctions and the toy templates' function words.
-DEFAULT_STOP_WORDS: tuple[str, ...] = (
-    "a",
-    "an",
-    "and",
-    "the",
-    "of",
-    "is",
-    "are",
-    "there",
-    "with",
-    "in",
-    "on",
-    "at",
-    "to",
-    "it",
-    "this",
-    "that",
-    "picture",
-    "image",
-    "photo",
-    "some",
-    "its",
-    "by",
-    "for",
-    "as",
-    "or",
-    "from",
+# Words that are never "important" [choice]: English function words (articles, pronouns, prepositions,
+# conjunctions, auxiliaries, determiners, common adverbs; as in the usual IR stop lists) and the words
+# captions use about themselves ("image", "shows"). A generic list, not one read off any world's caption
+# templates: the paper relies on Llama already knowing what matters in any caption. The prompt's own words
+# are added to it at pretraining time (see lexsearch.tiny.lm.prompt_stop_words).
+DEFAULT_STOP_WORDS: tuple[str, ...] = tuple(
+    """a about above across after again against all almost along also although am among an and another any
+    are around as at be because been before behind being below beside besides between beyond both but by can
+    could did do does doing down during each either else every few for from further had has have having he
+    her here hers herself him himself his how i if in inside into is it its itself just me more most my
+    myself near neither next no nor not now of off on once one only onto or other our ours out outside over
+    own per same she should so some such than that the their theirs them themselves then there these they
+    this those though through to too toward towards under until up upon us very was we were what when where
+    whether which while who whom whose why will with within without would yet you your yours s t there's
+    it's that's here's
+    image images picture pictures photo photos photograph shows showing shown depicts view""".split()
 )
 
 Progress = Callable[[str, int, int, dict], None]  # (stage, step, total, metrics) -> None
@@ -58,10 +46,16 @@ class PretrainConfig:
     # other shape/colour words sat just below), at 100 for 100%, same steps (issue 3, 2,000-image world).
     lm_readout_weight: float = 100.0
     stop_words: tuple[str, ...] = DEFAULT_STOP_WORDS
-    # --- ViT: a few epochs over the training images ---
+    # Share of pretraining texts that are a query-like list of some of a caption's content words instead of
+    # the caption [choice]: search queries ("orange cross") are short word lists, not captions, and the
+    # read-out must name their words too.
+    lm_query_share: float = 0.3
+    # --- ViT (fallback when the shipped one does not fit): masked-patch reconstruction on training images ---
     vit_epochs: int = 15
     vit_batch_size: int = 64
     vit_lr: float = 2e-3
+    vit_mask_ratio: float = 0.5  # share of 2x2-patch blocks replaced by the mask token [choice]
+    vit_visible_weight: float = 0.25  # loss weight of visible patches reconstructing themselves [choice]
     vit_max_images: int = 4000  # cap, so a large --data folder does not blow the time budget
     # Load the shipped ViT (lexsearch/tiny/assets/tiny_vit, pretrained once on a generic toy corpus) when it
     # matches the vision config, instead of pretraining one on the training set; see lexsearch.tiny.vit_asset.

@@ -12,7 +12,12 @@ Causal LM on text in the prompt's format
     position sees the same tokens as in training. The important words are *shuffled* in every sequence: the
     next-token distribution after the prompt is then spread over all the caption's content words rather than
     only the first one, which is what a lexical read-out needs. Important words are the caption's words
-    minus a small stop list [choice]: the paper relies on Llama already knowing what matters.
+    minus a generic English function-word list and the prompt's frame words [choice]: the paper relies on
+    Llama already knowing what matters, and nothing here may be read off one world's caption templates.
+
+Query-like texts
+    A share of the texts (``lm_query_share``) are a few of a caption's important words alone ("orange cross"),
+    with those words as the answer: queries are short word lists, and the read-out must name their words.
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ def important_words(caption: str, stop_words: Sequence[str] = DEFAULT_STOP_WORDS
         if word not in stop:
             seen.setdefault(word, None)
     return list(seen)
+
+
+def prompt_stop_words(config: ModelConfig, stop_words: Sequence[str] = DEFAULT_STOP_WORDS) -> tuple[str, ...]:
+    """``stop_words`` plus the prompt's frame words ("focus", "lies", "important", "words"): they stand
+    around every text, so they never say what one text is about. The demonstration's quoted words ("man",
+    "white", "horse") are content words like any caption's and stay important."""
+    prefix, suffix = config.prompt_parts()
+    frame = re.sub(r'"[^"]*"', " ", prefix + suffix)
+    extra = [w for w in _WORD.findall(frame.lower()) if w not in stop_words]
+    return tuple(stop_words) + tuple(dict.fromkeys(extra))
 
 
 def _piece(tokenizer, piece: str, fallback: str) -> list[int]:
@@ -90,17 +105,34 @@ class PromptFormat:
         return query + answer, len(query)
 
 
-def _lm_batch(fmt: PromptFormat, captions: Sequence[str], stop_words, rng: np.random.Generator, pad_id: int):
+def _query_like(words: list[str], rng: np.random.Generator) -> list[str]:
+    """Some of ``words`` (1 to all, in their order): what a person types to find the captioned image."""
+    keep = np.sort(rng.choice(len(words), size=int(rng.integers(1, len(words) + 1)), replace=False))
+    return [words[i] for i in keep]
+
+
+def _lm_batch(
+    fmt: PromptFormat,
+    captions: Sequence[str],
+    stop_words,
+    rng: np.random.Generator,
+    pad_id: int,
+    query_share: float = 0.0,
+):
     """Body ids after the shared prefix (B, L), attention mask (B, L), answer positions (B, L) bool and the
     read-out targets (position (B,), multi-hot of the important words' first pieces (B, V_full)).
 
     A token's weight is 1, or ``answer_weight`` (applied by the caller) where it belongs to the answer: the
     caption tokens are unpredictable by construction and would otherwise dominate the gradient.
     """
-    rows, starts = [], []
+    rows, starts, answers = [], [], []
     n_prefix = len(fmt.prefix)
     for caption in captions:
         words = important_words(caption, stop_words)
+        if words and rng.random() < query_share:
+            words = _query_like(words, rng)
+            caption = " ".join(words)
+        answers.append(words)
         order = rng.permutation(len(words))  # shuffled: the read-out must cover every content word
         ids, n_query = fmt.sequence(caption, [words[i] for i in order])
         rows.append(ids[n_prefix:])
@@ -115,8 +147,8 @@ def _lm_batch(fmt: PromptFormat, captions: Sequence[str], stop_words, rng: np.ra
         answer[i, starts[i] : len(row)] = True
     readout_pos = torch.tensor(starts, dtype=torch.long) - 1  # the query's last token
     multi_hot = torch.zeros((len(rows), len(fmt.tokenizer)), dtype=torch.float32)
-    for i, caption in enumerate(captions):
-        for word in important_words(caption, stop_words):
+    for i, words in enumerate(answers):
+        for word in words:
             multi_hot[i, fmt.word_ids(word)[0]] = 1.0
     return ids, mask, answer, (readout_pos, multi_hot)
 
@@ -211,10 +243,11 @@ def pretrain_lm(
 ) -> dict:
     """Train ``lm`` in place as a causal LM on prompt-format sequences of ``captions``; returns figures."""
     fmt = PromptFormat(tokenizer, model_config)
+    stop_words = prompt_stop_words(model_config, cfg.stop_words)
     rng = np.random.default_rng(cfg.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     probe = list(captions[: min(256, len(captions))])
-    before = content_hit_rate(lm, fmt, probe, cfg.stop_words)
+    before = content_hit_rate(lm, fmt, probe, stop_words)
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.lm_lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, cfg.lm_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, cfg.lm_steps))
@@ -222,7 +255,9 @@ def pretrain_lm(
     loss_value = float("nan")
     for step in range(cfg.lm_steps):
         pick = rng.integers(0, len(captions), size=cfg.lm_batch_size)
-        ids, mask, answer, readout = _lm_batch(fmt, [captions[i] for i in pick], cfg.stop_words, rng, pad_id)
+        ids, mask, answer, readout = _lm_batch(
+            fmt, [captions[i] for i in pick], stop_words, rng, pad_id, cfg.lm_query_share
+        )
         loss = lm_step_loss(lm, fmt, ids, mask, answer, cfg.lm_answer_weight, readout, cfg.lm_readout_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -233,6 +268,6 @@ def pretrain_lm(
         if progress is not None:
             progress("lm", step + 1, cfg.lm_steps, {"loss": loss_value})
     lm.eval()
-    after = content_hit_rate(lm, fmt, probe, cfg.stop_words)
+    after = content_hit_rate(lm, fmt, probe, stop_words)
     log.info("tiny LM pretraining: loss %.3f, content-word read-out %.2f -> %.2f", loss_value, before, after)
     return {"lm_loss": loss_value, "lm_content_hit_before": before, "lm_content_hit_after": after}

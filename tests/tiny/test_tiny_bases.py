@@ -45,6 +45,52 @@ def _tiny_config():
 
 def test_important_words_drop_stop_words_and_repeats():
     assert important_words("A picture of a red circle and a Red star.") == ["red", "circle", "star"]
+    # Generic English function words, not a list read off the toy templates.
+    caption = "There's a large Pink heart to the left of a small ring, next to the middle."
+    assert important_words(caption) == ["large", "pink", "heart", "left", "small", "ring", "middle"]
+
+
+def test_prompt_words_are_never_important():
+    from lexsearch.tiny.lm import prompt_stop_words
+
+    stop = prompt_stop_words(_tiny_config())
+    assert {"focus", "lies", "important", "words"} <= set(stop)
+    assert important_words("The important white horse lies.", stop) == ["white", "horse"]
+
+
+def test_tokenizer_lowercases_and_keeps_punctuation_apart():
+    from lexsearch.tiny.builder import build_tokenizer
+
+    tok = build_tokenizer(["A red heart.", "Red heart, blue ring", "a blue ring in the middle."])
+    pieces = tok.convert_ids_to_tokens(tok("Red heart, blue ring.", add_special_tokens=False)["input_ids"])
+    assert pieces == ["\u2581red", "\u2581heart", "\u2581,", "\u2581blue", "\u2581ring", "\u2581."]
+    # Runs of punctuation stay whole: the prompt's `:"` is not the quote that opens or closes a word.
+    assert tok.convert_ids_to_tokens(tok('words:"red",', add_special_tokens=False)["input_ids"])[1:] == [
+        '\u2581:"',
+        "\u2581red",
+        '\u2581",',
+    ]
+    assert "\u2581middle." not in tok.get_vocab() and "\u2581Red" not in tok.get_vocab()
+
+
+def test_query_like_texts_are_some_of_the_captions_words(world):
+    import numpy as np
+
+    from lexsearch.data.pairs import load_folder
+    from lexsearch.tiny.builder import build_tokenizer
+    from lexsearch.tiny.lm import _lm_batch
+
+    tok = build_tokenizer(load_folder(world.root).captions)
+    fmt = PromptFormat(tok, _tiny_config())
+    caption = "A picture of a red circle and a blue star."
+    rng = np.random.default_rng(0)
+    ids, _mask, _answer, (pos, hot) = _lm_batch(fmt, [caption] * 8, FAST.stop_words, rng, 0, query_share=1.0)
+    content = {tok.convert_tokens_to_ids(f"\u2581{w}") for w in ("red", "circle", "blue", "star")}
+    for row, p, h in zip(ids, pos, hot):
+        text = row[: p + 1 - len(fmt.suffix)].tolist()
+        targets = set(np.flatnonzero(h.numpy()).tolist())
+        assert targets and targets <= content
+        assert {t for t in text if t in content} == targets  # the text is exactly its answer words
 
 
 def test_prompt_sequence_matches_the_models_tokenisation(world):
