@@ -70,7 +70,10 @@ def test_long_text_is_cut_but_prompt_end_kept(model):
     row = model.prefix_ids.tolist() + ids[0, : int(mask.sum())].tolist()
     text = model.tokenizer.decode(row, skip_special_tokens=True)
     assert text.count("red") == model.config.max_text_tokens
-    assert text.endswith(model.config.prompt_parts()[1].strip())
+    # Compared without spaces: the tiny tokenizer keeps punctuation in pieces of its own, and decoding
+    # joins pieces with spaces (`words :"`); the ids themselves are what the LM sees.
+    squeeze = lambda s: "".join(s.split())
+    assert squeeze(text).endswith(squeeze(model.config.prompt_parts()[1]))
 
 
 def test_threshold_and_topk_keep_what_they_should():
