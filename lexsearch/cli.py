@@ -450,23 +450,17 @@ def query(
         raise UsageError("Give a text or --image IMG, not both.")
     if not image and text is None:
         raise UsageError("Nothing to search for: give a text, e.g. lexsearch query 'white horse'.")
-    with Collection.open(collection, readonly=True) as col, _decoder_noise_hidden():
-        encoder = s.load_encoder(col, model_dir, device)
-        if image:
-            results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
-        else:
-            results = s.search(
-                col,
-                encoder,
-                text,
-                top=top,
-                rerank_candidates=not no_rerank,
-                min_score=min_score,
-                prune=s.PruneConfig() if pruned else None,
-                expand=expand,
-            )
-        roots = " ".join(col.meta.get("roots") or ["DIR"])
+    results = None
+    if not image and model_dir is None:
+        # A running `lexsearch serve` of this collection has the model warm: a new query costs milliseconds.
+        results = _query_server(collection, text, top, no_rerank, min_score, pruned, expand)
+    if results is None:
+        with Collection.open(collection, readonly=True) as col, _decoder_noise_hidden():
+            encoder = s.load_encoder(col, model_dir, device)
+            results = _search_here(s, col, encoder, image, text, top, no_rerank, min_score, pruned, expand)
     if results.stale:
+        with Collection.open(collection, readonly=True) as col:
+            roots = " ".join(col.meta.get("roots") or ["DIR"])
         n = results.stale
         click.echo(
             f"note: {n} matching file{'s' if n > 1 else ''} no longer exist{'' if n > 1 else 's'} (not shown); "
@@ -482,6 +476,62 @@ def query(
     else:
         # An honest empty answer: no indexed image shares a word with the query (or passes the filters).
         click.echo("No image matches this query.")
+
+
+def _search_here(s, col, encoder, image, text, top, no_rerank, min_score, pruned, expand):
+    if image:
+        return s.search_by_image(col, encoder, image, top=top, min_score=min_score)
+    return s.search(
+        col,
+        encoder,
+        text,
+        top=top,
+        rerank_candidates=not no_rerank,
+        min_score=min_score,
+        prune=s.PruneConfig() if pruned else None,
+        expand=expand,
+    )
+
+
+def _query_server(collection, text, top, no_rerank, min_score, pruned, expand):
+    """The results from a running ``lexsearch serve`` of the same collection (model warm), or None."""
+    from lexsearch.index.store import resolve
+    from lexsearch.search.query import Result, Results
+    from lexsearch.serve import discovery
+
+    info = discovery.find(resolve(collection))
+    if info is None:
+        return None
+    params = {"q": text, "top": top, "rerank": "0" if no_rerank else None, "min_score": min_score}
+    params.update(pruned="1" if pruned else None, expand="1" if expand else None)
+    answer = discovery.remote_search(info, params)
+    if answer is None:
+        return None
+    rows, stale = answer
+    if _verbose:
+        click.echo(f"answered by the running server at {info.url} (pid {info.pid})", err=True)
+    # Paths by id from the collection itself: the JSON's text form of a non-UTF-8 name is not the file's
+    # name, and --paths must print the very bytes (a read of a few rows, no model).
+    from lexsearch.index.store import Collection
+
+    with Collection.open(collection, readonly=True) as col:
+        paths = col.image_paths([r["id"] for r in rows])
+    # The API's rows are the --json rows plus an id; ``rest`` (the unlisted words) is what the words miss.
+    results = Results(
+        Result(
+            rank=r["rank"],
+            image_id=r["id"],
+            path=paths.get(r["id"], r["path"]),
+            score=r["score"],
+            lexical=r["lexical"],
+            dense=r["dense"],
+            words=[(w["word"], w["weight"]) for w in r["words"]],
+            rest=max(0.0, r["lexical"] - sum(w["weight"] for w in r["words"])),
+        )
+        for r in rows
+    )
+    results.stale = stale
+    return results
 
 
 @cli.command()
@@ -567,6 +617,52 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
             labels = [w for w, _ in words]
         out = draw_heatmap(encoder, img, term_ids, labels, Path(heatmap))
         click.echo(f"heat map written to {shown(str(out))}", err=True)
+
+
+@cli.command()
+@click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback: this machine)."
+)
+@click.option(
+    "--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one)."
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the web browser.")
+@click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
+@_handle_errors
+def serve(collection, host, port, open_browser, model_dir, device) -> None:
+    """Search a collection in a local web page and see why each image matched.
+
+    Keeps the model and the collection open; `lexsearch query` on the same collection uses the running
+    server. Listens on 127.0.0.1 (this machine only) unless --host says otherwise.
+    """
+    from lexsearch.index.store import Collection
+    from lexsearch.search import load_encoder
+    from lexsearch.serve import SearchService
+    from lexsearch.serve.server import Server, is_loopback
+
+    if not is_loopback(host):
+        click.echo(
+            f"Warning: listening on {host}: anyone who can reach this machine on the network can search "
+            "the collection and see its images.",
+            err=True,
+        )
+    col = Collection.open(collection, readonly=True)
+    try:
+        service = SearchService(col, load_encoder(col, model_dir, device))
+        click.echo(f"Loading the model for {col.path} ...", err=True)
+        service.warm_up()
+        server = Server(service, host, port)
+        click.echo(f"lexsearch serve: {server.url}/  ({col.count()} images; Ctrl-C stops)")
+        if open_browser:
+            import threading
+            import webbrowser
+
+            threading.Timer(0.5, webbrowser.open, args=[server.url + "/"]).start()
+        server.serve()
+    finally:
+        col.close()
 
 
 @cli.group(name="eval")

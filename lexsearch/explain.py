@@ -1,12 +1,27 @@
 """``explain``: the words an image lights up, and where.
 
 The words come from the image's own lexical vector (the one an index scores with); the heat map from its
-patch-level vectors (the same read-out on each patch token, LEXVLA.md). Each patch is tinted by its strongest
-word among the image's top words, or, with ``word``, by that word's score alone.
+patch-level vectors (the same read-out on each patch token, LEXVLA.md).
+
+A heat map is drawn so that a person can read it:
+
+* **one word per view**: a single word's patch scores, or (several words) one small panel per word, side by
+  side, never one picture tinted by whichever word is strongest where;
+* **no added colour**: where the word is strong the photo keeps its own colours, elsewhere it fades to dark
+  grey. The map never paints a hue over the picture, so "yellow" is never drawn in orange and a colour word
+  is never contradicted by the overlay; the legend holds only greys;
+* **an absolute scale**: a patch score maps to brightness through fixed limits (the index's own "present"
+  threshold 1/sqrt(V) and :data:`HEAT_TOP`), not stretched to the image's min and max, so a word that is
+  absent from the image shows as absent;
+* **big enough, legend outside**: the picture is drawn at least :data:`MIN_LONG_SIDE` pixels on its long
+  side, and the key sits in a strip below it, never over it.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +31,29 @@ from PIL import Image, ImageDraw, ImageFont
 from lexsearch.errors import UsageError
 from lexsearch.model.images import crop_box
 
-# Distinct, colour-blind-friendly tints (Okabe-Ito), one per explained word.
-PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
-           (204, 121, 167), (120, 120, 120)]
+logger = logging.getLogger(__name__)
+
+# The long side of a one-word heat map's picture: at least this (a 64 px thumbnail is unreadable), at most
+# MAX_LONG_SIDE (a 24-megapixel photo need not become a 24-megapixel PNG).
+MIN_LONG_SIDE = 640
+MAX_LONG_SIDE = 1024
+# Long side of each panel when several words are shown side by side (3 panels: ~1000 px wide).
+PANEL_LONG_SIDE = 320
+PANELS_PER_ROW = 3
+MAX_PANELS = 6
+# The patch score drawn at full strength. Patch vectors are L2-normalised over the whole vocabulary, so
+# scores of different images and words share one scale. On the trained tiny demo model (V = 143,
+# bench/heatmap_scale.py over 200 images) the strongest patch of an image's top word scores p10 0.76 /
+# p50 0.84, of its 5th word p25 0.49 / p50 0.64, and of a word the image lacks p90 0.091 (the absent line
+# 1/sqrt(V) is 0.084): at 0.6 a clear match is drawn at full strength and an absent word stays dark. A
+# model with a 17k vocabulary spreads more mass; rerun the bench on its collection before trusting 0.6.
+HEAT_TOP = 0.6
+# Brightness of "absent" (the photo's luminance times this): dark enough to read as off, light enough that
+# the scene stays recognisable around the word.
+DIM = 0.28
+BACKGROUND = (255, 255, 255)
+INK = (20, 20, 20)
+FAINT = (110, 110, 110)
 
 
 @dataclass
@@ -33,8 +68,113 @@ def explain_image(encoder, image, top_k: int = 10, path: str = "") -> Explanatio
     row = encoder.encode_images([image]).sparse[0]
     order = np.argsort(-row.data, kind="stable")[:top_k]
     cols = row.indices[order]
-    return Explanation(path=path, words=list(zip(encoder.words(cols), row.data[order].tolist())),
-                       term_ids=[int(c) for c in cols])
+    return Explanation(
+        path=path,
+        words=list(zip(encoder.words(cols), row.data[order].tolist())),
+        term_ids=[int(c) for c in cols],
+    )
+
+
+@dataclass(frozen=True)
+class HeatScale:
+    """Fixed limits from patch score to brightness: ``floor`` and below is absent, ``top`` and above full."""
+
+    floor: float
+    top: float = HEAT_TOP
+
+    @classmethod
+    def for_vocab(cls, vocab_size: int) -> HeatScale:
+        # 1/sqrt(V) is where the index's sparsification draws the line between present and absent.
+        floor = 1.0 / math.sqrt(max(int(vocab_size), 1))
+        return cls(floor=floor, top=max(HEAT_TOP, 2 * floor))
+
+    def strength(self, scores: np.ndarray) -> np.ndarray:
+        return np.clip((np.asarray(scores, np.float32) - self.floor) / (self.top - self.floor), 0.0, 1.0)
+
+
+def word_patch_scores(patches: np.ndarray, columns: Sequence[int]) -> np.ndarray:
+    """One word's score per patch (P,): the strongest of its vocabulary pieces, from (P, V) patch vectors."""
+    cols = [int(c) for c in columns]
+    if not cols:
+        raise UsageError("nothing to draw: no vocabulary column for this word")
+    return patches[:, cols].max(axis=1)
+
+
+def render_word(
+    image: Image.Image, grid: tuple[int, int], scores: np.ndarray, word: str, scale: HeatScale
+) -> Image.Image:
+    """One word's heat map: the picture (long side >= MIN_LONG_SIDE) with a legend strip below it."""
+    picture = _fit(image.convert("RGB"), MIN_LONG_SIDE, MAX_LONG_SIDE)
+    lit, cropped = _spotlight(image.size, picture, grid, scale.strength(scores))
+    font, small = _font(22), _font(16)
+    pad = 14
+    legend_h = pad + 26 + 10 + 14 + 6 + 18 + pad + (22 if cropped else 0)
+    canvas = Image.new("RGB", (lit.width, lit.height + legend_h), BACKGROUND)
+    canvas.paste(lit, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = lit.height + pad
+    peak = float(np.max(scores)) if scores.size else 0.0
+    draw.text((pad, y), word, fill=INK, font=font)
+    note = f"strongest patch {peak:.2f}" + ("  (absent)" if peak <= scale.floor else "")
+    draw.text((pad + draw.textlength(word, font=font) + 14, y + 5), note, fill=FAINT, font=small)
+    y += 26 + 10
+    _ramp(draw, pad, y, min(lit.width - 2 * pad, 420), scale, small, peak)
+    if cropped:
+        y += 14 + 6 + 18 + 4
+        draw.text(
+            (pad, y), "The model sees the centre square; outside it stays dark.", fill=FAINT, font=small
+        )
+    return canvas
+
+
+def render_words(
+    image: Image.Image,
+    grid: tuple[int, int],
+    scores: Sequence[np.ndarray],
+    words: Sequence[str],
+    scale: HeatScale,
+) -> Image.Image:
+    """Several words, one panel each (same scale), with one shared legend strip below."""
+    if len(words) == 1:
+        return render_word(image, grid, scores[0], words[0], scale)
+    words, scores = list(words)[:MAX_PANELS], list(scores)[:MAX_PANELS]
+    base = image.convert("RGB")
+    panels = []
+    cropped = False
+    for s in scores:
+        picture = _fit(base, PANEL_LONG_SIDE, PANEL_LONG_SIDE)
+        lit, was_cropped = _spotlight(base.size, picture, grid, scale.strength(s))
+        panels.append(lit)
+        cropped = cropped or was_cropped
+    pw, ph = panels[0].size
+    font, small = _font(17), _font(14)
+    gap, caption = 10, 26
+    cols = min(PANELS_PER_ROW, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    width = cols * pw + (cols + 1) * gap
+    legend_h = 14 + 6 + 16 + 12 + (20 if cropped else 0)
+    height = rows * (ph + caption) + (rows + 1) * gap + legend_h
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for k, (lit, word, s) in enumerate(zip(panels, words, scores)):
+        x = gap + (k % cols) * (pw + gap)
+        y = gap + (k // cols) * (ph + caption + gap)
+        canvas.paste(lit, (x, y))
+        peak = float(np.max(s)) if s.size else 0.0
+        draw.text((x, y + ph + 4), word, fill=INK, font=font)
+        draw.text(
+            (x + draw.textlength(word, font=font) + 8, y + ph + 6), f"{peak:.2f}", fill=FAINT, font=small
+        )
+    y = rows * (ph + caption + gap) + gap
+    _ramp(draw, gap, y, min(width - 2 * gap, 420), scale, small, None)
+    if cropped:
+        draw.text(
+            (gap, y + 14 + 6 + 18),
+            "The model sees the centre square; outside it stays dark.",
+            fill=FAINT,
+            font=small,
+        )
+    return canvas
 
 
 def heatmap_format(out: str | Path) -> str:
@@ -61,55 +201,82 @@ def heatmap_format(out: str | Path) -> str:
 _NOT_FOR_HEATMAPS = frozenset({"PDF", "EPS", "PALM", "XBM", "MSP", "BUFR", "GRIB", "HDF5", "WMF"})
 
 
-def heatmap(encoder, image: Image.Image, term_ids: list[int], words: list[str], out: Path,
-            alpha: float = 0.55) -> Path:
-    """Write an image the size of ``image`` in the format ``out``'s extension names (see ``heatmap_format``):
-    each patch tinted by its strongest word among ``term_ids``, opacity by that word's patch score, with a
-    legend. One word: a single-colour map of that word's patch scores."""
+def heatmap(encoder, image: Image.Image, term_ids: list[int], words: list[str], out: Path) -> Path:
+    """Write the heat map of ``words`` (their vocabulary columns ``term_ids``, one per word) in the format
+    ``out``'s extension names (see ``heatmap_format``): one word gives the large single-word view, several
+    give one panel per word."""
     if not term_ids:
         raise UsageError("nothing to draw: the image lights up no word")
     fmt = heatmap_format(out)
     # A fresh RGB copy: ``info`` of the source (a tRNS colour key, an ICC profile) must not reach the saver.
     image = Image.fromarray(np.asarray(image.convert("RGB")))
-    gh, gw = encoder.grid
-    patches = encoder.encode_patches(image)[:, term_ids]  # (h*w, W)
-    best = patches.argmax(1).reshape(gh, gw)
-    strength = patches.max(1).reshape(gh, gw)
-    lo, hi = float(strength.min()), float(strength.max())
-    strength = (strength - lo) / (hi - lo) if hi > lo else np.ones_like(strength)
-
-    tint = np.zeros((gh, gw, 3), dtype=np.float32)
-    for k in range(len(term_ids)):
-        tint[best == k] = PALETTE[k % len(PALETTE)]
-    # The model sees a centre crop of the shorter side; map the grid back onto that square of the original.
-    left, top, right, _ = (round(v) for v in crop_box(*image.size))
-    side = right - left
-    tint_img = Image.fromarray(tint.astype(np.uint8)).resize((side, side), Image.Resampling.NEAREST)
-    mask = Image.fromarray((strength * alpha * 255).astype(np.uint8)).resize((side, side), Image.Resampling.NEAREST)
-    overlay = image.copy()
-    overlay.paste(tint_img, (left, top), mask)
-
-    _legend(overlay, words, [PALETTE[k % len(PALETTE)] for k in range(len(words))])
+    patches = encoder.encode_patches(image)  # (P, V)
+    scores = [word_patch_scores(patches, [t]) for t in term_ids]
+    picture = render_words(image, tuple(encoder.grid), scores, words, HeatScale.for_vocab(patches.shape[1]))
     out = Path(out)
     try:
-        overlay.save(out, format=fmt)
+        picture.save(out, format=fmt)
     except OSError as exc:  # a read-only folder, a full disk
         raise UsageError(f"Cannot write the heat map to {out}: {exc.strerror or exc}") from exc
     return out
 
 
-def _legend(image: Image.Image, words: list[str], colours: list[tuple[int, int, int]]) -> None:
-    """A small key in the top-left corner: a colour swatch and the word, one per line."""
-    size = max(9, min(image.size) // 40)
+# ---------------------------------------------------------------------------------------------- drawing
+def _fit(image: Image.Image, min_long: int, max_long: int) -> Image.Image:
+    long_side = max(image.size)
+    target = min(max(long_side, min_long), max_long)
+    if target == long_side:
+        return image.copy()
+    f = target / long_side
+    size = (max(1, round(image.width * f)), max(1, round(image.height * f)))
+    # Enlarging a small picture 2x or more: whole pixels (a smooth filter rings at sharp edges and invents
+    # fringes of colour that are not in the image).
+    resample = Image.Resampling.NEAREST if f >= 2 else Image.Resampling.LANCZOS
+    return image.resize(size, resample)
+
+
+def _spotlight(
+    original_size: tuple[int, int], picture: Image.Image, grid: tuple[int, int], strength: np.ndarray
+) -> tuple[Image.Image, bool]:
+    """The picture at full colour where ``strength`` (one value per patch, in [0, 1]) is 1, fading to a
+    dark grey of its own luminance where it is 0. Returns the image and whether the model saw only a crop."""
+    gh, gw = grid
+    f = picture.width / original_size[0]
+    left, top, right, bottom = (v * f for v in crop_box(*original_size))
+    box = (round(left), round(top), round(right), round(bottom))
+    side_w, side_h = max(1, box[2] - box[0]), max(1, box[3] - box[1])
+    heat = Image.fromarray(np.asarray(strength, np.float32).reshape(gh, gw), mode="F")
+    heat = np.clip(np.asarray(heat.resize((side_w, side_h), Image.Resampling.BILINEAR)), 0.0, 1.0)
+    s = np.zeros((picture.height, picture.width), np.float32)
+    s[box[1] : box[1] + side_h, box[0] : box[0] + side_w] = heat[
+        : picture.height - box[1], : picture.width - box[0]
+    ]
+    rgb = np.asarray(picture, np.float32)
+    grey = (rgb @ np.array([0.299, 0.587, 0.114], np.float32)) * DIM
+    out = rgb * s[..., None] + grey[..., None] * (1.0 - s[..., None])
+    cropped = box != (0, 0, picture.width, picture.height)
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8)), cropped
+
+
+def _ramp(
+    draw: ImageDraw.ImageDraw, x: int, y: int, width: int, scale: HeatScale, font, peak: float | None
+) -> None:
+    """The key: a grey bar from "absent" (dark) to full strength (white), its limits, and the peak marker."""
+    h = 14
+    for i in range(width):
+        v = round(255 * (DIM + (1 - DIM) * i / max(width - 1, 1)) * 0.98)
+        draw.line([(x + i, y), (x + i, y + h)], fill=(v, v, v))
+    draw.rectangle([x, y, x + width, y + h], outline=FAINT)
+    if peak is not None:
+        px = x + round(width * float(scale.strength(np.array([peak]))[0]))
+        draw.polygon([(px - 5, y - 6), (px + 5, y - 6), (px, y)], fill=INK)
+    draw.text((x, y + h + 3), f"absent (<= {scale.floor:.2f})", fill=FAINT, font=font)
+    right = f"{scale.top:.2f}+ full"
+    draw.text((x + width - draw.textlength(right, font=font), y + h + 3), right, fill=FAINT, font=font)
+
+
+def _font(size: int):
     try:
-        font = ImageFont.load_default(size=size)
+        return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        font = ImageFont.load_default()
-    draw = ImageDraw.Draw(image, "RGBA")
-    line = size + 4
-    width = max(draw.textlength(w, font=font) for w in words) + size + 12
-    draw.rectangle([0, 0, width, line * len(words) + 4], fill=(0, 0, 0, 150))
-    for i, (word, colour) in enumerate(zip(words, colours)):
-        y = 2 + i * line
-        draw.rectangle([4, y + 2, 4 + size, y + 2 + size], fill=colour + (255,))
-        draw.text((size + 8, y), word, fill=(255, 255, 255, 255), font=font)
+        return ImageFont.load_default()

@@ -10,19 +10,24 @@ from lexsearch.display import shown, utf8_text
 from lexsearch.search.query import Result
 
 
-def results_to_json(results: Sequence[Result]) -> list[dict[str, Any]]:
-    """The ``--json`` shape: ``[{"rank", "path", "score", "words": [{"word", "weight"}]}]`` (+ details)."""
-    return [
-        {
-            "rank": r.rank,
-            "path": utf8_text(r.path),  # JSON is UTF-8 text: a non-UTF-8 byte of a name shows as \xNN
-            "score": round(r.score, 6),
-            "lexical": round(r.lexical, 6),
-            "dense": None if r.dense is None else round(r.dense, 6),
-            "words": [{"word": w, "weight": round(v, 6)} for w, v in r.words],
-        }
-        for r in results
-    ]
+def results_to_json(results: Sequence[Result], with_ids: bool = False) -> list[dict[str, Any]]:
+    """The ``--json`` shape: ``[{"rank", "path", "score", "words": [{"word", "weight"}]}]`` (+ details).
+
+    ``with_ids`` adds each image's collection ``id`` (the web API's shape: images are fetched by id).
+    """
+    out = []
+    for r in results:
+        row: dict[str, Any] = {"id": r.image_id} if with_ids else {}
+        row.update(
+            rank=r.rank,
+            path=utf8_text(r.path),  # JSON is UTF-8 text: a non-UTF-8 byte of a name shows as \xNN
+            score=round(r.score, 6),
+            lexical=round(r.lexical, 6),
+            dense=None if r.dense is None else round(r.dense, 6),
+            words=[{"word": w, "weight": round(v, 6)} for w, v in r.words],
+        )
+        out.append(row)
+    return out
 
 
 def format_paths(results: Sequence[Result]) -> str:

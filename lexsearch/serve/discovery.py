@@ -1,0 +1,145 @@
+"""Finding a running ``lexsearch serve`` for a collection, so ``lexsearch query`` can ask it.
+
+A server writes a small JSON file under ``LEXSEARCH_HOME/servers/`` (host, port, pid, collection folder) and
+removes it when it stops. A file is trusted only if its process is alive *and* the server answers
+``/api/info`` with the same collection; a file whose process is gone is deleted. Standard library only:
+``lexsearch query`` must stay light when it hands a query to the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lexsearch import config
+from lexsearch.errors import LexsearchError, UsageError
+
+logger = logging.getLogger(__name__)
+
+# How long a liveness check may take: a live local server answers /api/info in a millisecond or two; a
+# process that holds the port but does not answer must not delay the query by more than this.
+PROBE_TIMEOUT_S = 1.0
+# Matches left out of an answer because their file is gone (a re-index is due); the JSON stays the --json list.
+STALE_HEADER = "Lexsearch-Stale-Results"
+QUERY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class ServerInfo:
+    host: str
+    port: int
+    pid: int
+    collection: str  # the collection's folder, absolute
+    started_at: float = 0.0
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"  # bound to every interface: loopback reaches it
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+def servers_dir() -> Path:
+    path = config.home() / "servers"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def register(host: str, port: int, collection: str | os.PathLike[str]) -> Path:
+    """Record a server that is listening now; returns the file to pass to :func:`unregister`."""
+    info = ServerInfo(host, int(port), os.getpid(), str(Path(collection).absolute()), time.time())
+    path = servers_dir() / f"{info.pid}-{info.port}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(info)))
+    os.replace(tmp, path)  # a reader never sees half a file
+    return path
+
+
+def unregister(path: Path) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    except OSError:
+        return False
+    return True
+
+
+# No proxy: the server is on this machine, and an http_proxy setting must not send the query elsewhere.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -> Any:
+    with _OPENER.open(url, timeout=timeout) as resp:
+        if headers is not None:
+            headers.update(resp.headers.items())
+        return json.loads(resp.read().decode())
+
+
+def find(collection: str | os.PathLike[str]) -> ServerInfo | None:
+    """A live server for ``collection`` (its folder), or None."""
+    want = str(Path(collection).absolute())
+    folder = config.home() / "servers"
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.json")):
+        try:
+            info = ServerInfo(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if info.collection != want:
+            continue
+        if not _alive(info.pid):
+            logger.debug("removing the record of a stopped server: %s", path)
+            path.unlink(missing_ok=True)
+            continue
+        try:
+            answer = _get_json(info.url + "/api/info", PROBE_TIMEOUT_S)
+        except (OSError, ValueError) as exc:
+            logger.debug("server %s does not answer (%s)", info.url, exc)
+            continue
+        if isinstance(answer, dict) and answer.get("collection") == want:
+            return info
+    return None
+
+
+def remote_search(info: ServerInfo, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int] | None:
+    """``/api/search`` on a running server: (rows, stale matches left out), or None when it cannot be reached
+    (the caller searches itself).
+
+    A query the server rejects (a usage error) raises the same :class:`UsageError` a local search would.
+    """
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    headers: dict[str, str] = {}
+    try:
+        rows = _get_json(f"{info.url}/api/search?{query}", QUERY_TIMEOUT_S, headers)
+        stale = {k.lower(): v for k, v in headers.items()}.get(STALE_HEADER.lower(), "0")
+        return rows, int(stale) if stale.isdigit() else 0
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read().decode()).get("error") or str(exc)
+        except (ValueError, AttributeError):
+            message = str(exc)
+        if exc.code == 400:
+            raise UsageError(message) from None
+        raise LexsearchError(f"the server at {info.url} failed: {message}") from None
+    except (OSError, ValueError) as exc:
+        logger.debug("server %s went away (%s); searching here", info.url, exc)
+        return None

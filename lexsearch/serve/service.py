@@ -1,0 +1,249 @@
+"""What the server does, without HTTP: one open collection and one warm model behind a lock.
+
+The web app (``app.py``) turns requests into calls on :class:`SearchService`; tests and the benchmark can
+call it directly. Everything about an image is reached through its collection id, never through a path
+taken from a request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lexsearch import config
+from lexsearch.display import utf8_text
+from lexsearch.errors import DataError, UsageError
+from lexsearch.search import PostingsIndex, PruneConfig, results_to_json, search, search_by_image
+
+logger = logging.getLogger(__name__)
+
+THUMB_SIDE = 320  # long side of a grid thumbnail: sharp in a ~220 px card on a 1.5x screen
+LARGE_SIDE = 1600  # long side of the detail view's image (a 24 MP original is not sent whole)
+MAX_TOP = 1000  # results one request may ask for (the candidate stage keeps ~1000 anyway)
+EXPLAIN_TOP = 24  # an image's own words listed in the detail view
+PATCH_CACHE = 16  # images whose (P, V) patch vectors stay in memory: clicking through chips re-renders only
+
+
+class Rows(list):
+    """JSON rows of results, and how many matches were left out because their file is gone."""
+
+    stale: int = 0
+
+
+class NotFound(Exception):
+    """No image with that id in the collection (or the id is not an id): the app answers 404."""
+
+
+class SearchService:
+    """A collection opened read-only and its model held warm; every method is safe to call from threads."""
+
+    def __init__(self, collection: Any, encoder: Any, thumbs_dir: Path | None = None) -> None:
+        self.collection = collection
+        self.encoder = encoder
+        self._lock = (
+            threading.Lock()
+        )  # the SQLite connection, the scratch score array and torch: one at a time
+        self._index: PostingsIndex | None = None
+        self._generation: Any = None
+        self._patches: OrderedDict[int, np.ndarray] = OrderedDict()
+        key = hashlib.sha1(str(collection.path).encode()).hexdigest()[:12]
+        self.thumbs_dir = thumbs_dir or config.home() / "thumbs" / key
+        self._word_columns: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------------------------- search
+    def _postings(self) -> PostingsIndex:
+        """The long-lived postings index, renewed when the collection changed (an index run meanwhile)."""
+        generation = self.collection.meta.get("generation")
+        if self._index is None or generation != self._generation:
+            self._index = PostingsIndex.from_collection(self.collection)
+            self._generation = generation
+        return self._index
+
+    def search(
+        self,
+        q: str,
+        top: int = 10,
+        *,
+        expand: bool = False,
+        rerank: bool = True,
+        pruned: bool = False,
+        min_score: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """``lexsearch query --json`` for ``q``, plus each result's collection ``id``."""
+        top = _check_top(top)
+        with self._lock:
+            results = search(
+                self.collection,
+                self.encoder,
+                q,
+                top=top,
+                rerank_candidates=rerank,
+                min_score=min_score,
+                prune=PruneConfig() if pruned else None,
+                index=self._postings(),
+                expand=expand,
+            )
+        rows = Rows(results_to_json(results, with_ids=True))
+        rows.stale = int(getattr(results, "stale", 0))
+        return rows
+
+    def search_image(self, data: bytes, top: int = 10) -> list[dict[str, Any]]:
+        """Images like the uploaded image ``data`` (any format the indexer reads)."""
+        top = _check_top(top)
+        from lexsearch.model.images import open_image
+
+        # open_image takes a path (it guards against decompression bombs before decoding): a private temp file.
+        with tempfile.TemporaryDirectory(prefix="lexsearch-upload-") as tmp:
+            path = Path(tmp) / "upload"
+            path.write_bytes(data)
+            image = open_image(path)
+        with self._lock:
+            results = search_by_image(self.collection, self.encoder, image, top=top, index=self._postings())
+        return results_to_json(results, with_ids=True)
+
+    def similar(self, image_id: int, top: int = 10) -> list[dict[str, Any]]:
+        """More like this: the collection image ``image_id`` as the query (itself left out)."""
+        top = _check_top(top)
+        image = self._open(image_id)
+        with self._lock:
+            results = search_by_image(
+                self.collection, self.encoder, image, top=top + 1, index=self._postings()
+            )
+        out = [r for r in results_to_json(results, with_ids=True) if r["id"] != image_id][:top]
+        for rank, r in enumerate(out, 1):
+            r["rank"] = rank
+        return out
+
+    def explain(self, image_id: int, top: int = EXPLAIN_TOP) -> dict[str, Any]:
+        """The image's own strongest words, from its indexed vector (the one queries score)."""
+        path = self.path_of(image_id)
+        with self._lock:
+            row = self.collection.forward([image_id]).get(image_id)
+        words: list[dict[str, Any]] = []
+        if row is not None:
+            cols, weights = row
+            order = np.argsort(-weights, kind="stable")[:top]
+            names = self.encoder.words(cols[order])
+            words = [{"word": w, "weight": round(float(x), 6)} for w, x in zip(names, weights[order])]
+        # JSON is UTF-8 text: a non-UTF-8 byte of a file name shows as \xNN (as in ``query --json``).
+        return {"id": image_id, "path": utf8_text(path), "words": words}
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            count = self.collection.count()
+        return {"collection": str(self.collection.path), "name": self.collection.path.name, "images": count}
+
+    # ------------------------------------------------------------------------------------- images by id
+    def path_of(self, image_id: int) -> str:
+        """The indexed file of ``image_id``; NotFound for any id the collection does not hold (as 'ok')."""
+        if not isinstance(image_id, int) or image_id <= 0:
+            raise NotFound(image_id)
+        with self._lock:
+            path = self.collection.image_paths([image_id]).get(image_id)
+        if path is None:
+            raise NotFound(image_id)
+        return path
+
+    def _open(self, image_id: int) -> Image.Image:
+        from lexsearch.model.images import open_image
+
+        path = self.path_of(image_id)
+        try:
+            return open_image(path)
+        except DataError:
+            raise NotFound(image_id) from None  # moved or deleted since it was indexed
+
+    def thumbnail(self, image_id: int) -> Path:
+        """A JPEG thumbnail made once and kept under LEXSEARCH_HOME (renewed when the file changes)."""
+        path = self.path_of(image_id)
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise NotFound(image_id) from None
+        stamp = hashlib.sha1(f"{path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        thumb = self.thumbs_dir / f"{image_id}-{stamp}.jpg"
+        if thumb.is_file():
+            return thumb
+        image = self._open(image_id)
+        image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+        self.thumbs_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.thumbs_dir.glob(f"{image_id}-*.jpg"):
+            old.unlink(missing_ok=True)  # the thumbnail of an earlier version of the file
+        tmp = thumb.with_suffix(".tmp")
+        image.save(tmp, format="JPEG", quality=88)
+        os.replace(tmp, thumb)  # atomic: a concurrent request never reads half a file
+        return thumb
+
+    def large(self, image_id: int) -> tuple[bytes, str]:
+        """The image upright in RGB (HEIC and EXIF rotation handled), at most LARGE_SIDE: (bytes, media type)."""
+        image = self._open(image_id)
+        image.thumbnail((LARGE_SIDE, LARGE_SIDE), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        if max(image.size) <= 512:
+            image.save(buf, format="PNG")  # small (toy) images: lossless, and PNG stays small
+            return buf.getvalue(), "image/png"
+        image.save(buf, format="JPEG", quality=90)
+        return buf.getvalue(), "image/jpeg"
+
+    # ------------------------------------------------------------------------------------- heat maps
+    def word_columns(self, word: str) -> list[int]:
+        """Vocabulary columns of a word as the page shows it (``##piece`` forms included)."""
+        if self._word_columns is None:
+            self._word_columns = {}
+            for col, w in enumerate(self.encoder.vocab.words):
+                self._word_columns.setdefault(w, col)
+        if word in self._word_columns:
+            return [self._word_columns[word]]
+        cols = self.encoder.word_terms(word)
+        if not cols:
+            raise UsageError(f"{word!r} is not in the model's vocabulary")
+        return cols
+
+    def heatmap_png(self, image_id: int, word: str) -> bytes:
+        """The one-word heat map of ``word`` over image ``image_id`` (lexsearch.explain), as PNG bytes."""
+        from lexsearch.explain import HeatScale, render_word, word_patch_scores
+
+        columns = self.word_columns(word)
+        image = self._open(image_id)
+        with self._lock:
+            patches = self._patches.get(image_id)
+            if patches is None:
+                t0 = time.perf_counter()
+                patches = self.encoder.encode_patches(image)
+                logger.debug(
+                    "patch vectors of image %d in %.0f ms", image_id, 1000 * (time.perf_counter() - t0)
+                )
+                self._patches[image_id] = patches
+                while len(self._patches) > PATCH_CACHE:
+                    self._patches.popitem(last=False)
+            else:
+                self._patches.move_to_end(image_id)
+            grid = tuple(self.encoder.grid)
+        scores = word_patch_scores(patches, columns)
+        picture = render_word(image, grid, scores, word, HeatScale.for_vocab(patches.shape[1]))
+        buf = io.BytesIO()
+        picture.save(buf, format="PNG")
+        return buf.getvalue()
+
+    def warm_up(self) -> None:
+        """Load the networks and run each path once, so the first real query is as fast as the next."""
+        self.encoder.encode_texts(["warm up"])
+        with self._lock:
+            self._postings()
+
+
+def _check_top(top: int) -> int:
+    if not 1 <= int(top) <= MAX_TOP:
+        raise UsageError(f"top must be between 1 and {MAX_TOP}.")
+    return int(top)

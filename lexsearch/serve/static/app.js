@@ -1,0 +1,257 @@
+// lexsearch serve: the page. Plain DOM, no framework, nothing loaded from elsewhere (works offline).
+"use strict";
+
+const PAGE = 24;
+const $ = (id) => document.getElementById(id);
+const state = { mode: null, q: "", like: null, file: null, results: [], asked: 0, done: true,
+                maxWeight: 1, current: -1, busy: false };
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function baseName(path) { return path.split(/[\\/]/).pop(); }
+
+async function getJSON(url, options) {
+  const resp = await fetch(url, options);
+  let body = null;
+  try { body = await resp.json(); } catch (e) { body = null; }
+  if (!resp.ok) throw new Error((body && body.error) || `${resp.status} ${resp.statusText}`);
+  return body;
+}
+
+// A chip's size says how much its word adds to the score: relative to the strongest word on the page.
+function chip(word, weight, maxWeight, clickable) {
+  const node = el(clickable ? "button" : "span", "chip");
+  if (clickable) { node.type = "button"; node.setAttribute("aria-pressed", "false"); }
+  const share = maxWeight > 0 ? Math.min(1, weight / maxWeight) : 0;
+  node.style.fontSize = (0.78 + 0.6 * Math.sqrt(share)).toFixed(3) + "rem";
+  if (share >= 0.5) node.classList.add("strong");
+  node.append(document.createTextNode(word));
+  node.append(el("span", "w", weight.toFixed(3)));
+  node.title = `${word}: adds ${weight.toFixed(3)} to the score`;
+  node.dataset.word = word;
+  return node;
+}
+
+function setStatus(text, kind) {
+  const s = $("status");
+  s.textContent = text;
+  s.className = kind || "";
+}
+
+function urlFor(mode, extra) {
+  if (mode === "text") return `/api/search?q=${encodeURIComponent(state.q)}&top=${extra}`;
+  if (mode === "like") return `/api/similar/${state.like}?top=${extra}`;
+  return `/api/search/image?top=${extra}`;
+}
+
+async function run(mode, { push = true } = {}) {
+  state.mode = mode;
+  state.results = [];
+  state.asked = 0;
+  state.done = false;
+  $("grid").replaceChildren();
+  if (push) {
+    const params = new URLSearchParams();
+    if (mode === "text") params.set("q", state.q);
+    if (mode === "like") params.set("like", state.like);
+    const url = mode === "image" ? "/" : "/?" + params.toString();
+    history.pushState({ q: state.q, like: state.like }, "", url);
+  }
+  document.title = mode === "text" ? `${state.q} - lexsearch` : "lexsearch";
+  await more();
+}
+
+async function more() {
+  if (state.busy || state.done) return;
+  state.busy = true;
+  const want = state.asked + PAGE;
+  setStatus(state.asked ? "Loading more\u2026" : "Searching\u2026");
+  try {
+    const options = state.mode === "image"
+      ? { method: "POST", body: state.file, headers: { "Content-Type": state.file.type || "application/octet-stream" } }
+      : undefined;
+    const results = await getJSON(urlFor(state.mode, want), options);
+    const fresh = results.slice(state.results.length);
+    state.asked = want;
+    state.done = results.length < want;
+    if (!state.results.length) {
+      state.maxWeight = Math.max(1e-9, ...results.flatMap((r) => r.words.map((w) => w.weight)));
+    }
+    state.results = results;
+    fresh.forEach((r, k) => $("grid").append(card(r, state.results.length - fresh.length + k)));
+    describe();
+  } catch (err) {
+    setStatus(`Search failed: ${err.message}`, "error");
+    state.done = true;
+  } finally {
+    state.busy = false;
+    $("more").hidden = state.done;
+  }
+}
+
+function describe() {
+  const n = state.results.length;
+  const what = state.mode === "text" ? `\u201c${state.q}\u201d`
+    : state.mode === "like" ? "this image" : `your image ${state.file ? state.file.name : ""}`;
+  if (!n) {
+    setStatus(state.mode === "text"
+      ? `No image matches ${what}. A result must show at least one word of the query; try other words.`
+      : `No image is like ${what}.`, "empty");
+    return;
+  }
+  const prefix = state.mode === "text" ? `Images matching ${what}` : `Images like ${what}`;
+  setStatus(`${prefix}: ${n}${state.done ? "" : "+"} shown. The words under each say why it matched.`);
+}
+
+function card(r, index) {
+  const li = el("li");
+  const btn = el("button", "card");
+  btn.type = "button";
+  btn.dataset.index = index;
+  const img = el("img");
+  img.src = `/thumb/${r.id}`;
+  img.alt = baseName(r.path);
+  img.loading = "lazy";
+  const meta = el("span", "meta");
+  meta.append(el("span", "rank", `#${r.rank}`), el("span", "name", baseName(r.path)),
+              el("span", "score", r.score.toFixed(3)));
+  const chips = el("span", "chips");
+  r.words.forEach((w) => chips.append(chip(w.word, w.weight, state.maxWeight, false)));
+  if (!r.words.length) chips.append(el("span", "faint", "similar overall, no shared word"));
+  btn.append(img, meta, chips);
+  btn.addEventListener("click", () => openDetail(index));
+  li.append(btn);
+  return li;
+}
+
+// ------------------------------------------------------------------------------------- the detail view
+function showWord(r, word) {
+  document.querySelectorAll("#detail button.chip").forEach((c) => c.setAttribute("aria-pressed", String(c.dataset.word === word)));
+  const img = $("d-img");
+  if (word === null) {
+    img.src = `/image/${r.id}`;
+    img.alt = baseName(r.path);
+    $("d-caption").textContent = "The photo. Choose a word to see where it is.";
+    return;
+  }
+  img.src = `/api/heatmap/${r.id}?word=${encodeURIComponent(word)}`;
+  img.alt = `Heat map of ${word} over ${baseName(r.path)}`;
+  $("d-caption").textContent = `Where the image shows \u201c${word}\u201d: its own colours where the word is strong, dark grey where it is absent.`;
+}
+
+async function openDetail(index) {
+  const r = state.results[index];
+  if (!r) return;
+  state.current = index;
+  const dialog = $("detail");
+  $("d-title").textContent = baseName(r.path);
+  $("d-path").textContent = r.path;
+  $("d-open").href = `/image/${r.id}`;
+  $("d-score").textContent = r.words.length ? `score ${r.score.toFixed(3)}` : "";
+  const match = $("d-match");
+  match.replaceChildren();
+  const top = Math.max(1e-9, ...r.words.map((w) => w.weight));
+  r.words.forEach((w) => match.append(chip(w.word, w.weight, top, true)));
+  $("d-match-section").hidden = !r.words.length;
+  $("d-words").replaceChildren(el("span", "faint", "\u2026"));
+  if (!dialog.open) dialog.showModal();
+  showWord(r, r.words.length ? r.words[0].word : null);
+  (match.querySelector("button") || $("d-photo")).focus();
+  try {
+    const info = await getJSON(`/api/explain/${r.id}`);
+    if (state.current !== index) return;
+    const own = $("d-words");
+    own.replaceChildren();
+    const max = Math.max(1e-9, ...info.words.map((w) => w.weight));
+    info.words.forEach((w) => own.append(chip(w.word, w.weight, max, true)));
+  } catch (err) {
+    $("d-words").replaceChildren(el("span", "faint", `could not load: ${err.message}`));
+  }
+}
+
+function step(delta) {
+  const next = state.current + delta;
+  if (next < 0 || next >= state.results.length) return;
+  openDetail(next);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const q = $("q");
+  $("search").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = q.value.trim();
+    if (!text) { setStatus("Type some words to search for.", "empty"); return; }
+    state.q = text;
+    state.like = null;
+    run("text");
+  });
+  $("upload").addEventListener("change", (ev) => {
+    const file = ev.target.files[0];
+    if (!file) return;
+    state.file = file;
+    state.like = null;
+    run("image");
+    ev.target.value = "";
+  });
+  $("more").addEventListener("click", more);
+  // Infinite scroll: the "Show more" button loads the next page when it scrolls into view.
+  new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting)) more();
+  }, { rootMargin: "300px" }).observe($("more"));
+
+  const dialog = $("detail");
+  dialog.addEventListener("click", (ev) => {
+    if (ev.target === dialog) dialog.close(); // a click on the backdrop
+    const c = ev.target.closest("button.chip");
+    if (c) showWord(state.results[state.current], c.dataset.word);
+  });
+  dialog.addEventListener("close", () => {
+    const cardBtn = document.querySelector(`.card[data-index="${state.current}"]`);
+    if (cardBtn) cardBtn.focus();
+  });
+  $("d-close").addEventListener("click", () => dialog.close());
+  $("d-photo").addEventListener("click", () => showWord(state.results[state.current], null));
+  $("d-similar").addEventListener("click", () => {
+    state.like = state.results[state.current].id;
+    dialog.close();
+    run("like");
+  });
+
+  document.addEventListener("keydown", (ev) => {
+    if (dialog.open) {
+      if (ev.key === "ArrowRight") { ev.preventDefault(); step(1); }
+      if (ev.key === "ArrowLeft") { ev.preventDefault(); step(-1); }
+      return;
+    }
+    if (ev.key === "/" && document.activeElement !== q) { ev.preventDefault(); q.focus(); q.select(); }
+  });
+
+  window.addEventListener("popstate", () => fromLocation(false));
+  fromLocation(false);
+  getJSON("/api/info").then((info) => {
+    q.title = `Search ${info.images} images in ${info.name}`;
+    if (!state.mode) setStatus(`${info.images} images in the collection \u201c${info.name}\u201d. Type words to search them.`);
+  }).catch(() => {});
+});
+
+// Searches are bookmarkable: /?q=... runs that search on load, /?like=ID the images like image ID.
+function fromLocation(push) {
+  const params = new URLSearchParams(location.search);
+  const q = params.get("q");
+  const like = params.get("like");
+  if (q) {
+    $("q").value = q;
+    state.q = q;
+    run("text", { push });
+  } else if (like && /^[1-9][0-9]*$/.test(like)) {
+    state.like = Number(like);
+    run("like", { push });
+  } else {
+    $("q").focus();
+  }
+}
