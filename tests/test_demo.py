@@ -21,7 +21,7 @@ def test_demo_runs_the_whole_loop_and_reuses_its_model(tmp_path):
     assert "$ lexsearch query 'zebra' --collection demo" in out
     assert "the image shows:" in out
     with Image.open(tmp_path / "demo" / "explain.png") as heat:
-        assert heat.format == "PNG" and heat.size == (64, 64)
+        assert heat.format == "PNG" and max(heat.size) >= 512  # readable, not the 64 px toy image
 
     second = runner.invoke(cli, args)
     assert second.exit_code == 0, second.output
