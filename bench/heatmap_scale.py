@@ -44,7 +44,9 @@ def main() -> None:
     for name, values in (("top word", top1), ("5th word", top5), ("a word not in the image", absent)):
         v = np.asarray(values)
         p = np.percentile(v, [10, 25, 50, 75, 90])
-        print(f"strongest patch, {name:24s} p10 {p[0]:.3f}  p25 {p[1]:.3f}  p50 {p[2]:.3f}  p75 {p[3]:.3f}  p90 {p[4]:.3f}")
+        print(
+            f"strongest patch, {name:24s} p10 {p[0]:.3f}  p25 {p[1]:.3f}  p50 {p[2]:.3f}  p75 {p[3]:.3f}  p90 {p[4]:.3f}"
+        )
 
 
 if __name__ == "__main__":

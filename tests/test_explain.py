@@ -169,11 +169,13 @@ def test_heatmap_is_big_enough_with_the_legend_outside_the_picture():
 
     heat = _render({7: np.ones(16)})  # the word at full strength everywhere
     assert heat.width >= MIN_LONG_SIDE >= 512 and heat.height > heat.width  # a legend strip below
-    expected = np.asarray(_scene().resize((heat.width, heat.width), Image.Resampling.LANCZOS), dtype=int)
+    expected = np.asarray(_scene().resize((heat.width, heat.width), Image.Resampling.NEAREST), dtype=int)
     # Full strength shows the photo untouched: nothing (no legend, no key) is drawn over any part of it,
     # the top-left corner included, where the old legend covered two thirds of a small image.
     assert np.abs(_picture(heat) - expected).max() <= 2
-    assert len(np.unique(np.asarray(heat)[heat.width + 5 :].reshape(-1, 3), axis=0)) > 2  # the legend is there
+    assert (
+        len(np.unique(np.asarray(heat)[heat.width + 5 :].reshape(-1, 3), axis=0)) > 2
+    )  # the legend is there
 
 
 def test_heatmap_adds_no_colour():
@@ -208,7 +210,7 @@ def test_heatmap_one_word_per_view():
     left = np.where(np.arange(16) % 4 < 2, 0.9, 0.0)
     cols = {3: left, 4: 0.9 - left}
     scene = _scene()
-    full = np.asarray(scene.resize((640, 640), Image.Resampling.LANCZOS), dtype=int)
+    full = np.asarray(scene.resize((640, 640), Image.Resampling.NEAREST), dtype=int)
     a, b = _picture(_render(cols, word=3)), _picture(_render(cols, word=4))
     assert np.abs(a[:, :250] - full[:, :250]).mean() < 3 and np.abs(a[:, 390:] - full[:, 390:]).mean() > 40
     assert np.abs(b[:, 390:] - full[:, 390:]).mean() < 3 and np.abs(b[:, :250] - full[:, :250]).mean() > 40

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import shutil
 import socket
 import urllib.parse
 
@@ -29,23 +28,6 @@ from lexsearch.serve.app import create_app  # noqa: E402
 from lexsearch.serve.server import Server  # noqa: E402
 
 QUERY = "a red circle"
-
-
-@pytest.fixture(scope="module")
-def indexed(_tiny_model_master, tmp_path_factory):
-    """A tiny model and a 6-image collection, built once for the module (tests get the same folders)."""
-    from fakes import make_images
-
-    root = tmp_path_factory.mktemp("serve")
-    model = root / "model"
-    shutil.copytree(_tiny_model_master, model)
-    make_images(root / "photos", 6)
-    col = root / "col"
-    res = CliRunner().invoke(
-        cli, ["index", str(root / "photos"), "--model", str(model), "--collection", str(col), "--quiet"]
-    )
-    assert res.exit_code == 0, res.output
-    return root, col
 
 
 @pytest.fixture
@@ -71,7 +53,9 @@ def test_api_search_is_cli_json_plus_id(indexed, client, service, args):
     _, col = indexed
     expected = _cli_json(col, *args)
     params = {"q": QUERY, "top": args[1]}
-    params.update({"expand": "1"} if "--expand" in args else {}, **({"rerank": "0"} if "--no-rerank" in args else {}))
+    params.update(
+        {"expand": "1"} if "--expand" in args else {}, **({"rerank": "0"} if "--no-rerank" in args else {})
+    )
     resp = client.get("/api/search", params=params)
     assert resp.status_code == 200
     assert re.fullmatch(r"search;dur=[0-9.]+", resp.headers["server-timing"])
@@ -84,7 +68,11 @@ def test_api_search_is_cli_json_plus_id(indexed, client, service, args):
 
 
 def test_api_errors_are_one_line_json(client):
-    for params, needle in (({"q": "   "}, "empty"), ({"q": "-red"}, "only excludes"), ({"q": "red", "top": "0"}, "top")):
+    for params, needle in (
+        ({"q": "   "}, "empty"),
+        ({"q": "-red"}, "only excludes"),
+        ({"q": "red", "top": "0"}, "top"),
+    ):
         resp = client.get("/api/search", params=params)
         assert resp.status_code == 400 and needle in resp.json()["error"], (params, resp.text)
     assert client.get("/api/search", params={"q": "red", "top": "x"}).status_code == 400
@@ -105,10 +93,16 @@ def test_explain_similar_and_upload(indexed, client, service):
     assert words["id"] == ids[0] and words["path"].endswith(".png")
 
     like = client.get(f"/api/similar/{ids[0]}", params={"top": 3}).json()
-    assert like and ids[0] not in [r["id"] for r in like] and [r["rank"] for r in like] == list(range(1, len(like) + 1))
+    assert (
+        like
+        and ids[0] not in [r["id"] for r in like]
+        and [r["rank"] for r in like] == list(range(1, len(like) + 1))
+    )
 
     data = (root / "photos" / "img_00000.png").read_bytes()
-    up = client.post("/api/search/image", params={"top": 3}, content=data, headers={"content-type": "image/png"})
+    up = client.post(
+        "/api/search/image", params={"top": 3}, content=data, headers={"content-type": "image/png"}
+    )
     assert up.status_code == 200 and up.json()[0]["id"] == ids[0]  # the same picture finds itself first
     bad = client.post("/api/search/image", content=b"not an image")
     assert bad.status_code == 400 and "not a readable image" in bad.json()["error"]
@@ -229,7 +223,10 @@ def test_unknown_ids_and_traversal_get_404_over_http(service):
     server.start_in_thread()
     real = sorted(service.collection.image_paths(range(1, 100)).values())[0]
     try:
-        for raw in _bad_paths(real)[::3] + ["/image/1/../../etc/passwd", "/image/%2e%2e%2f%2e%2e%2fetc%2fpasswd"]:
+        for raw in _bad_paths(real)[::3] + [
+            "/image/1/../../etc/passwd",
+            "/image/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        ]:
             with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
                 s.sendall(f"GET {raw} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
                 reply = b""
@@ -313,7 +310,9 @@ def test_query_uses_a_running_server_for_the_same_collection(indexed, service, l
         assert len(records) == 1
         rec = json.loads(records[0].read_text())
         assert rec["port"] == server.port and rec["pid"] == os.getpid() and rec["collection"] == str(col)
-        res = CliRunner().invoke(cli, ["-v", "query", QUERY, "--collection", str(col), "--json", "--top", "3", "--expand"])
+        res = CliRunner().invoke(
+            cli, ["-v", "query", QUERY, "--collection", str(col), "--json", "--top", "3", "--expand"]
+        )
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout) == local
         assert f"answered by the running server at http://127.0.0.1:{server.port}" in res.stderr
@@ -321,14 +320,18 @@ def test_query_uses_a_running_server_for_the_same_collection(indexed, service, l
         assert table.exit_code == 0 and local[0]["path"] in table.stdout
         # Another collection is not answered by this server.
         other = CliRunner().invoke(cli, ["-v", "query", QUERY, "--collection", str(tmp_path / "none")])
-        assert other.exit_code != 0 and "No collection" in other.output and "running server" not in other.output
+        assert (
+            other.exit_code != 0 and "No collection" in other.output and "running server" not in other.output
+        )
         # A server's usage errors come back as the same one line.
         empty = CliRunner().invoke(cli, ["query", "-red", "--collection", str(col)])
         assert empty.exit_code != 0 and "only excludes" in empty.output
     finally:
         server.stop()
     assert not list((lexsearch_home / "servers").glob("*.json"))  # the record goes with the server
-    res = CliRunner().invoke(cli, ["-v", "query", QUERY, "--collection", str(col), "--json", "--top", "3", "--expand"])
+    res = CliRunner().invoke(
+        cli, ["-v", "query", QUERY, "--collection", str(col), "--json", "--top", "3", "--expand"]
+    )
     assert res.exit_code == 0 and json.loads(res.stdout) == local and "running server" not in res.stderr
 
 
@@ -336,13 +339,17 @@ def test_stale_or_silent_records_are_ignored(indexed, lexsearch_home):
     _, col = indexed
     folder = discovery.servers_dir()
     dead = folder / "999999-1.json"
-    dead.write_text(json.dumps({"host": "127.0.0.1", "port": 1, "pid": 2**22 + 12345, "collection": str(col)}))
+    dead.write_text(
+        json.dumps({"host": "127.0.0.1", "port": 1, "pid": 2**22 + 12345, "collection": str(col)})
+    )
     with socket.socket() as silent:  # alive (our pid) and listening, but never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         port = silent.getsockname()[1]
         quiet = folder / f"{os.getpid()}-{port}.json"
-        quiet.write_text(json.dumps({"host": "127.0.0.1", "port": port, "pid": os.getpid(), "collection": str(col)}))
+        quiet.write_text(
+            json.dumps({"host": "127.0.0.1", "port": port, "pid": os.getpid(), "collection": str(col)})
+        )
         assert discovery.find(col) is None
     assert not dead.exists() and quiet.exists()
     res = CliRunner().invoke(cli, ["query", QUERY, "--collection", str(col), "--json", "--expand"])

@@ -13,6 +13,13 @@ function el(tag, cls, text) {
   return node;
 }
 
+// Mark an image drawn at more than twice its own size, so CSS shows crisp pixels instead of a blur.
+function crispWhenSmall(img) {
+  img.addEventListener("load", () => {
+    img.classList.toggle("upscaled", img.naturalWidth > 0 && img.naturalWidth * 2 <= img.clientWidth);
+  });
+}
+
 function baseName(path) { return path.split(/[\\/]/).pop(); }
 
 async function getJSON(url, options) {
@@ -117,6 +124,7 @@ function card(r, index) {
   img.src = `/thumb/${r.id}`;
   img.alt = baseName(r.path);
   img.loading = "lazy";
+  crispWhenSmall(img);
   const meta = el("span", "meta");
   meta.append(el("span", "rank", `#${r.rank}`), el("span", "name", baseName(r.path)),
               el("span", "score", r.score.toFixed(3)));
@@ -181,6 +189,7 @@ function step(delta) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  crispWhenSmall($("d-img"));
   const q = $("q");
   $("search").addEventListener("submit", (ev) => {
     ev.preventDefault();

@@ -1,0 +1,154 @@
+"""The page in a real browser: Debian's headless Chromium driven through selenium (skipped without them).
+
+Types a query, sees result cards with word chips, opens one with the keyboard, sees the heat map, picks
+another word, comes back; the honest "no image matches"; a bookmarked /?q= search; "more like this".
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip(
+        "headless Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does it)",
+        allow_module_level=True,
+    )
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')"
+)
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from lexsearch.index.store import Collection  # noqa: E402
+from lexsearch.search import load_encoder  # noqa: E402
+from lexsearch.serve import SearchService  # noqa: E402
+from lexsearch.serve.server import Server  # noqa: E402
+
+# The flags a sandboxed CI container needs, and no traffic of the browser's own (updates, sync, ...).
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,900",
+]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path, prefix='chromium-')}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def served(indexed):
+    _, col_path = indexed
+    with Collection.open(col_path, readonly=True) as col:
+        service = SearchService(col, load_encoder(col, device="cpu"))
+        service.warm_up()
+        server = Server(service, "127.0.0.1", 0)
+        server.start_in_thread()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def _wait(driver, condition, timeout=60):
+    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+
+
+def _loaded_width(driver, selector):
+    return driver.execute_script(
+        "const i = document.querySelector(arguments[0]); return i && i.complete ? i.naturalWidth : 0;",
+        selector,
+    )
+
+
+def test_search_open_a_result_and_see_the_heat_map(browser, served):
+    browser.get(served.url + "/")
+    box = _wait(browser, lambda d: d.find_element(By.ID, "q"))
+    _wait(browser, lambda d: "images in the collection" in d.find_element(By.ID, "status").text)
+    box.send_keys("a red circle", Keys.ENTER)
+    cards = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .card"))
+    assert "?q=a+red+circle" in browser.current_url  # the search is bookmarkable
+    chips = cards[0].find_elements(By.CSS_SELECTOR, ".chip")
+    assert chips and all(c.text for c in chips)
+    sizes = {
+        c.value_of_css_property("font-size")
+        for card in cards
+        for c in card.find_elements(By.CSS_SELECTOR, ".chip")
+    }
+    assert len(sizes) > 1  # chips are sized by their contribution
+    _wait(browser, lambda d: _loaded_width(d, "#grid .card img") > 0)  # thumbnails load by id
+
+    cards[0].send_keys(Keys.ENTER)  # the keyboard opens a result
+    dialog = _wait(browser, lambda d: d.find_element(By.ID, "detail"))
+    _wait(browser, lambda d: dialog.get_attribute("open") is not None)
+    img = browser.find_element(By.ID, "d-img")
+    assert "/api/heatmap/" in img.get_attribute("src")
+    _wait(browser, lambda d: _loaded_width(d, "#d-img") >= 512)  # the heat map of the top word, readable size
+    pressed = browser.find_elements(By.CSS_SELECTOR, "#d-match button.chip[aria-pressed=true]")
+    assert len(pressed) == 1
+
+    own = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#d-words button.chip"))
+    word = own[-1].get_attribute("data-word")
+    own[-1].click()  # another word: its own heat map
+    _wait(
+        browser,
+        lambda d: (
+            "word=" in img.get_attribute("src")
+            and img.get_attribute("src").endswith("word=" + word.replace("#", "%23"))
+        ),
+    )
+    _wait(browser, lambda d: _loaded_width(d, "#d-img") >= 512)
+
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
+    if len(cards) > 1:
+        _wait(
+            browser,
+            lambda d: (
+                d.find_element(By.ID, "d-title").text == cards[1].find_element(By.CSS_SELECTOR, ".name").text
+            ),
+        )
+    browser.find_element(By.ID, "d-similar").click()  # more like this: the image as the query
+    _wait(
+        browser,
+        lambda d: (
+            "like=" in d.current_url and "Images like this image" in d.find_element(By.ID, "status").text
+        ),
+    )
+    assert browser.find_elements(By.CSS_SELECTOR, "#grid .card")
+
+
+def test_no_match_and_bookmarked_search(browser, served):
+    browser.get(served.url + "/?q=%E6%97%A5%E6%9C%AC%E8%AA%9E")  # words the model does not know
+    _wait(browser, lambda d: "No image matches" in d.find_element(By.ID, "status").text)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#grid .card")
+
+    browser.get(served.url + "/?q=square")  # a bookmark runs its search on load
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .card"))
+    assert browser.find_element(By.ID, "q").get_attribute("value") == "square"
+    browser.find_element(By.TAG_NAME, "body").send_keys("/")  # '/' jumps to the search box
+    assert browser.switch_to.active_element.get_attribute("id") == "q"
