@@ -35,6 +35,63 @@ EXPLAIN_TOP = 24  # an image's own words listed in the detail view
 PATCH_CACHE = 16  # images whose (P, V) patch vectors stay in memory: clicking through chips re-renders only
 
 
+# Forward rows (and dense vectors) a warm server keeps in memory: the candidates of one query are ~1000
+# images, and reading + decoding their rows from SQLite was ~60% of a new query's time at 10k images
+# (bench/serve_latency.py). 100k rows of ~300 words are ~300 MB at most; a smaller collection needs less.
+WARM_ROWS = 100_000
+
+
+class WarmCollection:
+    """A collection's read API with forward rows and dense vectors held in memory (least recently used
+    dropped past ``max_rows``). Everything else is the collection's own. ``clear()`` when it changes."""
+
+    def __init__(self, collection: Any, max_rows: int = WARM_ROWS) -> None:
+        self._collection = collection
+        self._max = max_rows
+        self._rows: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._dense: OrderedDict[int, np.ndarray | None] = OrderedDict()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+    def clear(self) -> None:
+        self._rows.clear()
+        self._dense.clear()
+
+    def _cached(self, cache: OrderedDict, ids: list[int], fetch) -> dict[int, Any]:
+        out: dict[int, Any] = {}
+        missing = []
+        for i in ids:
+            value = cache.get(i, cache)
+            if value is cache:
+                missing.append(i)
+            else:
+                cache.move_to_end(i)
+                out[i] = value
+        if missing:
+            fetched = fetch(missing)
+            for i in missing:
+                cache[i] = fetched.get(i)
+                out[i] = cache[i]
+            while len(cache) > self._max:
+                cache.popitem(last=False)
+        return {i: v for i, v in out.items() if v is not None}
+
+    def forward(self, image_ids) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        return self._cached(self._rows, [int(i) for i in image_ids], self._collection.forward)
+
+    def dense_scores(self, q: np.ndarray, image_ids: np.ndarray) -> np.ndarray:
+        """As ``Collection.dense_scores``, from the vectors in memory."""
+        ids = np.asarray(image_ids).astype(np.int64).ravel()
+        out = np.zeros(ids.size, np.float32)
+        vecs = self._cached(self._dense, ids.tolist(), self._collection.dense_vectors)
+        rows = [k for k, i in enumerate(ids.tolist()) if i in vecs]
+        if rows:
+            matrix = np.stack([vecs[int(ids[k])] for k in rows])  # (n, D)
+            out[rows] = matrix @ np.asarray(q, np.float32).ravel()
+        return out
+
+
 class Rows(list):
     """JSON rows of results, and how many matches were left out because their file is gone."""
 
@@ -49,7 +106,7 @@ class SearchService:
     """A collection opened read-only and its model held warm; every method is safe to call from threads."""
 
     def __init__(self, collection: Any, encoder: Any, thumbs_dir: Path | None = None) -> None:
-        self.collection = collection
+        self.collection = WarmCollection(collection)
         self.encoder = encoder
         self._lock = (
             threading.Lock()
@@ -66,6 +123,7 @@ class SearchService:
         """The long-lived postings index, renewed when the collection changed (an index run meanwhile)."""
         generation = self.collection.meta.get("generation")
         if self._index is None or generation != self._generation:
+            self.collection.clear()
             self._index = PostingsIndex.from_collection(self.collection)
             self._generation = generation
         return self._index
