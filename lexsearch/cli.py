@@ -545,7 +545,7 @@ def _query_server(collection, text, top, no_rerank, min_score, pruned, expand):
 @click.option(
     "--heatmap",
     type=click.Path(dir_okay=False, path_type=str),
-    help="Write a heat map here, in the format its extension names (.png, .jpg, .webp).",
+    help="Write a heat map here (.png, .jpg, .webp): one panel per top word, at most 6; --word: one word.",
 )
 @click.option("--word", help="Heat map of this one word's patch scores instead of the top words.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")

@@ -152,3 +152,11 @@ def test_no_match_and_bookmarked_search(browser, served):
     assert browser.find_element(By.ID, "q").get_attribute("value") == "square"
     browser.find_element(By.TAG_NAME, "body").send_keys("/")  # '/' jumps to the search box
     assert browser.switch_to.active_element.get_attribute("id") == "q"
+
+    first = browser.find_element(By.CSS_SELECTOR, "#grid .card")
+    first.send_keys(Keys.ENTER)
+    dialog = browser.find_element(By.ID, "detail")
+    _wait(browser, lambda d: dialog.get_attribute("open") is not None)
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)  # Esc closes, and the focus goes back to the card
+    _wait(browser, lambda d: dialog.get_attribute("open") is None)
+    assert browser.switch_to.active_element.get_attribute("data-index") == "0"

@@ -354,3 +354,45 @@ def test_stale_or_silent_records_are_ignored(indexed, lexsearch_home):
     assert not dead.exists() and quiet.exists()
     res = CliRunner().invoke(cli, ["query", QUERY, "--collection", str(col), "--json", "--expand"])
     assert res.exit_code == 0 and isinstance(json.loads(res.stdout), list)
+
+
+def test_serve_command_runs_until_interrupted(indexed, lexsearch_home):
+    """The real command in its own process: prints the URL, answers, and on Ctrl-C stops and cleans up."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    _, col = indexed
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lexsearch",
+            "serve",
+            "--collection",
+            str(col),
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert url, (line, proc.stderr.read() if proc.poll() is not None else "")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url.group(0) + "/api/info", timeout=30) as resp:
+            assert json.loads(resp.read())["collection"] == str(col)
+        assert len(list((lexsearch_home / "servers").glob("*.json"))) == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) in (0, 130)  # 130: the shell convention for a Ctrl-C exit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not list((lexsearch_home / "servers").glob("*.json"))
+    assert "Traceback" not in proc.stderr.read()
