@@ -44,3 +44,26 @@ def tiny_model_dir(_tiny_model_master, tmp_path):
     dest = tmp_path / "tiny-model"
     shutil.copytree(_tiny_model_master, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def small_collection(_tiny_model_master, tmp_path_factory):
+    """(root, collection folder): the tiny model and 6 indexed images, built once (the server's tests share
+    it read-only; its own LEXSEARCH_HOME keeps the build out of every test's home)."""
+    from click.testing import CliRunner
+    from fakes import make_images
+
+    from lexsearch.cli import cli
+
+    root = tmp_path_factory.mktemp("small-collection")
+    model = root / "model"
+    shutil.copytree(_tiny_model_master, model)
+    make_images(root / "photos", 6)
+    col = root / "col"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEXSEARCH_HOME", str(root / "home"))
+        res = CliRunner().invoke(
+            cli, ["index", str(root / "photos"), "--model", str(model), "--collection", str(col), "--quiet"]
+        )
+    assert res.exit_code == 0, res.output
+    return root, col

@@ -62,8 +62,8 @@ def browser(tmp_path):
 
 
 @pytest.fixture
-def served(indexed):
-    _, col_path = indexed
+def served(small_collection):
+    _, col_path = small_collection
     with Collection.open(col_path, readonly=True) as col:
         service = SearchService(col, load_encoder(col, device="cpu"))
         service.warm_up()

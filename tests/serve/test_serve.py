@@ -31,8 +31,8 @@ QUERY = "a red circle"
 
 
 @pytest.fixture
-def service(indexed):
-    _, col_path = indexed
+def service(small_collection):
+    _, col_path = small_collection
     with Collection.open(col_path, readonly=True) as col:
         yield SearchService(col, load_encoder(col, device="cpu"))
 
@@ -49,8 +49,8 @@ def _cli_json(col, *args):
 
 
 @pytest.mark.parametrize("args", [("--top", "4"), ("--top", "3", "--expand"), ("--top", "2", "--no-rerank")])
-def test_api_search_is_cli_json_plus_id(indexed, client, service, args):
-    _, col = indexed
+def test_api_search_is_cli_json_plus_id(small_collection, client, service, args):
+    _, col = small_collection
     expected = _cli_json(col, *args)
     params = {"q": QUERY, "top": args[1]}
     params.update(
@@ -64,7 +64,7 @@ def test_api_search_is_cli_json_plus_id(indexed, client, service, args):
     paths = service.collection.image_paths([r["id"] for r in got])
     assert [paths[r["id"]] for r in got] == [r["path"] for r in got]
     if "--expand" in args:
-        assert got, "the expanded query must find the indexed images"
+        assert got, "the expanded query must find the small_collection images"
 
 
 def test_api_errors_are_one_line_json(client):
@@ -83,8 +83,8 @@ def test_no_match_is_an_empty_list(client):
     assert resp.status_code == 200 and resp.json() == []
 
 
-def test_explain_similar_and_upload(indexed, client, service):
-    root, _ = indexed
+def test_explain_similar_and_upload(small_collection, client, service):
+    root, _ = small_collection
     ids = sorted(service.collection.image_paths(range(1, 100)))
     words = client.get(f"/api/explain/{ids[0]}").json()
     terms, weights = service.collection.forward([ids[0]])[ids[0]]
@@ -120,8 +120,8 @@ def test_upload_size_limit(client, monkeypatch):
     assert client.post("/api/search/image", content=chunks()).status_code == 413
 
 
-def test_images_by_id_and_cached_thumbnails(indexed, client, service, lexsearch_home):
-    root, _ = indexed
+def test_images_by_id_and_cached_thumbnails(small_collection, client, service, lexsearch_home):
+    root, _ = small_collection
     image_id, path = sorted(service.collection.image_paths(range(1, 100)).items())[0]
     big = client.get(f"/image/{image_id}")
     assert big.status_code == 200 and big.headers["content-type"] == "image/png"
@@ -273,8 +273,8 @@ def test_heatmap_endpoint(service, client):
 
 
 # -------------------------------------------------------------------------------------------- the CLI
-def test_serve_binds_loopback_and_warns_for_other_hosts(indexed, monkeypatch):
-    _, col = indexed
+def test_serve_binds_loopback_and_warns_for_other_hosts(small_collection, monkeypatch):
+    _, col = small_collection
     seen = {}
 
     def fake_serve(self):
@@ -290,8 +290,8 @@ def test_serve_binds_loopback_and_warns_for_other_hosts(indexed, monkeypatch):
     assert seen["addr"] == "0.0.0.0" and "anyone who can reach this machine" in res.stderr
 
 
-def test_serve_port_in_use_is_one_line(indexed):
-    _, col = indexed
+def test_serve_port_in_use_is_one_line(small_collection):
+    _, col = small_collection
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
@@ -300,8 +300,10 @@ def test_serve_port_in_use_is_one_line(indexed):
     assert res.exit_code != 0 and "cannot listen on 127.0.0.1" in res.output and "Traceback" not in res.output
 
 
-def test_query_uses_a_running_server_for_the_same_collection(indexed, service, lexsearch_home, tmp_path):
-    _, col = indexed
+def test_query_uses_a_running_server_for_the_same_collection(
+    small_collection, service, lexsearch_home, tmp_path
+):
+    _, col = small_collection
     local = _cli_json(col, "--top", "3", "--expand")
     server = Server(service, "127.0.0.1", 0)
     server.start_in_thread()
@@ -335,8 +337,8 @@ def test_query_uses_a_running_server_for_the_same_collection(indexed, service, l
     assert res.exit_code == 0 and json.loads(res.stdout) == local and "running server" not in res.stderr
 
 
-def test_stale_or_silent_records_are_ignored(indexed, lexsearch_home):
-    _, col = indexed
+def test_stale_or_silent_records_are_ignored(small_collection, lexsearch_home):
+    _, col = small_collection
     folder = discovery.servers_dir()
     dead = folder / "999999-1.json"
     dead.write_text(
@@ -356,14 +358,14 @@ def test_stale_or_silent_records_are_ignored(indexed, lexsearch_home):
     assert res.exit_code == 0 and isinstance(json.loads(res.stdout), list)
 
 
-def test_serve_command_runs_until_interrupted(indexed, lexsearch_home):
+def test_serve_command_runs_until_interrupted(small_collection, lexsearch_home):
     """The real command in its own process: prints the URL, answers, and on Ctrl-C stops and cleans up."""
     import signal
     import subprocess
     import sys
     import urllib.request
 
-    _, col = indexed
+    _, col = small_collection
     proc = subprocess.Popen(
         [
             sys.executable,
