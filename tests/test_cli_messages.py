@@ -161,7 +161,7 @@ def test_heatmap_transparency_format_and_folder(tmp_path, tiny_model_dir):
     res = runner.invoke(cli, [*base, str(tmp_path / "h.png")])
     assert res.exit_code == 0, res.output
     with Image.open(tmp_path / "h.png") as im:
-        assert im.format == "PNG" and im.size == (48, 36)
+        assert im.format == "PNG" and max(im.size) >= 512  # readable: a 48 x 36 image is drawn large
     res = runner.invoke(cli, [*base, str(tmp_path / "h.jpg")])
     assert res.exit_code == 0, res.output
     with Image.open(tmp_path / "h.jpg") as im:

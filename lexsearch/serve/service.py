@@ -165,7 +165,11 @@ class SearchService:
         with tempfile.TemporaryDirectory(prefix="lexsearch-upload-") as tmp:
             path = Path(tmp) / "upload"
             path.write_bytes(data)
-            image = open_image(path)
+            try:
+                image = open_image(path)
+            except DataError as exc:  # its message starts with the private temp path: say "the upload"
+                reason = str(exc).removeprefix(f"{path}: ")
+                raise UsageError(f"the uploaded file: {reason}") from None
         with self._lock:
             results = search_by_image(self.collection, self.encoder, image, top=top, index=self._postings())
         return results_to_json(results, with_ids=True)

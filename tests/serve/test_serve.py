@@ -105,7 +105,8 @@ def test_explain_similar_and_upload(small_collection, client, service):
     )
     assert up.status_code == 200 and up.json()[0]["id"] == ids[0]  # the same picture finds itself first
     bad = client.post("/api/search/image", content=b"not an image")
-    assert bad.status_code == 400 and "not a readable image" in bad.json()["error"]
+    error = bad.json()["error"]
+    assert bad.status_code == 400 and error.startswith("the uploaded file: not an image") and "/" not in error
 
 
 def test_upload_size_limit(client, monkeypatch):
@@ -398,3 +399,27 @@ def test_serve_command_runs_until_interrupted(small_collection, lexsearch_home):
             proc.kill()
     assert not list((lexsearch_home / "servers").glob("*.json"))
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_stale_results_through_the_server(tiny_model_dir, tmp_path):
+    """A match whose file is gone is left out by the server too, and the CLI still says a re-index is due."""
+    from fakes import make_images
+
+    photos = make_images(tmp_path / "photos", 4)
+    col_path = tmp_path / "col"
+    args = ["index", str(tmp_path / "photos"), "--model", str(tiny_model_dir), "--collection", str(col_path)]
+    assert CliRunner().invoke(cli, [*args, "--quiet"]).exit_code == 0
+    photos[0].unlink()
+    with Collection.open(col_path, readonly=True) as col:
+        server = Server(SearchService(col, load_encoder(col, device="cpu")), "127.0.0.1", 0)
+        server.start_in_thread()
+        try:
+            res = CliRunner().invoke(
+                cli, ["-v", "query", QUERY, "--collection", str(col_path), "--expand", "--json", "--top", "4"]
+            )
+        finally:
+            server.stop()
+    assert res.exit_code == 0, res.output
+    assert "answered by the running server" in res.stderr
+    assert "1 matching file no longer exists" in res.stderr
+    assert str(photos[0]) not in [r["path"] for r in json.loads(res.stdout)]
