@@ -630,8 +630,13 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the web browser.")
 @click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU threads for the model (default: torch's; 1 is fastest for the tiny model on a busy machine).",
+)
 @_handle_errors
-def serve(collection, host, port, open_browser, model_dir, device) -> None:
+def serve(collection, host, port, open_browser, model_dir, device, threads) -> None:
     """Search a collection in a local web page and see why each image matched.
 
     Keeps the model and the collection open; `lexsearch query` on the same collection uses the running
@@ -652,7 +657,7 @@ def serve(collection, host, port, open_browser, model_dir, device) -> None:
     try:
         service = SearchService(col, load_encoder(col, model_dir, device))
         click.echo(f"Loading the model for {col.path} ...", err=True)
-        service.warm_up()
+        service.warm_up(threads)
         server = Server(service, host, port)
         click.echo(f"lexsearch serve: {server.url}/  ({col.count()} images; Ctrl-C stops)")
         if open_browser:

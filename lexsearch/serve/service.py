@@ -298,8 +298,21 @@ class SearchService:
         picture.save(buf, format="PNG")
         return buf.getvalue()
 
-    def warm_up(self) -> None:
-        """Load the networks and run each path once, so the first real query is as fast as the next."""
+    def warm_up(self, threads: int | None = None) -> None:
+        """Load the networks and run each path once, so the first real query is as fast as the next.
+
+        The server only runs inference, so the LM's LoRA weights are merged into its base weights: one matrix
+        product per projection instead of three (tiny model, one thread: 11 -> 8 ms per new query's encoding;
+        the vectors agree to float rounding, tests/serve). ``threads`` sets torch's intra-op threads (default: torch's own choice).
+        """
+        self.encoder.encode_texts(["warm up"])  # loads the networks
+        import torch
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        lm = getattr(self.encoder.model, "lm", None)
+        if hasattr(lm, "merge_adapter"):
+            lm.merge_adapter()
         self.encoder.encode_texts(["warm up"])
         with self._lock:
             self._postings()

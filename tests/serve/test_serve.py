@@ -423,3 +423,20 @@ def test_stale_results_through_the_server(tiny_model_dir, tmp_path):
     assert "answered by the running server" in res.stderr
     assert "1 matching file no longer exists" in res.stderr
     assert str(photos[0]) not in [r["path"] for r in json.loads(res.stdout)]
+
+
+def test_warm_up_merges_lora_without_changing_query_vectors(small_collection):
+    from lexsearch.model import Encoder
+
+    _, col_path = small_collection
+    texts = ["a red circle", "large blue star at the top", "small green square", "purple"]
+    with Collection.open(col_path, readonly=True) as col:
+        service = SearchService(col, load_encoder(col, device="cpu"))
+        plain = Encoder.load(col.meta["model_path"], device="cpu")
+        service.warm_up()
+        # peft: every LoRA layer has its adapter folded into the base weights
+        lora = [m for m in service.encoder.model.lm.modules() if hasattr(m, "lora_A")]
+        assert lora and all(m.merged for m in lora)
+        merged, before = service.encoder.encode_texts(texts), plain.encode_texts(texts)
+    assert np.abs((merged.sparse - before.sparse).toarray()).max() < 1e-5
+    assert [sorted(r.indices) for r in merged.sparse] == [sorted(r.indices) for r in before.sparse]
