@@ -453,11 +453,30 @@ def query(
     results = None
     if not image and model_dir is None:
         # A running `lexsearch serve` of this collection has the model warm: a new query costs milliseconds.
-        results = _query_server(collection, text, top, no_rerank, min_score, pruned, expand)
+        from lexsearch.serve.client import search_via_server
+
+        opts = {"rerank": not no_rerank, "min_score": min_score, "pruned": pruned, "expand": expand}
+        answer = search_via_server(collection, text, top, **opts)
+        if answer is not None:
+            results, info = answer
+            if _verbose:
+                click.echo(f"answered by the running server at {info.url} (pid {info.pid})", err=True)
     if results is None:
         with Collection.open(collection, readonly=True) as col, _decoder_noise_hidden():
             encoder = s.load_encoder(col, model_dir, device)
-            results = _search_here(s, col, encoder, image, text, top, no_rerank, min_score, pruned, expand)
+            if image:
+                results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
+            else:
+                results = s.search(
+                    col,
+                    encoder,
+                    text,
+                    top=top,
+                    rerank_candidates=not no_rerank,
+                    min_score=min_score,
+                    prune=s.PruneConfig() if pruned else None,
+                    expand=expand,
+                )
     if results.stale:
         with Collection.open(collection, readonly=True) as col:
             roots = " ".join(col.meta.get("roots") or ["DIR"])
@@ -476,62 +495,6 @@ def query(
     else:
         # An honest empty answer: no indexed image shares a word with the query (or passes the filters).
         click.echo("No image matches this query.")
-
-
-def _search_here(s, col, encoder, image, text, top, no_rerank, min_score, pruned, expand):
-    if image:
-        return s.search_by_image(col, encoder, image, top=top, min_score=min_score)
-    return s.search(
-        col,
-        encoder,
-        text,
-        top=top,
-        rerank_candidates=not no_rerank,
-        min_score=min_score,
-        prune=s.PruneConfig() if pruned else None,
-        expand=expand,
-    )
-
-
-def _query_server(collection, text, top, no_rerank, min_score, pruned, expand):
-    """The results from a running ``lexsearch serve`` of the same collection (model warm), or None."""
-    from lexsearch.index.store import resolve
-    from lexsearch.search.query import Result, Results
-    from lexsearch.serve import discovery
-
-    info = discovery.find(resolve(collection))
-    if info is None:
-        return None
-    params = {"q": text, "top": top, "rerank": "0" if no_rerank else None, "min_score": min_score}
-    params.update(pruned="1" if pruned else None, expand="1" if expand else None)
-    answer = discovery.remote_search(info, params)
-    if answer is None:
-        return None
-    rows, stale = answer
-    if _verbose:
-        click.echo(f"answered by the running server at {info.url} (pid {info.pid})", err=True)
-    # Paths by id from the collection itself: the JSON's text form of a non-UTF-8 name is not the file's
-    # name, and --paths must print the very bytes (a read of a few rows, no model).
-    from lexsearch.index.store import Collection
-
-    with Collection.open(collection, readonly=True) as col:
-        paths = col.image_paths([r["id"] for r in rows])
-    # The API's rows are the --json rows plus an id; ``rest`` (the unlisted words) is what the words miss.
-    results = Results(
-        Result(
-            rank=r["rank"],
-            image_id=r["id"],
-            path=paths.get(r["id"], r["path"]),
-            score=r["score"],
-            lexical=r["lexical"],
-            dense=r["dense"],
-            words=[(w["word"], w["weight"]) for w in r["words"]],
-            rest=max(0.0, r["lexical"] - sum(w["weight"] for w in r["words"])),
-        )
-        for r in rows
-    )
-    results.stale = stale
-    return results
 
 
 @cli.command()

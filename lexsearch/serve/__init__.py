@@ -4,7 +4,8 @@
     Server(service, "127.0.0.1", 8765).serve()         # the page, its JSON API and the images by id
 
 ``app`` is the Starlette app (routes listed there), ``service`` what it does without HTTP, ``discovery`` the
-record that lets ``lexsearch query`` hand a query to a running server, ``server`` uvicorn around the app.
+record that lets ``lexsearch query`` find a running server, ``client`` the query handed to it, ``server``
+uvicorn around the app.
 """
 
 from lexsearch.serve.service import NotFound, SearchService
