@@ -308,7 +308,7 @@ def index(
 
     from lexsearch.errors import ModelError
     from lexsearch.index import Collection, IndexOptions, build_index, check_roots, resolve
-    from lexsearch.model import Encoder
+    from lexsearch.model.lazy import LazyEncoder
 
     # Everything that can be checked cheaply is checked before anything is created or loaded: a typo in a
     # folder leaves no empty collection behind, and a busy collection is refused before the model loads.
@@ -326,8 +326,9 @@ def index(
     progress = _IndexProgress(quiet)
     try:
         with Collection.open(collection, readonly=False, recreate=rebuild) as col, _decoder_noise_hidden():
-            # Loaded only once the collection's lock is ours: a busy collection is refused at once.
-            encoder = Encoder.load(model_dir, device=device)
+            # Loaded only once the collection's lock is ours: a busy collection is refused at once. The
+            # networks (torch) load only when a file needs embedding: an unchanged folder is a stat per file.
+            encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
             progress.start()
             try:
                 summary = build_index(
@@ -384,6 +385,15 @@ class _IndexProgress:
             self.bar = None
 
 
+_TEXT_ENCODER = click.option(
+    "--text-encoder",
+    type=click.Choice(["auto", "lm", "student"]),
+    default="auto",
+    show_default=True,
+    help="Encode texts with the distilled student (no torch) or the LM; auto: the student if the model has one.",
+)
+
+
 # ignore_unknown_options: a query may start with an exclusion ('-night horse'), which is not an option.
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("text", nargs=-1)
@@ -413,6 +423,7 @@ class _IndexProgress:
 )
 @click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
+@_TEXT_ENCODER
 @_handle_errors
 def query(
     text,
@@ -428,12 +439,16 @@ def query(
     expand,
     model_dir,
     device,
+    text_encoder,
 ) -> None:
     """Search a collection by text; each result shows the words behind the match.
 
     TEXT takes words, "quoted phrases", +must and -exclude words, e.g. 'white horse -night +beach'
     (quote it as one argument, or give the words as several).
     """
+    # One BLAS thread: a query's matrix products are small, and OpenBLAS's spinning workers make them 5-20x
+    # slower on shared cores (bench/query_cold.py). Only effective before numpy loads; a user's setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import json
 
     from lexsearch import search as s
@@ -451,7 +466,8 @@ def query(
     if not image and text is None:
         raise UsageError("Nothing to search for: give a text, e.g. lexsearch query 'white horse'.")
     results = None
-    if not image and model_dir is None:
+    # An explicit --text-encoder is answered here, by that encoder; a server uses its model's default.
+    if not image and model_dir is None and text_encoder == "auto":
         # A running `lexsearch serve` of this collection has the model warm: a new query costs milliseconds.
         from lexsearch.serve.client import search_via_server
 
@@ -463,7 +479,7 @@ def query(
                 click.echo(f"answered by the running server at {info.url} (pid {info.pid})", err=True)
     if results is None:
         with Collection.open(collection, readonly=True) as col, _decoder_noise_hidden():
-            encoder = s.load_encoder(col, model_dir, device)
+            encoder = s.load_encoder(col, model_dir, device, text_encoder=text_encoder)
             if image:
                 results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
             else:
@@ -668,9 +684,10 @@ def _eval_progress(quiet: bool):
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_TEXT_ENCODER
 @_handle_errors
 def eval_retrieval(
-    model_dir, data, karpathy, split, sparsify, plot, sweep, batch_size, device, as_json, quiet
+    model_dir, data, karpathy, split, sparsify, plot, sweep, batch_size, device, as_json, quiet, text_encoder
 ):
     """Zero-shot retrieval R@1/5/10 both ways (several captions per image), with active dims."""
     import os
@@ -696,9 +713,11 @@ def eval_retrieval(
         raise UsageError(f"Folder for --plot does not exist: {os.path.dirname(os.path.abspath(plot))}")
     dataset = kp.load_karpathy(karpathy, data, split) if karpathy else kp.load_caption_folder(data)
 
-    from lexsearch.model import Encoder
+    from lexsearch.model import LazyEncoder
 
-    encoder = Encoder.load(model_dir, device=device)
+    # Images through the model; texts through the student or the LM, as a query would be.
+    encoder = LazyEncoder(model_dir, device=device, text_encoder=text_encoder)
+    used = getattr(encoder, "text_encoder", "lm")
     if plot is not None and ks is None:
         ks = rt.default_sweep_ks(encoder.vocab_size)
     report = rt.evaluate_retrieval(
@@ -714,7 +733,10 @@ def eval_retrieval(
     )
     if plot is not None:
         rt.plot_sweep(report.sweep, plot, reference=report)
-    click.echo(to_json(report.to_dict()) if as_json else format_retrieval(report))
+    if as_json:
+        click.echo(to_json({**report.to_dict(), "text_encoder": used}))
+    else:
+        click.echo(f"text encoder: {used}\n{format_retrieval(report)}")
     if plot is not None and not as_json:
         click.echo(f"\nSparsity plot written to {plot}")
 
@@ -799,6 +821,57 @@ def eval_patchdis(
     encoder = Encoder.load(model_dir, device=device)
     report = evaluate_patchdis(encoder, coco, opts, progress=_eval_progress(quiet))
     click.echo(to_json(report.to_dict()) if as_json else format_patchdis(report))
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Model folder.")
+@click.option("--data", required=True, help="Captions to distil on: a caption folder (jsonl/csv) or shards.")
+@click.option(
+    "--minutes",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Time budget (labelling by the LM + training).",
+)
+@click.option("--epochs", "max_epochs", default=60, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_handle_errors
+def distill(model_dir, data, minutes, max_epochs, seed, device, quiet) -> None:
+    """Distil the model's LM text tower into a small student query encoder (stored in the model folder).
+
+    A collection whose model has a student encodes new queries with it, without torch: a new query then
+    takes a fraction of a second. 'lexsearch query --text-encoder lm' still runs the LM.
+    """
+    from tqdm import tqdm
+
+    from lexsearch.model.config import read_config
+    from lexsearch.train.distill import DistillConfig, read_captions
+    from lexsearch.train.distill import distill as run_distill
+
+    read_config(Path(model_dir))  # a clear error for a folder that is not a model, before loading torch
+    captions = read_captions(data)
+    disable = quiet or not sys.stderr.isatty()
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            desc = "labelling texts with the LM" if stage == "label" else "training the student"
+            bars[stage] = tqdm(total=total, desc=desc, disable=disable, file=sys.stderr, leave=False)
+        bars[stage].update(done - bars[stage].n)
+
+    cfg = DistillConfig(minutes=minutes, max_epochs=max_epochs, seed=seed, device=device)
+    try:
+        result = run_distill(model_dir, captions, cfg, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if not quiet:
+        click.echo(
+            f"Student written to {result.student_dir} ({result.texts} texts, {result.epochs:.1f} epochs, "
+            f"{result.minutes:.1f} min; held-out cosine to the LM {result.cosine:.3f})"
+        )
 
 
 @cli.command()

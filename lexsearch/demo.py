@@ -3,8 +3,10 @@
 1. generate a toy world of coloured shapes with captions (``lexsearch.data.toyworld``);
 2. train the ``tiny`` preset on it (pretraining its tiny bases first), or reuse the model a previous demo
    trained with the same settings (kept under ``LEXSEARCH_HOME/models``);
-3. index the images into the ``demo`` collection;
-4. run a few queries (operators and an honest empty result included) and explain one image.
+3. distil its text tower into the student query encoder (``lexsearch.train.distill``), so queries need no
+   torch;
+4. index the images into the ``demo`` collection;
+5. run a few queries (operators and an honest empty result included) and explain one image.
 
 The core returns a ``DemoReport``; the CLI prints it.
 """
@@ -32,6 +34,9 @@ DEMO_QUERIES = (
 )
 DEMO_COLLECTION = "demo"
 MODEL_DONE = "demo_complete.json"
+# The student's share of the demo's time: on the toy world it reaches the LM's retrieval in well under a
+# minute on a 2-core CPU (docs/student.md).
+DISTILL_MINUTES = 0.75
 
 
 @dataclass
@@ -107,6 +112,17 @@ def run_demo(
         train_val = result.val
         (model_dir / MODEL_DONE).write_text(json.dumps({"val": result.val, "minutes": result.minutes}))
 
+    from lexsearch.model.lazy import LazyEncoder
+    from lexsearch.model.student import student_exists
+
+    if not student_exists(model_dir):
+        from lexsearch.train.distill import DistillConfig, distill, read_captions
+
+        say(f"Distilling a torch-free query encoder from the model (at most {DISTILL_MINUTES:g} min)")
+        distill(
+            model_dir, read_captions(world), DistillConfig(minutes=DISTILL_MINUTES, device=device, seed=seed)
+        )
+
     say(f"Indexing {world / 'images'} into the '{DEMO_COLLECTION}' collection")
     encoder = Encoder.load(model_dir, device=device)
     with Collection.open(DEMO_COLLECTION, readonly=False, recreate=True) as col:
@@ -122,9 +138,10 @@ def run_demo(
         world=world, model=model_dir, model_reused=reused, train=train_val, index_summary=summary.line()
     )
 
+    queries = LazyEncoder(model_dir, device=device)  # texts through the student, as `lexsearch query` does
     with Collection.open(DEMO_COLLECTION, readonly=True) as col:
         for query in DEMO_QUERIES:
-            report.queries.append((query, search(col, encoder, query, top=3)))
+            report.queries.append((query, search(col, queries, query, top=3)))
         first = sorted(col.image_paths(range(1, col.max_image_id + 1)).values())[0]
         row = next(r for r in col.rows() if r.path == first)
         term_cols, weights = col.forward([row.id])[row.id]

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from lexsearch.cli import cli
 
-COMMANDS = ["train", "index", "query", "explain", "eval", "demo"]
+COMMANDS = ["train", "index", "query", "explain", "eval", "demo", "distill"]
 
 
 def test_help_lists_every_command():

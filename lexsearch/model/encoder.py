@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,10 @@ from lexsearch.model.checkpoint import load_checkpoint
 from lexsearch.model.config import fingerprint
 from lexsearch.model.images import open_image, preprocess
 from lexsearch.model.lexvla import LexVLA
+from lexsearch.model.vectors import Encoded, parse_sparsify
 from lexsearch.model.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Encoded:
-    sparse: sp.csr_matrix  # (n, V) float32, non-negative, sparsified
-    dense: np.ndarray | None  # (n, D) float32, L2-normalised; None when the model has no dense head
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -59,22 +53,6 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def parse_sparsify(mode: str | tuple | None, default: str, default_k: int) -> tuple[str, int]:
-    """``threshold`` | ``none`` | ``topk`` | ``topk:K`` | ("topk", K) -> (mode, k)."""
-    mode = default if mode is None else mode
-    if isinstance(mode, tuple):
-        return str(mode[0]), int(mode[1])
-    if mode.startswith("topk"):
-        _, _, k = mode.partition(":")
-        try:
-            return "topk", int(k) if k else default_k
-        except ValueError:
-            raise UsageError(f"bad sparsification {mode!r}: use topk:K with an integer K") from None
-    if mode not in ("threshold", "none"):
-        raise UsageError(f"bad sparsification {mode!r}: use threshold, topk:K or none")
-    return mode, default_k
 
 
 def sparsify_vectors(vectors: torch.Tensor, mode: str, k: int) -> sp.csr_matrix:

@@ -3,20 +3,58 @@
 A query answered from the collection's query cache needs the vocabulary (words for explanations, pieces for
 ``+``/``-`` operators) but not the networks; loading those (torch, transformers, the weights) is what makes a
 cold query slow. Nothing here imports torch.
+
+It is also where a query's text encoder is chosen: the model's distilled student (``student.json`` in the
+model folder, torch-free) or the LM text tower. ``auto`` takes the student when the model has one that was
+distilled from these very weights; ``lm`` always runs the LM; ``student`` insists on the student.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 
+from lexsearch.errors import ModelError, UsageError
 from lexsearch.model.config import fingerprint, read_config, tokenizer_source
 from lexsearch.model.vocab import Vocabulary
+
+logger = logging.getLogger(__name__)
+
+TEXT_ENCODERS = ("auto", "lm", "student")
+
+
+def choose_text_encoder(model_dir: str | Path, model_id: str, want: str = "auto") -> str:
+    """``"student"`` or ``"lm"`` for texts of the model in ``model_dir`` (see the module docstring)."""
+    from lexsearch.model.student import read_student_record, student_exists
+
+    if want not in TEXT_ENCODERS:
+        raise UsageError(f"unknown text encoder {want!r} (use {', '.join(TEXT_ENCODERS)})")
+    if want == "lm":
+        return "lm"
+    distil = f"lexsearch distill --model {model_dir} --data CAPTIONS"
+    if not student_exists(model_dir):
+        if want == "student":
+            raise ModelError(f"{model_dir} has no student query encoder; make one with: {distil}")
+        return "lm"
+    record = read_student_record(model_dir)
+    if record.get("teacher_model_id") != model_id:
+        # Distilled from other weights (the model was retrained since): its vectors would not match.
+        if want == "student":
+            raise ModelError(
+                f"the student in {model_dir} is from an earlier version of the model; run: {distil}"
+            )
+        logger.warning(
+            "ignoring the stale student in %s (distilled from other weights); run: %s", model_dir, distil
+        )
+        return "lm"
+    return "student"
 
 
 class LazyEncoder:
     """Has the ``Encoder`` interface (docs/INTERFACES.md); loads the real Encoder on first use of the networks."""
 
-    def __init__(self, model_dir: str | Path, device: str = "auto") -> None:
+    def __init__(self, model_dir: str | Path, device: str = "auto", text_encoder: str = "auto") -> None:
         self.model_dir = Path(model_dir)
         self.device_name = device
         self.config = read_config(self.model_dir)
@@ -27,6 +65,11 @@ class LazyEncoder:
         self.dense_dim = self.config.dense_dim
         self.image_size = self.config.image_size
         self._encoder = None
+        # Index decoder threads ask for ``preprocess`` at once: the networks must load only once.
+        self._load_lock = threading.Lock()
+        self.text_encoder = choose_text_encoder(self.model_dir, self.model_id, text_encoder)
+        self._student = None
+        self._student_id: str | None = None
 
     @property
     def loaded(self) -> bool:
@@ -41,15 +84,47 @@ class LazyEncoder:
     def decode(self, row, top_k: int = 10) -> list[tuple[str, float]]:
         return self.vocab.decode(row, top_k)
 
+    def preprocess(self, image):
+        """(3, S, S) float32 model input, as ``Encoder.preprocess`` (no torch: index decoder threads use it)."""
+        from lexsearch.model.images import preprocess
+
+        return preprocess(image, self.image_size, self.config.image_mean, self.config.image_std)
+
+    @property
+    def student(self):
+        """The loaded student (numpy), or None when texts go through the LM."""
+        if self.text_encoder != "student":
+            return None
+        if self._student is None:
+            from lexsearch.model.student import StudentEncoder
+
+            self._student = StudentEncoder.load(self.model_dir, self.vocab.backend)
+        return self._student
+
+    def encode_texts(self, texts, batch_size: int = 32, sparsify=None):
+        """Texts through the chosen text encoder (the student needs no torch)."""
+        if self.text_encoder == "student":
+            return self.student.encode_texts(texts, batch_size=batch_size, sparsify=sparsify)
+        return self._network("encode_texts")(texts, batch_size=batch_size, sparsify=sparsify)
+
+    def query_key(self, text: str) -> str:
+        """The query cache's key of ``text``: the LM's and the student's vectors never answer for each other."""
+        if self.text_encoder == "student":
+            from lexsearch.model.student import read_student_record
+
+            if self._student_id is None:
+                self._student_id = str(read_student_record(self.model_dir).get("id", ""))
+            # \x1f (unit separator) cannot be typed into a query, so no text collides with this key.
+            return f"\x1fstudent:{self._student_id}\x1f{text}"
+        return text
+
     # What needs the networks; anything else missing is a plain AttributeError (no accidental load).
     _NETWORK = frozenset(
         {
-            "encode_texts",
             "encode_images",
             "encode_pixels",
             "encode_words",
             "encode_patches",
-            "preprocess",
             "grid",
             "model",
             "device",
@@ -59,8 +134,12 @@ class LazyEncoder:
     def __getattr__(self, name: str):
         if name not in LazyEncoder._NETWORK:
             raise AttributeError(name)
-        if self._encoder is None:
-            from lexsearch.model.encoder import Encoder
+        return self._network(name)
 
-            self._encoder = Encoder.load(self.model_dir, device=self.device_name)
+    def _network(self, name: str):
+        with self._load_lock:
+            if self._encoder is None:
+                from lexsearch.model.encoder import Encoder
+
+                self._encoder = Encoder.load(self.model_dir, device=self.device_name)
         return getattr(self._encoder, name)

@@ -59,15 +59,16 @@ def encode_query(
     A fresh encoding is rounded to float16 like the cache stores it, so a query ranks the same the first
     time and every time after.
     """
+    key = encoder.query_key(text) if hasattr(encoder, "query_key") else text  # per text encoder
     if use_cache:
-        cached = collection.cached_query(text)
+        cached = collection.cached_query(key)
         if cached is not None:
             logger.debug("query cache hit: %r", text)
             return _row_of(cached)
     sparse, dense = _row_of(encoder.encode_texts([text]))
     sparse.data = sparse.data.astype(np.float16).astype(np.float32)
     if use_cache:
-        collection.cache_query(text, sparse, dense)
+        collection.cache_query(key, sparse, dense)
     return sparse, dense
 
 
@@ -214,9 +215,12 @@ def _results(
     return results
 
 
-def load_encoder(collection: Any, model_dir: str | None = None, device: str = "auto") -> Any:
+def load_encoder(
+    collection: Any, model_dir: str | None = None, device: str = "auto", text_encoder: str = "auto"
+) -> Any:
     """The text/image encoder of ``collection``: its recorded model folder (or ``model_dir``), checked to
-    be the very model that wrote the collection (different vectors would score nonsense)."""
+    be the very model that wrote the collection (different vectors would score nonsense). Queries go
+    through the model's student when it has one (``text_encoder``: auto | lm | student)."""
     import os
 
     from lexsearch.errors import ModelError
@@ -231,7 +235,7 @@ def load_encoder(collection: Any, model_dir: str | None = None, device: str = "a
     if not os.path.isdir(path):
         raise ModelError(f"No model at {path} (the collection's model folder); pass --model MODEL_DIR.")
     # The networks load only if the query is not in the cache (or searches by image).
-    encoder = LazyEncoder(path, device=device)
+    encoder = LazyEncoder(path, device=device, text_encoder=text_encoder)
     roots = " ".join(meta.get("roots") or ["DIR"])
     check_model(
         meta,

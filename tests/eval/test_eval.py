@@ -372,9 +372,10 @@ def test_evaluate_patchdis_perfect_model_beats_random(tmp_path):
 
 @pytest.fixture
 def fake_model(monkeypatch):
-    """Route ``from lexsearch.model import Encoder`` inside the commands to the fake encoder."""
+    """Route ``from lexsearch.model import Encoder`` (and ``LazyEncoder``) inside the commands to the fake."""
     module = types.ModuleType("lexsearch.model")
     module.Encoder = types.SimpleNamespace(load=lambda model_dir, device="auto": FakeEncoder())
+    module.LazyEncoder = lambda model_dir, device="auto", text_encoder="auto": FakeEncoder()
     monkeypatch.setitem(sys.modules, "lexsearch.model", module)
 
 

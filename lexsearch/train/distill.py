@@ -1,0 +1,355 @@
+"""Distil the LM text tower into the student query encoder (``lexsearch distill``).
+
+The teacher is the trained model's own text side: the in-context prompt through the LM (with its LoRA), the
+final hidden state h at the read-out position, then ``s_txt = L2norm(elu1p(h @ Z_txt^T))`` and the dense text
+vector. The student (``lexsearch.model.student``) is a small bidirectional transformer over the text's own
+tokenizer pieces; it predicts h' (LM width) and goes through the *same frozen* Z_txt and dense head, so it
+only has to learn where the LM puts a text in its hidden space. At export Z_txt and the dense head are folded
+into the student's output layer (``W_out = Z_txt @ P``), and the runtime needs no torch.
+
+Recipe [choice]:
+- texts: the captions, plus generic variants of each (a contiguous span, words dropped or shuffled, clauses
+  swapped, filler words inserted - other caption words or random letters -, capitals and punctuation
+  changed) that teach the short, oddly typed queries people write; the teacher labels every variant;
+- loss: ``|s' - s|^2`` on the L2-normalised lexical vectors (= 2 - 2 cos), the same on the dense vectors,
+  and a small term on h' - h (scaled by h's variance) that speeds up the start;
+- AdamW, cosine decay, for ``minutes`` of wall time or ``max_epochs``, whichever ends first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lexsearch.errors import DataError
+from lexsearch.model.student import (
+    STUDENT_CONFIG,
+    STUDENT_WEIGHTS,
+    StudentConfig,
+    StudentRecord,
+    token_ids,
+)
+
+logger = logging.getLogger(__name__)
+
+# How many captions a distillation reads at most from streaming shards (caption folders are read whole).
+MAX_CAPTIONS = 200_000
+
+
+@dataclass
+class DistillConfig:
+    minutes: float = 3.0  # wall-time budget for labelling + training
+    max_epochs: int = 60
+    variants: int = 6  # generic variants of each caption labelled by the teacher (0 = captions only)
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    hidden_weight: float = 0.1  # weight of the |h' - h|^2 / var(h) term
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class DistillResult:
+    student_dir: Path
+    texts: int  # texts the teacher labelled (captions + variants)
+    epochs: float
+    minutes: float
+    cosine: float  # mean cosine of student vs teacher lexical vectors on a held-out slice of the texts
+
+
+# --------------------------------------------------------------------------------------------- the student
+class Block(nn.Module):
+    """Pre-LN transformer block, bidirectional; parameter names match the numpy runtime's keys."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(width, eps=1e-5)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width, eps=1e-5)
+        inner = int(width * mlp_ratio)
+        self.fc1 = nn.Linear(width, inner)
+        self.fc2 = nn.Linear(inner, width)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:  # (B, N, d), keep (B, N) bool
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])  # (B, h, N, hd)
+        x = x + self.proj(o.transpose(1, 2).reshape(b, n, d))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
+
+
+class StudentNet(nn.Module):
+    """The student in torch (training only): pieces -> CLS read-out c (B, d) -> h' (B, H)."""
+
+    def __init__(self, arch: StudentConfig, lm_width: int) -> None:
+        super().__init__()
+        self.arch = arch
+        d = arch.width
+        self.tok_emb = nn.Parameter(torch.randn(arch.n_tokens, d) * 0.02)
+        self.pos_emb = nn.Parameter(torch.randn(arch.max_tokens + 1, d) * 0.02)
+        self.cls = nn.Parameter(torch.zeros(d))
+        self.layers = nn.ModuleList(Block(d, arch.heads, arch.mlp_ratio) for _ in range(arch.layers))
+        self.ln_f = nn.LayerNorm(d, eps=1e-5)
+        self.to_hidden = nn.Linear(d, lm_width)  # P: folded into the output layer at export
+
+    def readout(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, L), (B, L) -> (B, d)
+        b, n = ids.shape
+        x = torch.cat([self.cls.expand(b, 1, -1), self.tok_emb[ids]], dim=1) + self.pos_emb[: n + 1]
+        keep = torch.cat([mask.new_ones(b, 1), mask], dim=1).bool()
+        for layer in self.layers:
+            x = layer(x, keep)
+        return self.ln_f(x[:, 0])
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.to_hidden(self.readout(ids, mask))
+
+    def export(self, z_txt: torch.Tensor, dense_head: nn.Linear | None) -> dict[str, np.ndarray]:
+        """numpy weights for ``StudentEncoder``: Z_txt and the dense head folded into the output layer."""
+        out = {}
+        for name, t in self.state_dict().items():
+            if not name.startswith("to_hidden."):
+                out[name] = t
+        p_w, p_b = self.to_hidden.weight.detach().double(), self.to_hidden.bias.detach().double()
+        z = z_txt.detach().double()
+        out["out.weight"] = z @ p_w  # (V, d)
+        out["out.bias"] = z @ p_b  # (V,)
+        if dense_head is not None:
+            dw, db = dense_head.weight.detach().double(), dense_head.bias.detach().double()
+            out["dense.weight"] = dw @ p_w  # (D, d)
+            out["dense.bias"] = dw @ p_b + db  # (D,)
+        return {k: v.detach().float().cpu().contiguous().numpy() for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------- the texts
+def read_captions(source: str | Path, limit: int = MAX_CAPTIONS) -> list[str]:
+    """Captions of a ``--data`` source (caption folder or shards), unique, in order of first appearance."""
+    from lexsearch.data.pairs import load_pairs
+
+    data = load_pairs(source)
+    if hasattr(data, "captions"):
+        captions = list(data.captions)
+    else:
+        captions = []
+        for pair in data:
+            captions.append(pair.caption)
+            if len(captions) >= limit:
+                break
+    captions = list(dict.fromkeys(c.strip() for c in captions if c and c.strip()))[:limit]
+    if not captions:
+        raise DataError(f"{source}: no captions to distil on")
+    return captions
+
+
+def _filler(rng: random.Random, words: Sequence[str]) -> str:
+    """A word the caption did not have: a vocabulary word, or random letters (a word the tokenizer splits)."""
+    if words and rng.random() < 0.5:
+        return rng.choice(words)
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 7)))
+
+
+def variants(caption: str, n: int, rng: random.Random, vocabulary: Sequence[str] = ()) -> list[str]:
+    """``n`` generic rewrites of a caption: what queries look like (short, partial, reordered, with words the
+    captions never use, any capitalisation). ``vocabulary``: words to draw fillers from."""
+    out: list[str] = []
+    for _ in range(n):
+        w = caption.split()
+        for kind in rng.sample(range(5), rng.randint(1, 2)):
+            if kind == 0 and len(w) > 1:  # a contiguous span: "red circle" out of "a red circle and ..."
+                a = rng.randrange(len(w))
+                w = w[a : rng.randrange(a, min(len(w), a + 4)) + 1]
+            elif kind == 1 and len(w) > 2:  # some words dropped
+                w = [x for x in w if rng.random() > 0.3] or w[:1]
+            elif kind == 2 and " and " in " ".join(w):  # clauses swapped
+                parts = " ".join(w).split(" and ")
+                rng.shuffle(parts)
+                w = " and ".join(parts).split()
+            elif kind == 3:  # words in another order
+                rng.shuffle(w)
+            elif kind == 4:  # one to three words the caption did not have, anywhere
+                for _ in range(rng.randint(1, 3)):
+                    w.insert(rng.randint(0, len(w)), _filler(rng, vocabulary))
+        case = rng.randrange(4)  # capitals: as typed, Title, some words UPPER, or lower with a capital first
+        if case == 1:
+            w = [x.capitalize() for x in w]
+        elif case == 2:
+            w = [x.upper() if rng.random() < 0.5 else x for x in w]
+        elif case == 3 and w:
+            w = [w[0].capitalize()] + [x.lower() for x in w[1:]]
+        if rng.random() < 0.2:  # punctuation between or after words
+            w = [x + rng.choice(",;:.!?") if rng.random() < 0.3 else x for x in w]
+        out.append(" ".join(w))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the recipe
+def _pad(rows: Sequence[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(1, max(len(r) for r in rows))
+    ids = torch.zeros((len(rows), length), dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def teacher_hidden(
+    model: Any,
+    texts: Sequence[str],
+    device: torch.device,
+    batch_size: int = 128,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """The LM's read-out hidden state h (n, H) of each text, with the model's prompt: the teacher."""
+    parts = []
+    for start in range(0, len(texts), batch_size):
+        ids, mask = model.tokenize(list(texts[start : start + batch_size]))
+        parts.append(model.text_hidden(ids.to(device), mask.to(device)).float().cpu())
+        if progress is not None:
+            progress(min(batch_size, len(texts) - start))
+    return torch.cat(parts)
+
+
+def distill(
+    model_dir: str | Path,
+    captions: Sequence[str],
+    config: DistillConfig | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> DistillResult:
+    """Train the student of the model in ``model_dir`` on ``captions`` and write it into that folder.
+
+    ``progress(stage, done, total)`` is called as texts are labelled ("label") and steps run ("train").
+    """
+    from safetensors.numpy import save_file
+
+    from lexsearch.model.encoder import Encoder
+
+    cfg = config or DistillConfig()
+    t0 = time.monotonic()
+    budget = cfg.minutes * 60.0
+    tick = progress or (lambda stage, done, total: None)
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    encoder = Encoder.load(model_dir, device=cfg.device)
+    model, device = encoder.model, encoder.device
+    backend = encoder.vocab.backend
+    mcfg = model.config
+
+    texts = list(dict.fromkeys(captions))
+    vocabulary = sorted({w.strip(".,;:!?").lower() for c in texts for w in c.split()} - {""})
+    for c in list(texts):
+        texts.extend(variants(c, cfg.variants, rng, vocabulary))
+    texts = list(dict.fromkeys(texts))
+    rng.shuffle(texts)
+    done = [0]
+
+    def labelled(n: int) -> None:
+        done[0] += n
+        tick("label", done[0], len(texts))
+
+    hidden = teacher_hidden(model, texts, device, progress=labelled)  # (n, H)
+    z_txt = model.z_txt.float().to(device)  # (V, H) frozen
+    dense_head = model.dense_txt
+    arch = StudentConfig(
+        n_tokens=int(backend.get_vocab_size()),
+        vocab_size=int(z_txt.shape[0]),
+        width=cfg.width,
+        layers=cfg.layers,
+        heads=cfg.heads,
+        max_tokens=int(mcfg.max_text_tokens),
+        dense_dim=int(mcfg.dense_dim or 0),
+    )
+    ids_all = token_ids(backend, texts, arch.max_tokens)
+    # A held-out slice measures how close the student gets on texts it never trained on.
+    n_val = min(len(texts) // 10, 2000)
+    val_idx, train_idx = np.arange(n_val), np.arange(n_val, len(texts))
+    net = StudentNet(arch, int(z_txt.shape[1])).to(device)
+    h_var = hidden.var(0).mean().clamp_min(1e-8).item()
+
+    def targets(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        s = F.normalize(F.elu(h @ z_txt.T) + 1.0, dim=-1)
+        d = F.normalize(dense_head(h), dim=-1) if dense_head is not None else None
+        return s, d
+
+    def loss_of(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = _pad([ids_all[i] for i in idx], device)
+        h = hidden[torch.as_tensor(idx)].to(device)
+        h_hat = net(ids, mask)
+        with torch.no_grad():
+            s, d = targets(h)
+        s_hat, d_hat = targets(h_hat)
+        loss = ((s_hat - s) ** 2).sum(-1).mean() + cfg.hidden_weight * ((h_hat - h) ** 2).mean() / h_var
+        if d is not None:
+            loss = loss + ((d_hat - d) ** 2).sum(-1).mean()
+        return loss, (s_hat * s).sum(-1).mean()
+
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
+    total = steps_per_epoch * cfg.max_epochs
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The schedule runs on time as well as steps: a short budget still ends at a low learning rate.
+    step = 0
+    net.train()
+    while step < total:
+        perm = np.random.default_rng(cfg.seed + step).permutation(train_idx)
+        for start in range(0, len(perm), cfg.batch_size):
+            frac = max(step / total, (time.monotonic() - t0) / budget if budget > 0 else 0.0)
+            if frac >= 1.0:
+                break
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac)) * min(1.0, (step + 1) / 50)
+            loss, _ = loss_of(perm[start : start + cfg.batch_size])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            tick("train", step, total)
+        else:
+            continue
+        break
+
+    net.eval()
+    with torch.no_grad():
+        cos = float(loss_of(val_idx)[1]) if n_val else float("nan")
+    out_dir = Path(model_dir)
+    weights = net.export(z_txt, dense_head)
+    minutes = (time.monotonic() - t0) / 60.0
+    record = StudentRecord(
+        teacher_model_id=encoder.model_id,
+        sparsify=mcfg.sparsify,
+        top_k=int(mcfg.top_k),
+        id=f"{encoder.model_id}-{int(time.time())}",
+        distill={
+            **asdict(cfg),
+            "texts": len(texts),
+            "captions": len(captions),
+            "steps": step,
+            "minutes": round(minutes, 2),
+            "heldout_cosine": round(cos, 4),
+        },
+    )
+    # Weights first, JSON last: a student is only picked up once its JSON exists (an interrupted run leaves none).
+    (out_dir / STUDENT_CONFIG).unlink(missing_ok=True)
+    save_file(weights, str(out_dir / STUDENT_WEIGHTS))
+    tmp = out_dir / (STUDENT_CONFIG + ".tmp")
+    tmp.write_text(record.to_json(arch))
+    tmp.replace(out_dir / STUDENT_CONFIG)
+    logger.info("student written to %s (%d steps, held-out cosine %.4f)", out_dir, step, cos)
+    return DistillResult(out_dir, len(texts), step / steps_per_epoch, minutes, cos)
