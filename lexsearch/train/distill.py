@@ -9,8 +9,8 @@ into the student's output layer (``W_out = Z_txt @ P``), and the runtime needs n
 
 Recipe [choice]:
 - texts: the captions, plus generic variants of each (a contiguous span, words dropped or shuffled, clauses
-  swapped, filler words inserted - other caption words or random letters -, capitals and punctuation
-  changed) that teach the short, oddly typed queries people write; the teacher labels every variant;
+  swapped, words replaced by other caption words, filler words inserted - caption words or random letters -,
+  capitals and punctuation changed) that teach the short, oddly typed queries people write; the teacher labels every variant;
 - loss: ``|s' - s|^2`` on the L2-normalised lexical vectors (= 2 - 2 cos), the same on the dense vectors,
   and a small term on h' - h (scaled by h's variance) that speeds up the start;
 - AdamW, cosine decay, for ``minutes`` of wall time or ``max_epochs``, whichever ends first.
@@ -51,7 +51,7 @@ MAX_CAPTIONS = 200_000
 class DistillConfig:
     minutes: float = 3.0  # wall-time budget for labelling + training
     max_epochs: int = 60
-    variants: int = 6  # generic variants of each caption labelled by the teacher (0 = captions only)
+    variants: int = 8  # generic variants of each caption labelled by the teacher (0 = captions only)
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -170,7 +170,7 @@ def variants(caption: str, n: int, rng: random.Random, vocabulary: Sequence[str]
     out: list[str] = []
     for _ in range(n):
         w = caption.split()
-        for kind in rng.sample(range(5), rng.randint(1, 2)):
+        for kind in rng.sample(range(6), rng.randint(1, 2)):
             if kind == 0 and len(w) > 1:  # a contiguous span: "red circle" out of "a red circle and ..."
                 a = rng.randrange(len(w))
                 w = w[a : rng.randrange(a, min(len(w), a + 4)) + 1]
@@ -185,6 +185,9 @@ def variants(caption: str, n: int, rng: random.Random, vocabulary: Sequence[str]
             elif kind == 4:  # one to three words the caption did not have, anywhere
                 for _ in range(rng.randint(1, 3)):
                     w.insert(rng.randint(0, len(w)), _filler(rng, vocabulary))
+            elif kind == 5 and vocabulary:  # words swapped for other caption words: combinations never seen
+                for _ in range(rng.randint(1, 2)):
+                    w[rng.randrange(len(w))] = rng.choice(vocabulary)
         case = rng.randrange(4)  # capitals: as typed, Title, some words UPPER, or lower with a capital first
         if case == 1:
             w = [x.capitalize() for x in w]
