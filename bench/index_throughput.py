@@ -9,7 +9,7 @@ Printed, in one run on the same images (JPEGs generated with --size, so decoding
                   model, SQLite commits, FAISS save), and its ratio to the forward rate (aim >= 0.9)
 - re-index:       seconds to re-index an unchanged folder, measured on --unchanged-files real files that
                   were indexed first (aim: 10,000 files in under 2 s)
-- disk:           bytes per image of index.db (+ WAL) + dense.faiss
+- disk:           bytes per image of index.db (+ WAL) + posting files + FAISS files
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ def forward_rate(enc, pixels: np.ndarray, bs: int) -> float:
 
 
 def disk_bytes(col_path: Path) -> int:
-    names = ("index.db", "index.db-wal", "dense.faiss")
-    return sum((col_path / n).stat().st_size for n in names if (col_path / n).exists())
+    return sum(
+        p.stat().st_size
+        for p in col_path.iterdir()
+        if p.name in ("index.db", "index.db-wal") or p.suffix in (".lxp", ".faiss")
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -302,16 +302,22 @@ def _format_val(v: dict) -> str:
 def index(
     dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet
 ) -> None:
-    """Embed folders of images into a collection (incremental, crash-safe)."""
+    """Embed folders of images into a collection (incremental, crash-safe).
+
+    Under torchrun (``torchrun --nproc_per_node=N -m lexsearch index ...``) the ranks share the embedding
+    and rank 0 alone writes the collection.
+    """
     import shlex
     import shutil
 
     from lexsearch.errors import ModelError
     from lexsearch.index import Collection, IndexOptions, build_index, check_roots, resolve
+    from lexsearch.index.build import Shard
     from lexsearch.model.lazy import LazyEncoder
 
     # Everything that can be checked cheaply is checked before anything is created or loaded: a typo in a
     # folder leaves no empty collection behind, and a busy collection is refused before the model loads.
+    # Every rank checks, so under torchrun each stops with the same line instead of waiting for rank 0.
     check_roots(dirs)
     if not os.path.isdir(model_dir):
         raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
@@ -323,8 +329,20 @@ def index(
     options = IndexOptions(
         exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers
     )
+    info, shard = None, Shard()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # launched by torchrun: join its process group
+        from lexsearch.train.distributed import init_distributed
+
+        info = init_distributed(device)
+        device = str(info.device)
+        shard = Shard(info.rank, info.world_size)
     progress = _IndexProgress(quiet)
     try:
+        if shard.rank != 0:  # a helper rank: embeds its share of rank 0's plan, writes and prints nothing
+            with _decoder_noise_hidden():
+                encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
+                build_index(dirs, encoder, None, options, shard=shard)
+            return
         with Collection.open(collection, readonly=False, recreate=rebuild) as col, _decoder_noise_hidden():
             # Loaded only once the collection's lock is ours: a busy collection is refused at once. The
             # networks (torch) load only when a file needs embedding: an unchanged folder is a stat per file.
@@ -339,14 +357,20 @@ def index(
                     progress.reporter,
                     model_path=model_dir,
                     rebuild_command=rebuild_cmd,
+                    shard=shard,
                 )
             finally:
                 progress.close()  # inside: the bar writes to the stderr _decoder_noise_hidden lent it
     except BaseException:
         # A collection this run created and never got to fill (the model would not load) is not left behind.
-        if fresh and not progress.started and path.is_dir():
+        if shard.rank == 0 and fresh and not progress.started and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         raise
+    finally:
+        if info is not None:
+            from lexsearch.train.distributed import cleanup
+
+            cleanup(info)
     if not quiet:
         click.echo(f"{shown(str(col.path))}: {summary.line()}")
 

@@ -1,11 +1,30 @@
-"""The image index: folder scan, the SQLite + FAISS collection store, and the incremental build.
+"""The image index: folder scan, the SQLite collection store (posting and FAISS segment files), and the
+incremental build.
 
-Importing this package is light (numpy, Pillow, sqlite-utils); FAISS and the model load on first use.
+Importing this package is light: its names load on first use (PEP 562), so a query process that needs only
+the store does not import Pillow and the build; FAISS and the model load on first use too.
 """
 
-from lexsearch.index.build import IndexOptions, IndexSummary, Reporter, build_index, check_roots, model_meta
-from lexsearch.index.store import Collection, resolve
+from __future__ import annotations
 
-__all__ = [
-    "Collection", "IndexOptions", "IndexSummary", "Reporter", "build_index", "check_roots", "model_meta", "resolve"
-]
+import importlib
+from typing import Any
+
+_NAMES = {
+    "Collection": "lexsearch.index.store",
+    "resolve": "lexsearch.index.store",
+    "IndexOptions": "lexsearch.index.build",
+    "IndexSummary": "lexsearch.index.build",
+    "Reporter": "lexsearch.index.build",
+    "build_index": "lexsearch.index.build",
+    "check_roots": "lexsearch.index.build",
+    "model_meta": "lexsearch.index.build",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'lexsearch.index' has no attribute {name!r}")

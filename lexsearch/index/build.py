@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from lexsearch.errors import UsageError
+from lexsearch.errors import LexsearchError, UsageError
 from lexsearch.index.scan import ScannedFile, content_hash, normalise_roots, scan, under_roots
-from lexsearch.index.store import Changes, Collection, NewImage
+from lexsearch.index.store import Changes, Collection, ImageRow, NewImage
 from lexsearch.model.images import MAX_MEGAPIXELS, describe_error, load_image
 
 logger = logging.getLogger(__name__)
@@ -153,8 +153,58 @@ def model_meta(encoder: Any, model_path: str | None = None) -> dict[str, Any]:
     }
 
 
+class Shard:
+    """Where this process stands among the ranks that embed one index run (torchrun), and their collectives.
+
+    Rank 0 scans, owns the collection (the one writer) and commits; every rank, rank 0 included, embeds the
+    blocks of ``batch_size`` files whose number ``k`` has ``k % world == rank``, and hands its results to
+    rank 0 (``torch.distributed.gather_object``), which applies them in file order. The batches are the same
+    blocks whatever the number of ranks, so N processes write exactly the collection one process writes.
+    The default is a single process (no torch.distributed at all).
+    """
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = int(rank), int(world)
+
+    @classmethod
+    def from_process_group(cls) -> Shard:
+        import torch.distributed as dist
+
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0 (in rank order); None on the others."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] | None = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+
+@dataclass
+class _Done:
+    """A prepared file without its pixels, plus its vectors when it was embedded (what ranks send)."""
+
+    p: _Prepared
+    terms: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    dense: np.ndarray | None = None
+
+
 class _Builder:
-    def __init__(self, col: Collection, encoder: Any, options: IndexOptions, reporter: Reporter):
+    def __init__(self, col: Collection | None, encoder: Any, options: IndexOptions, reporter: Reporter):
         self.col = col
         self.encoder = encoder
         self.options = options
@@ -164,7 +214,6 @@ class _Builder:
         self.draft_size = int(getattr(encoder, "image_size", 0) or 0) or None
         self.missing_by_hash: dict[str, list[int]] = {}  # vanished 'ok' rows, by content hash
         self.changes = Changes()
-        self.batch: list[_Prepared] = []
         self.last_commit = time.monotonic()
 
     # -- worker side (threads): hash, then decode + preprocess. Reads only immutable state.
@@ -187,8 +236,29 @@ class _Builder:
             return _Prepared(work, "failed", hash=digest, error=describe_error(exc, f.size))
         return _Prepared(work, "embed", hash=digest, pixels=pixels, **facts)
 
-    # -- main thread: decide, batch, embed, commit.
-    def handle(self, p: _Prepared) -> None:
+    # -- every rank: embed one block's files in one batch.
+    def embed(self, prepared: list[_Prepared]) -> list[_Done]:
+        done = [_Done(p) for p in prepared]
+        todo = [d for d in done if d.p.kind == "embed"]
+        if not todo:
+            return done
+        encoded = self.encoder.encode_pixels(np.stack([d.p.pixels for d in todo]))
+        sparse = encoded.sparse.tocsr()
+        dense = None if encoded.dense is None else np.asarray(encoded.dense, np.float32)
+        for r, d in enumerate(todo):
+            lo, hi = sparse.indptr[r], sparse.indptr[r + 1]
+            terms, weights = sparse.indices[lo:hi], np.asarray(sparse.data[lo:hi], np.float32)
+            keep = weights > 0
+            order = np.argsort(terms[keep], kind="stable")
+            d.terms = terms[keep][order].astype(np.uint32)
+            d.weights = weights[keep][order]
+            d.dense = None if dense is None else dense[r]
+            d.p.pixels = None  # not sent to rank 0
+        return done
+
+    # -- rank 0: decide and commit, in file order.
+    def handle(self, d: _Done) -> None:
+        p = d.p
         f = p.work.file
         if p.kind == "touch":
             self.changes.move.append((p.work.old_id, f.path, f.size, f.mtime_ns))
@@ -201,8 +271,7 @@ class _Builder:
                 self.summary.moved += 1
                 self.reporter.advance()
             else:  # a second copy of a moved file: the stored row went to the first; embed this one
-                self.handle(self.prepare(p.work, allow_move=False))
-                return
+                self.handle(self.embed([self.prepare(p.work, allow_move=False)])[0])
         elif p.kind == "failed":
             self.reporter.warning(f.path, p.error or "failed")
             self.summary.failed += 1
@@ -212,35 +281,14 @@ class _Builder:
             self.changes.insert.append(NewImage(f.path, f.size, f.mtime_ns, p.hash, error=p.error))
             self.reporter.advance()
         else:
-            self.batch.append(p)
-            if len(self.batch) >= self.options.batch_size:
-                self.embed_batch()
-        self.maybe_commit()
-
-    def embed_batch(self) -> None:
-        if not self.batch:
-            return
-        batch, self.batch = self.batch, []
-        encoded = self.encoder.encode_pixels(np.stack([p.pixels for p in batch]))
-        sparse = encoded.sparse.tocsr()
-        dense = None if encoded.dense is None else np.asarray(encoded.dense, np.float32)
-        for r, p in enumerate(batch):
-            lo, hi = sparse.indptr[r], sparse.indptr[r + 1]
-            terms, weights = sparse.indices[lo:hi], np.asarray(sparse.data[lo:hi], np.float32)
-            keep = weights > 0
-            order = np.argsort(terms[keep], kind="stable")
-            f = p.work.file
             if p.work.old_id is not None:
                 self.changes.remove.append(p.work.old_id)
             self.changes.insert.append(
-                NewImage(
-                    f.path, f.size, f.mtime_ns, p.hash, p.width, p.height, p.exif_time,
-                    terms=terms[keep][order].astype(np.uint32), weights=weights[keep][order],
-                    dense=None if dense is None else dense[r],
-                )
+                NewImage(f.path, f.size, f.mtime_ns, p.hash, p.width, p.height, p.exif_time,
+                         terms=d.terms, weights=d.weights, dense=d.dense)
             )
-        self.summary.indexed += len(batch)
-        self.reporter.advance(len(batch))
+            self.summary.indexed += 1
+            self.reporter.advance()
 
     def maybe_commit(self, force: bool = False) -> None:
         n = len(self.changes.insert) + len(self.changes.move) + len(self.changes.remove)
@@ -249,6 +297,38 @@ class _Builder:
             self.col.apply(self.changes)
             self.changes = Changes()
             self.last_commit = time.monotonic()
+
+    def run(self, work: list[_Work], shard: Shard) -> None:
+        """Prepare (threads, ahead of the model), embed and commit ``work`` in blocks of ``batch_size``."""
+        bs = self.options.batch_size
+        n_blocks = (len(work) + bs - 1) // bs
+        mine = list(range(shard.rank, n_blocks, shard.world))
+        workers = self.options.workers or min(8, os.cpu_count() or 1)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lexsearch-decode")
+        try:
+            pending: deque[list[Future[_Prepared]]] = deque()
+            ahead = iter(mine)
+
+            def submit_next() -> None:
+                k = next(ahead, None)
+                if k is not None:
+                    pending.append([pool.submit(self.prepare, w) for w in work[k * bs : (k + 1) * bs]])
+
+            for _ in range(max(1, LOOKAHEAD_BATCHES)):
+                submit_next()
+            for round_start in range(0, n_blocks, shard.world):
+                block = pending.popleft() if round_start + shard.rank < n_blocks else []
+                submit_next()
+                done = self.embed([f.result() for f in block])
+                results = shard.gather(done)
+                if results is None:
+                    continue
+                for part in results:
+                    for d in part:
+                        self.handle(d)
+                    self.maybe_commit()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def check_roots(roots: Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -264,39 +344,12 @@ def check_roots(roots: Iterable[str | os.PathLike[str]]) -> list[str]:
     return roots
 
 
-def build_index(
-    roots: Iterable[str | os.PathLike[str]],
-    encoder: Any,
-    collection: Collection,
-    options: IndexOptions | None = None,
-    reporter: Reporter | None = None,
-    *,
-    model_path: str | None = None,
-    rebuild_command: str | None = None,
-) -> IndexSummary:
-    """Bring ``collection`` up to date with the image files under ``roots``; see the module docstring.
 
-    Raises ``UsageError`` for a root that does not exist (rather than treating every image under an
-    unmounted drive as deleted) and ``ModelMismatchError`` when the collection belongs to another model.
-    """
-    options = options or IndexOptions()
-    reporter = reporter or Reporter()
-    start = time.monotonic()
-    roots = check_roots(roots)
-    if options.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1.")
-
-    rebuild_command = rebuild_command or (
-        f"lexsearch index {' '.join(roots)} --model {model_path or 'MODEL_DIR'} "
-        f"--collection {collection.path} --rebuild"
-    )
-    collection.bind_model(model_meta(encoder, model_path), rebuild_command)
-
-    b = _Builder(collection, encoder, options, reporter)
-    collection._dense_index()  # load dense.faiss now, repairing it if a previous run was killed
-
-    stored = collection.rows_by_path()
+def _plan(collection: Collection, roots: list[str], options: IndexOptions, b: _Builder):
+    """Rank 0: what needs work (new or changed files), what vanished, and the rows that vanished by hash."""
+    stored = collection.rows_by_path(hashes=False)
     work: list[_Work] = []
+    changed: list[tuple[ScannedFile, ImageRow]] = []
     seen: set[str] = set()
 
     def skipped(path: str, kind: str) -> None:
@@ -314,30 +367,70 @@ def build_index(
             else:
                 b.summary.failed_before += 1
         else:
-            work.append(_Work(f, old_id=row.id, old_hash=row.hash if row.status == "ok" else None))
+            changed.append((f, row))
+            work.append(_Work(f, old_id=row.id))
     vanished = [r for p, r in stored.items() if p not in seen and under_roots(p, roots)]
+    # Content hashes only of the rows that need one (changed or vanished), not of every stored image.
+    hashes = collection.hashes_of([r.id for _, r in changed] + [r.id for r in vanished])
+    for w, (_, row) in zip([w for w in work if w.old_id is not None], changed):
+        w.old_hash = hashes.get(row.id) if row.status == "ok" else None
+    vanished = [r._replace(hash=hashes.get(r.id)) for r in vanished]
     for r in vanished:
         if r.status == "ok" and r.hash:
             b.missing_by_hash.setdefault(r.hash, []).append(r.id)
-    reporter.total(len(work))
+    return work, vanished
 
-    workers = options.workers or min(8, os.cpu_count() or 1)
-    lookahead = max(1, LOOKAHEAD_BATCHES * options.batch_size)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lexsearch-decode")
+
+def build_index(
+    roots: Iterable[str | os.PathLike[str]],
+    encoder: Any,
+    collection: Collection | None,
+    options: IndexOptions | None = None,
+    reporter: Reporter | None = None,
+    *,
+    model_path: str | None = None,
+    rebuild_command: str | None = None,
+    shard: Shard | None = None,
+) -> IndexSummary:
+    """Bring ``collection`` up to date with the image files under ``roots``; see the module docstring.
+
+    Raises ``UsageError`` for a root that does not exist (rather than treating every image under an
+    unmounted drive as deleted) and ``ModelMismatchError`` when the collection belongs to another model.
+    Under torchrun pass ``shard=Shard.from_process_group()`` on every rank; only rank 0 passes the
+    collection (the others pass None) and gets the summary of the run.
+    """
+    options = options or IndexOptions()
+    reporter = reporter or Reporter()
+    shard = shard or Shard()
+    start = time.monotonic()
+    b = _Builder(collection, encoder, options, reporter)
+    if shard.rank != 0:  # a helper rank: embed its blocks of rank 0's plan
+        plan = shard.share(None)
+        if isinstance(plan, LexsearchError):
+            raise plan
+        work, b.missing_by_hash = plan
+        b.run(work, shard)
+        b.summary.seconds = time.monotonic() - start
+        return b.summary
     try:
-        pending: deque[Future[_Prepared]] = deque()
-        it = iter(work)
-        for item in it:
-            pending.append(pool.submit(b.prepare, item))
-            if len(pending) >= lookahead:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(b.prepare, nxt))
-            b.handle(result)
-        b.embed_batch()
+        roots = check_roots(roots)
+        if options.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1.")
+        if collection is None:
+            raise UsageError("rank 0 writes the collection: it must be given one.")
+        rebuild_command = rebuild_command or (
+            f"lexsearch index {' '.join(roots)} --model {model_path or 'MODEL_DIR'} "
+            f"--collection {collection.path} --rebuild"
+        )
+        collection.bind_model(model_meta(encoder, model_path), rebuild_command)
+        work, vanished = _plan(collection, roots, options, b)
+    except LexsearchError as exc:
+        shard.share(exc)  # the other ranks stop with the same error instead of waiting for a plan
+        raise
+    shard.share((work, b.missing_by_hash))
+    reporter.total(len(work))
+    try:
+        b.run(work, shard)
         # Whatever vanished and was not claimed by a move is gone; failed rows go silently (never indexed).
         for r in vanished:
             if r.status != "ok" or (r.hash and r.id in b.missing_by_hash.get(r.hash, ())) or not r.hash:
@@ -345,7 +438,6 @@ def build_index(
                 b.summary.removed += r.status == "ok"
         b.maybe_commit(force=True)
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
         # Ctrl-C: keep what is already embedded (one more commit), then let the interrupt through.
         try:
             b.maybe_commit(force=True)
@@ -353,7 +445,6 @@ def build_index(
         except Exception:
             logger.debug("could not save the last batch after an interruption", exc_info=True)
         raise
-    pool.shutdown(wait=True)
 
     collection.purge_tombstones()
     collection.save_dense()

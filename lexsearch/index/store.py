@@ -1,10 +1,10 @@
-"""A collection: one folder holding ``index.db`` (SQLite, WAL) and ``dense.faiss`` (the dense re-ranker).
+"""A collection: one folder holding ``index.db`` (SQLite, WAL), posting segment files and FAISS segment files.
 
 Schema (created and changed only by the named migrations below):
 
 - ``meta(key, value)``: JSON values. model_id, vocab_hash, vocab_size, dense_dim, sparsify, model_path,
-  roots, schema, postings_format, and two counters: ``generation`` (bumped by every commit that adds or
-  removes images) and ``faiss_generation`` (the generation ``dense.faiss`` reflects).
+  roots, schema, postings_format, ``generation`` (bumped by every commit that adds or removes images), and
+  the write counters behind the benchmark's write amplification (``postings_written``, ``postings_rewritten``).
 - ``images(id, path, size, mtime_ns, hash, width, height, exif_time, status, error, indexed_at)``: one row
   per file seen, ``status`` 'ok' or 'failed' (with ``error``). ``path`` is text, or the raw bytes of a name
   that is not valid UTF-8 (see ``paths.py``): every file name the OS can give is stored losslessly. ``id``
@@ -12,19 +12,27 @@ Schema (created and changed only by the named migrations below):
   unambiguous.
 - ``forward(image_id, terms, weights, dense)``: the sparse vector (and dense vector) of each 'ok' image.
   It is the source of truth: postings and FAISS can always be rebuilt from it.
-- ``postings(term_id, segment, n, ids, weights)``: per term a few blobs (see ``postings.py`` for the format
-  and the segment scheme). Never one row per posting.
-- ``tombstones(image_id, terms)``: deleted ids still present in some posting blob, with the terms to compact.
+- ``segments(name, n, min_id, max_id, gen, bytes)``: the immutable posting files (``segments.py``) that hold
+  the bulk of the postings, each for one contiguous id range.
+- ``postings(term_id, segment, n, ids, weights)``: the *delta*: per term and commit one blob pair (see
+  ``postings.py``) for images not yet in a file; flushed into a new file once it holds ``tiered.FLUSH_POSTINGS``.
+  Never one row per posting.
+- ``tombstones(image_id, terms, gen)``: removed ids that some file or delta blob may still hold; readers
+  drop them (a boolean mask), flushes and merges leave them out, and a tombstone goes once nothing holds it.
+- ``dense_segments(name, n, min_id, max_id, gen)``: the FAISS files (``dense.py``).
 - ``query_cache(text, model_id, terms, weights, dense, created_at)``: encoded queries.
 
-Crash safety: every write is one SQLite transaction that leaves images, forward, postings and tombstones in
-agreement. ``dense.faiss`` is rewritten only at the end of a run (temp file + fsync + rename) and is trusted
-only when ``faiss_generation == generation``; otherwise whoever opens the collection repairs it from
-``forward.dense`` by an id diff (cheap: ids are never reused, so equal ids mean equal vectors).
+Crash safety: every change to the database is one SQLite transaction that leaves images, forward, postings
+and tombstones in agreement. A file (postings or FAISS) is written to a temp name, fsynced and renamed
+before the transaction that references it commits, and a file is deleted only after the transaction that
+retires it; a crash in between leaves an unreferenced file, which the next writer deletes. A reader maps
+the files its snapshot names (a file retired meanwhile stays readable through its mapping; one already gone
+means a newer snapshot exists, which the reader then takes).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -33,11 +41,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
 
 from lexsearch import config
 from lexsearch.errors import (
@@ -47,31 +53,40 @@ from lexsearch.errors import (
     ModelMismatchError,
     UsageError,
 )
+from lexsearch.index import dense as dn
 from lexsearch.index import postings as pf
+from lexsearch.index import segments as sg
+from lexsearch.index.dense import DenseSegments
 from lexsearch.index.paths import db_path as _db_path
 from lexsearch.index.paths import db_text as _db_text
 from lexsearch.index.paths import py_path as _py_path
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
+from lexsearch.index.tiered import FANOUT, FLUSH_POSTINGS, MAX_SEGMENTS, PostingsSnapshot, TieredPostings
+
 logger = logging.getLogger(__name__)
 
 DB_NAME = "index.db"
-FAISS_NAME = "dense.faiss"
+FAISS_NAME = "dense.faiss"  # the single FAISS file of schema 1; read once by the upgrade, then deleted
 LOCK_NAME = "index.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+PAGE_SIZE = 16384
 
 # A reader waits this long for a writer's commit instead of failing with "database is locked". Writers
 # commit every couple of seconds, so a long wait means something is really stuck.
 BUSY_TIMEOUT_S = 60.0
-# Compact a term once it has this many segments: bounds the blobs a query reads per term while keeping
-# the write cost of a commit proportional to what it adds.
-MAX_SEGMENTS = 8
+# A reader fetching at least this many rows by id spreads them over this many connections (threads).
+_PARALLEL_MIN_ROWS = 256
+_READERS = 4
 # SQLite's bound-parameter limit is 32766 on modern builds; stay well under it.
 _CHUNK = 5000
 
-migrations = Migrations("lexsearch.index")
+MIGRATION_SET = "lexsearch.index"
 
 
-@migrations()
 def m001_create_tables(db: Database) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     db.execute(
@@ -105,9 +120,65 @@ def m001_create_tables(db: Database) -> None:
     )
 
 
-@dataclass
-class ImageRow:
-    """One row of ``images`` as the indexer needs it."""
+def m002_segment_files(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE segments (name TEXT PRIMARY KEY, n INTEGER NOT NULL, min_id INTEGER NOT NULL, "
+        "max_id INTEGER NOT NULL, gen INTEGER NOT NULL, bytes INTEGER NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE dense_segments (name TEXT PRIMARY KEY, n INTEGER NOT NULL, min_id INTEGER NOT NULL, "
+        "max_id INTEGER NOT NULL, gen INTEGER NOT NULL)"
+    )
+    db.execute("CREATE TABLE dense_dead (image_id INTEGER PRIMARY KEY)")
+    db.execute("ALTER TABLE tombstones ADD COLUMN gen INTEGER NOT NULL DEFAULT 0")
+    # Tombstones of schema 1 may be in any delta blob: give them the current generation (kept to a flush).
+    db.execute(
+        "UPDATE tombstones SET gen = coalesce((SELECT CAST(value AS INTEGER) FROM meta "
+        "WHERE key = 'generation'), 0)"
+    )
+
+
+# In order. Registered with sqlite-utils only when a writer opens a collection: readers check what is
+# applied with one SELECT, so a query process does not import sqlite-utils (~100 ms).
+MIGRATIONS = [m001_create_tables, m002_segment_files]
+
+
+def migrations() -> Migrations:
+    from sqlite_utils.migrations import Migrations
+
+    m = Migrations(MIGRATION_SET)
+    for fn in MIGRATIONS:
+        m()(fn)
+    return m
+
+
+def _pending(conn: sqlite3.Connection) -> list[str]:
+    try:
+        q = "SELECT name FROM _sqlite_migrations WHERE migration_set = ?"
+        applied = {r[0] for r in conn.execute(q, [MIGRATION_SET])}
+    except sqlite3.OperationalError:  # no migrations table: a new (or foreign) database
+        applied = set()
+    return [fn.__name__ for fn in MIGRATIONS if fn.__name__ not in applied]
+
+
+class _ReaderDb:
+    """The part of sqlite-utils' ``Database`` a reader uses, over a plain sqlite3 connection."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def execute(self, sql: str, parameters: Any = None) -> sqlite3.Cursor:
+        return self.conn.execute(sql, parameters or [])
+
+    def table_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class ImageRow(NamedTuple):
+    """One row of ``images`` as the indexer needs it (a tuple: a million of them load in about a second)."""
 
     id: int
     path: str
@@ -148,10 +219,42 @@ class Changes:
 
 
 @dataclass
+class SparseRow:
+    """One sparse row with the part of scipy's CSR interface the query path uses (``indices``, ``data``,
+    ``indptr``, ``shape``, ``nnz``, ``[0]``, ``tocsr()``, ``toarray()``): a cached query is answered
+    without importing scipy (~150 ms of a fresh query process)."""
+
+    indices: np.ndarray  # int32 ascending
+    data: np.ndarray  # float32
+    shape: tuple[int, int]
+
+    @property
+    def indptr(self) -> np.ndarray:
+        return np.array([0, self.indices.size], np.int64)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, row: int) -> SparseRow:
+        if row not in (0, -1):
+            raise IndexError(row)
+        return self
+
+    def tocsr(self) -> SparseRow:
+        return self
+
+    def toarray(self) -> np.ndarray:
+        out = np.zeros(self.shape, np.float32)
+        out[0, self.indices] = self.data
+        return out
+
+
+@dataclass
 class CachedQuery:
     """A cached encoded query, shaped like ``lexsearch.model.Encoded`` with one row."""
 
-    sparse: Any  # scipy.sparse.csr_matrix (1, V)
+    sparse: SparseRow  # (1, V), CSR-like
     dense: np.ndarray | None  # (1, D) or None
 
 
@@ -182,30 +285,33 @@ def _take_lock(path: Path) -> int:
     return fd
 
 
-def _connect(db_path: Path) -> Database:
+def _connect(db_path: Path, readonly: bool) -> Database | _ReaderDb:
     # check_same_thread=False: the indexer's writer is used from one thread at a time, but not always the
     # thread that opened it (tests and servers). The busy timeout is what makes readers wait, not fail.
     conn = sqlite3.connect(str(db_path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    if readonly:
+        return _ReaderDb(conn)
+    from sqlite_utils import Database
+
     return Database(conn)
 
 
-class Collection:
+class Collection(TieredPostings, DenseSegments):
     """An image collection on disk. ``open(..., readonly=True)`` for search; the indexer opens it writable.
 
     "readonly" means "will not index": a reader may still write the query cache.
     """
 
-    def __init__(self, path: Path, db: Database, readonly: bool):
+    def __init__(self, path: Path, db: Database | _ReaderDb, readonly: bool):
         self.path = path
         self.db = db
         self.readonly = readonly
         self._lock_fd: int | None = None
         self._meta: dict[str, Any] | None = None
-        self._faiss = None  # in-memory faiss.IndexIDMap2, loaded lazily
+        self._faiss = None  # in-memory faiss.IndexIDMap2 (all dense files + repairs), loaded lazily
         self._faiss_gen = -1  # the DB generation the in-memory index reflects
-        self._segments: dict[int, list[list[int]]] | None = None  # writer only: term -> [[segment, n]]
-        self._dead: set[int] = set()  # writer only: tombstoned ids
+        self._files: dict[str, sg.SegmentFile] = {}  # open posting files by name (mappings stay valid)
 
     # ---------------------------------------------------------------- opening and meta
     @classmethod
@@ -235,8 +341,10 @@ class Collection:
             if recreate:
                 for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", FAISS_NAME, FAISS_NAME + ".tmp"):
                     (path / name).unlink(missing_ok=True)
+                for f in _data_files(path):
+                    f.unlink(missing_ok=True)
         try:
-            col = cls(path, _connect(db_path), readonly)
+            col = cls(path, _connect(db_path, readonly), readonly)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -244,21 +352,35 @@ class Collection:
         col._lock_fd = lock_fd
         try:
             if not readonly:
+                if "meta" not in col.db.table_names():
+                    # A new file: 16 KB pages hold ten ~1.5 KB forward rows where 4 KB pages hold two (a
+                    # quarter of every page wasted). Only possible before the first table and WAL mode.
+                    col.db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
                 # WAL lets readers run during a write transaction; set once by the writer (it persists in
                 # the file), so readers never need the lock that changing the journal mode takes.
                 col.db.enable_wal()
                 col.db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, safe
-            if migrations.pending(col.db):
+            if _pending(col.db.conn):
                 if readonly and not col.db.table_names():
                     # An empty file (a full disk, a bad copy) is not an old schema: an upgrade cannot help.
                     raise IndexError_(f"Collection {path} has an empty {DB_NAME} (nothing is indexed); {rebuild}")
                 if readonly:
                     raise IndexError_(f"Collection {path} needs an upgrade: run 'lexsearch index' on it.")
-                migrations.apply(col.db)
+                fresh = "meta" not in col.db.table_names()
+                migrations().apply(col.db)
+                if fresh:
+                    col._set_meta(
+                        {"generation": 0, "faiss_generation": 0, "created_at": time.time(),
+                         "postings_written": 0, "postings_rewritten": 0}
+                    )
+                # A schema-1 collection's postings are all SQLite blobs: they count as delta, flushed into
+                # files by the next commits.
+                delta = col.db.execute("SELECT coalesce(sum(n), 0) FROM postings").fetchone()[0]
                 col._set_meta(
-                    {"schema": SCHEMA_VERSION, "postings_format": pf.POSTINGS_FORMAT, "generation": 0,
-                     "faiss_generation": 0, "created_at": time.time()}
+                    {"schema": SCHEMA_VERSION, "postings_format": pf.POSTINGS_FORMAT, "delta_postings": int(delta)}
                 )
+            if not readonly:
+                col._delete_orphans()
         except sqlite3.DatabaseError as exc:
             col.close()
             raise IndexError_(f"Collection {path} is damaged ({exc}); {rebuild}") from exc
@@ -318,34 +440,39 @@ class Collection:
         return int(row[0]) if row else 0
 
     # ---------------------------------------------------------------- read API (INTERFACES.md)
-    def postings(self, term_ids: Iterable[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Live postings per term: (image ids uint32 ascending, weights float32); absent terms are omitted."""
-        terms = sorted({int(t) for t in term_ids})
-        segs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-        with self._read():
-            dead = np.fromiter((r[0] for r in self.db.execute("SELECT image_id FROM tombstones")), np.uint32)
-            for chunk in _chunks(terms):
-                q = (
-                    f"SELECT term_id, ids, weights FROM postings WHERE term_id IN ({_marks(chunk)}) "
-                    "ORDER BY term_id, segment"
-                )
-                for t, ids, w in self.db.execute(q, chunk):
-                    segs.setdefault(t, []).append((pf.decode_ids(ids), pf.decode_weights(w)))
-        out = {}
-        for t, s in segs.items():
-            ids, w = pf.merge_segments(s, dead)
-            if ids.size:
-                out[t] = (ids, w)
-        return out
-
     def forward(self, image_ids: Iterable[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Sparse vector per image: (term ids int32 ascending, weights float32)."""
-        out = {}
-        for chunk in _chunks(sorted({int(i) for i in image_ids})):
-            q = f"SELECT image_id, terms, weights FROM forward WHERE image_id IN ({_marks(chunk)})"
-            for i, t, w in self.db.execute(q, chunk):
-                out[i] = (pf.decode_ids(t).astype(np.int32), pf.decode_weights(w))
-        return out
+        rows = self._rows_by_id("SELECT image_id, terms, weights FROM forward", image_ids)
+        return {i: pf.decode_forward(t, w) for i, t, w in rows}
+
+    def _rows_by_id(self, select: str, image_ids: Iterable[int]) -> list[tuple]:
+        """``select ... WHERE image_id IN (ids)``; a reader asking for many rows reads them on a few
+        connections at once: a query's 1,000 re-rank rows are random pages of the largest table, and with a
+        cold page cache overlapping those reads is what keeps the answer under half a second."""
+        ids = sorted({int(i) for i in image_ids})
+        if not self.readonly or len(ids) < _PARALLEL_MIN_ROWS:
+            out: list[tuple] = []
+            for chunk in _chunks(ids):
+                out.extend(self.db.execute(f"{select} WHERE image_id IN ({_marks(chunk)})", chunk))
+            return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts = [ids[k::_READERS] for k in range(_READERS)]
+
+        def fetch(part: list[int]) -> list[tuple]:
+            # Each thread its own connection (sqlite3 releases the GIL while it reads). Rows are immutable
+            # once written, so separate snapshots can at most miss an image removed meanwhile, as one could.
+            conn = sqlite3.connect(str(self.path / DB_NAME), timeout=BUSY_TIMEOUT_S)
+            try:
+                out = []
+                for chunk in _chunks(part):
+                    out.extend(conn.execute(f"{select} WHERE image_id IN ({_marks(chunk)})", chunk))
+                return out
+            finally:
+                conn.close()
+
+        with ThreadPoolExecutor(_READERS, thread_name_prefix="lexsearch-read") as pool:
+            return [r for rows in pool.map(fetch, parts) for r in rows]
 
     def image_paths(self, image_ids: Iterable[int]) -> dict[int, str]:
         out = {}
@@ -358,41 +485,6 @@ class Collection:
         """Whether an indexed file is still on disk (a search leaves out, and counts, those that are not)."""
         return os.path.exists(path)
 
-    def dense_vectors(self, image_ids: Iterable[int]) -> dict[int, np.ndarray]:
-        """Stored dense vectors (D,) float32 of some images (those without one are omitted)."""
-        out = {}
-        for chunk in _chunks(sorted({int(i) for i in image_ids})):
-            q = f"SELECT image_id, dense FROM forward WHERE image_id IN ({_marks(chunk)})"
-            for i, d in self.db.execute(q, chunk):
-                if d is not None:
-                    out[i] = pf.decode_dense(d)
-        return out
-
-    def dense_scores(self, q: np.ndarray, image_ids: np.ndarray) -> np.ndarray:
-        """Inner product of ``q`` with each image's dense vector, in the order given; 0 where there is none.
-
-        Read from ``forward.dense`` (the same float32 vectors FAISS holds) so the scores are exact even while
-        an indexer runs and ``dense.faiss`` lags behind the database.
-        """
-        ids = np.asarray(image_ids).astype(np.int64).ravel()
-        out = np.zeros(ids.size, np.float32)
-        vecs = self.dense_vectors(ids.tolist())
-        if not vecs:
-            return out
-        rows = [k for k, i in enumerate(ids.tolist()) if i in vecs]
-        matrix = np.stack([vecs[int(ids[k])] for k in rows])  # (n, D)
-        out[rows] = matrix @ np.asarray(q, np.float32).ravel()
-        return out
-
-    def dense_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` images with the largest inner product with ``q``: (ids int64, scores float32)."""
-        index = self._dense_index()
-        if index is None or index.ntotal == 0 or k <= 0:
-            return np.empty(0, np.int64), np.empty(0, np.float32)
-        scores, ids = index.search(np.asarray(q, np.float32).reshape(1, -1), min(k, index.ntotal))
-        keep = ids[0] >= 0
-        return ids[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
-
     def cached_query(self, text: str) -> CachedQuery | None:
         """The cached encoding of ``text`` under the collection's model, or None."""
         row = self.db.execute(
@@ -401,12 +493,10 @@ class Collection:
         ).fetchone()
         if row is None:
             return None
-        from scipy.sparse import csr_matrix
-
         terms, weights = pf.decode_ids(row[0]).astype(np.int32), pf.decode_weights(row[1])
         vocab = int(self._meta_value("vocab_size") or (int(terms.max()) + 1 if terms.size else 1))
-        sparse = csr_matrix((weights, terms, np.array([0, terms.size])), shape=(1, vocab), dtype=np.float32)
-        dense = pf.decode_dense(row[2]).reshape(1, -1).copy() if row[2] is not None else None
+        sparse = SparseRow(terms, weights, (1, vocab))
+        dense = pf.decode_dense(row[2]).reshape(1, -1) if row[2] is not None else None
         return CachedQuery(sparse=sparse, dense=dense)
 
     def cache_query(self, text: str, sparse_row: Any, dense_row: np.ndarray | None) -> None:
@@ -419,7 +509,7 @@ class Collection:
             arr = np.asarray(sparse_row, np.float32).ravel()
             terms = np.flatnonzero(arr)
             weights = arr[terms]
-        dense = pf.encode_dense(np.asarray(dense_row).ravel()) if dense_row is not None else None
+        dense = pf.encode_dense(np.asarray(dense_row).ravel(), half=False) if dense_row is not None else None
         # Stored as float16 like the index, so a cache hit and a miss rank identically up to that rounding.
         with self._write():
             self.db.execute(
@@ -448,18 +538,18 @@ class Collection:
         problems: list[str] = []
         with self._read():
             ok = {r[0] for r in self.db.execute("SELECT id FROM images WHERE status = 'ok'")}
-            fwd = {r[0]: (pf.decode_ids(r[1]), pf.decode_weights(r[2]))
+            fwd = {r[0]: pf.decode_forward(r[1], r[2])
                    for r in self.db.execute("SELECT image_id, terms, weights FROM forward")}
             q = "SELECT image_id FROM forward WHERE dense IS NOT NULL"
             dense_ids = {r[0] for r in self.db.execute(q)}
-            terms = [r[0] for r in self.db.execute("SELECT DISTINCT term_id FROM postings")]
             dead = {r[0] for r in self.db.execute("SELECT image_id FROM tombstones")}
+            snap = self.postings_snapshot(range(int(self._meta_value("vocab_size") or 0) or self._max_term()))
         if set(fwd) != ok:
             problems.append(f"forward rows {len(fwd)} != ok images {len(ok)}")
         if dead & ok:
             problems.append(f"{len(dead & ok)} live images are tombstoned")
         expected = pf.invert(np.array(sorted(fwd), np.uint32), [fwd[i] for i in sorted(fwd)])
-        got = self.postings(terms)
+        got = snap.live()
         if set(expected) != set(got):
             problems.append(f"postings terms differ: {len(set(expected) ^ set(got))} terms")
         for t, (ids, w) in expected.items():
@@ -469,112 +559,75 @@ class Collection:
                 break
         if int(self._meta_value("dense_dim") or 0) > 0:
             index = self._dense_index()
-            import faiss
-
-            in_faiss = set(faiss.vector_to_array(index.id_map).tolist()) if index is not None else set()
+            in_faiss = set(dn.index_ids(index).tolist()) if index is not None else set()
             if in_faiss != dense_ids or dense_ids - ok:
                 problems.append(f"FAISS ids ({len(in_faiss)}) != stored dense vectors ({len(dense_ids)})")
         return problems
 
-    # ---------------------------------------------------------------- dense index (FAISS)
-    def _dense_index(self):
-        """The FAISS index, loaded from disk and repaired in memory if it lags behind the database."""
-        dim = int(self._meta_value("dense_dim") or 0)
-        if dim <= 0:
-            return None
-        gen = int(self._meta_value("generation", 0))
-        if self._faiss is not None and self._faiss_gen == gen:
-            return self._faiss
-
-        if self._faiss is None:
-            self._faiss = self._load_faiss(dim)
-            if self._faiss is not None and self._meta_value("faiss_generation") == gen:
-                self._faiss_gen = gen
-                return self._faiss
-            if self._faiss is None:
-                self._faiss = _new_dense_index(dim)
-        self._faiss_gen = self._sync_faiss(self._faiss)
-        return self._faiss
-
-    def _load_faiss(self, dim: int):
-        import faiss
-
-        path = self.path / FAISS_NAME
-        if not path.exists():
-            return None
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as exc:  # a torn or foreign file: the database can rebuild it
-            logger.warning("dense index %s is unreadable (%s); rebuilding it from the database", path, exc)
-            return None
-        if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
-            return None
-        return index
-
-    def _sync_faiss(self, index) -> int:
-        """Make ``index`` hold exactly the stored dense vectors (an id diff); returns the generation."""
-        import faiss
-
-        with self._read():
-            gen = int(self._meta_value("generation", 0))
-            db_ids = np.array([r[0] for r in self.db.execute(
-                "SELECT image_id FROM forward WHERE dense IS NOT NULL")], np.int64)
-            have = faiss.vector_to_array(index.id_map).astype(np.int64)
-            extra = np.setdiff1d(have, db_ids)
-            missing = np.setdiff1d(db_ids, have)
-            vecs = self.dense_vectors(missing.tolist()) if missing.size else {}
-        if extra.size:
-            index.remove_ids(extra)
-        if vecs:
-            ids = np.array(sorted(vecs), np.int64)
-            index.add_with_ids(np.stack([vecs[i] for i in ids]).astype(np.float32), ids)
-        if extra.size or missing.size:
-            logger.info("dense index synced: %d added, %d removed", missing.size, extra.size)
-        return gen
-
-    def save_dense(self) -> None:
-        """Write ``dense.faiss`` atomically and record the generation it reflects (writer only)."""
-        self._require_writer()
-        index = self._dense_index()
-        if index is None:
-            return
-        import faiss
-
-        path = self.path / FAISS_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(index, str(tmp))
-        # fsync before rename: after a power cut the new name must not point at unwritten blocks.
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        self._set_meta({"faiss_generation": self._faiss_gen})
+    def _max_term(self) -> int:
+        row = self.db.execute("SELECT max(term_id) FROM postings").fetchone()
+        files = [self._file(r[0]) for r in self.db.execute("SELECT name FROM segments")]
+        return max([int(row[0] or 0)] + [int(f.terms[-1]) for f in files if f.terms.size]) + 1
 
     # ---------------------------------------------------------------- write API (the indexer)
     def _require_writer(self) -> None:
         if self.readonly:
             raise IndexError_("This collection was opened read-only.")
 
-    def rows_by_path(self) -> dict[str, ImageRow]:
-        return {r.path: r for r in self.rows()}
+    def rows_by_path(self, hashes: bool = True) -> dict[str, ImageRow]:
+        """Every image row by path; ``hashes=False`` leaves ``hash`` None (fetch the few needed with
+        ``hashes_of``): at a million rows the hash strings are a third of the time."""
+        q = f"SELECT id, path, size, mtime_ns, {'hash' if hashes else 'NULL'}, status FROM images"
+        make = ImageRow._make
+        # A million new tuples would trigger the cyclic GC over and over (it doubles the time); none of
+        # them can be in a cycle.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            out = {}
+            for r in self.db.execute(q):
+                if r[1].__class__ is not str:  # a name stored as bytes (not UTF-8): as Python names it
+                    r = (r[0], _py_path(r[1]), *r[2:])
+                out[r[1]] = make(r)
+            return out
+        finally:
+            if enabled:
+                gc.enable()
+
+    def hashes_of(self, image_ids: Iterable[int]) -> dict[int, str | None]:
+        out: dict[int, str | None] = {}
+        for chunk in _chunks(sorted({int(i) for i in image_ids})):
+            out.update(self.db.execute(f"SELECT id, hash FROM images WHERE id IN ({_marks(chunk)})", chunk))
+        return out
 
     def apply(self, changes: Changes) -> list[int]:
-        """Apply one batch of changes in one transaction; returns the new ids of ``changes.insert``."""
+        """Apply one batch of changes in one transaction; returns the new ids of ``changes.insert``.
+
+        New postings go to the SQLite delta; once it is large it is flushed into a posting file (and files
+        merged) in transactions of their own, after this one.
+        """
         self._require_writer()
-        self._load_segments()
         conn = self.db.conn
         new_ids: list[int] = []
         ok_rows: list[tuple[int, NewImage]] = []
         removed: list[int] = []
-        touched_terms: set[int] = set()
+        vocab = int(self._meta_value("vocab_size") or 0)
         with self._write():
+            gen = int(self._meta_value("generation", 0)) + 1
+            covered = int(self._meta_value("dense_covered", 0))
+            in_files = int(self.db.execute("SELECT coalesce(max(max_id), 0) FROM segments").fetchone()[0])
             for image_id in changes.remove:
-                row = conn.execute("SELECT terms FROM forward WHERE image_id = ?", [image_id]).fetchone()
+                row = conn.execute(
+                    "SELECT terms, weights, dense IS NOT NULL FROM forward WHERE image_id = ?", [image_id]
+                ).fetchone()
                 if row is not None:
-                    conn.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?)", [image_id, row[0]])
+                    # For an image in the delta (ids above every file's), the terms tell which delta blobs to
+                    # clean (``purge_tombstones``); an image in a file is left to the merges (no terms).
+                    terms = pf.encode_ids(pf.decode_forward(row[0], row[1])[0]) if image_id > in_files else b""
+                    conn.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)", [image_id, terms, gen])
                     conn.execute("DELETE FROM forward WHERE image_id = ?", [image_id])
+                    if row[2] and image_id <= covered:  # its vector is in a FAISS file: drop it on load
+                        conn.execute("INSERT OR IGNORE INTO dense_dead VALUES (?)", [image_id])
                     removed.append(image_id)
                 conn.execute("DELETE FROM images WHERE id = ?", [image_id])
             for image_id, path, size, mtime_ns in changes.move:
@@ -583,135 +636,53 @@ class Collection:
                     [_db_path(path), size, mtime_ns, image_id],
                 )
             now = time.time()
-            for im in changes.insert:
-                status = "failed" if im.terms is None else "ok"
-                cur = conn.execute(
+            if changes.insert:
+                # One executemany for all rows: in one write transaction AUTOINCREMENT hands out consecutive
+                # ids after the sequence, so the ids are known without a statement per image.
+                first = self.max_image_id + 1
+                conn.executemany(
                     "INSERT INTO images (path, size, mtime_ns, hash, width, height, exif_time, status, "
                     "error, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_db_path(im.path), im.size, im.mtime_ns, im.hash, im.width, im.height,
-                     _db_text(im.exif_time), status, _db_text(im.error), now],
+                    [(_db_path(im.path), im.size, im.mtime_ns, im.hash, im.width, im.height,
+                      _db_text(im.exif_time), "failed" if im.terms is None else "ok", _db_text(im.error), now)
+                     for im in changes.insert],
                 )
-                new_ids.append(int(cur.lastrowid))
-                if status == "ok":
-                    ok_rows.append((new_ids[-1], im))
+                new_ids = list(range(first, first + len(changes.insert)))
+                if self.max_image_id != new_ids[-1]:  # never expected; fail the transaction rather than lie
+                    raise IndexError_(f"Collection {self.path}: image ids were not handed out in sequence.")
+                ok_rows = [(i, im) for i, im in zip(new_ids, changes.insert) if im.terms is not None]
+            written = 0
             if ok_rows:
                 conn.executemany(
                     "INSERT INTO forward VALUES (?, ?, ?, ?)",
-                    [(i, pf.encode_ids(im.terms), pf.encode_weights(im.weights),
+                    [(i, pf.encode_terms(im.terms, vocab), pf.encode_weights(im.weights),
                       pf.encode_dense(im.dense) if im.dense is not None else None) for i, im in ok_rows],
                 )
-                inverted = pf.invert(
-                    np.array([i for i, _ in ok_rows], np.uint32),
-                    [(im.terms, im.weights) for _, im in ok_rows],
+                runs = sg.invert_runs(
+                    np.array([i for i, _ in ok_rows], np.uint32), [(im.terms, im.weights) for _, im in ok_rows]
                 )
-                for t, (ids, w) in inverted.items():
-                    segs = self._segments.setdefault(t, [])
-                    seg = segs[-1][0] + 1 if segs else 0
-                    conn.execute(
-                        "INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
-                        [t, seg, ids.size, pf.encode_ids(ids), pf.encode_weights(w)],
-                    )
-                    segs.append([seg, int(ids.size)])
-                    if len(segs) > MAX_SEGMENTS:
-                        touched_terms.add(t)
-            self._dead.update(removed)
-            for t in touched_terms:
-                self._compact_term(t, full=False)
-            gen = int(self._meta_value("generation", 0)) + 1
-            self._write_meta({"generation": gen})
+                # One bytes object per array, sliced per term (C-speed slices, no array per term).
+                ids_b, w_b, st = runs.ids.astype("<u4").tobytes(), runs.weights.astype("<f2").tobytes(), runs.starts
+                conn.executemany(
+                    "INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
+                    [(t, gen, b - a, ids_b[4 * a : 4 * b], w_b[2 * a : 2 * b])
+                     for t, a, b in zip(runs.terms.tolist(), st[:-1].tolist(), st[1:].tolist())],
+                )
+                written = runs.n
+                self._note_delta_rows(runs.terms.tolist(), gen)
+            self._write_meta({
+                "generation": gen,
+                "delta_postings": int(self._meta_value("delta_postings", 0)) + written,
+                "postings_written": int(self._meta_value("postings_written", 0)) + written,
+            })
         # Only after the commit: the in-memory FAISS index follows the database, never leads it.
-        self._after_commit(gen, [(i, im.dense) for i, im in ok_rows if im.dense is not None], removed)
-        return new_ids
-
-    def _after_commit(self, gen: int, added: list[tuple[int, np.ndarray]], removed: list[int]) -> None:
-        if self._faiss is None or self._faiss_gen != gen - 1:
-            return  # not loaded (or already stale): the next _dense_index() call syncs by id diff
-        if removed:
-            self._faiss.remove_ids(np.array(removed, np.int64))
-        if added:
-            self._faiss.add_with_ids(
-                np.stack([d for _, d in added]).astype(np.float32), np.array([i for i, _ in added], np.int64)
-            )
-        self._faiss_gen = gen
-
-    def _load_segments(self) -> None:
-        if self._segments is not None:
-            return
-        self._segments = {}
-        q = "SELECT term_id, segment, n FROM postings ORDER BY term_id, segment"
-        for t, seg, n in self.db.execute(q):
-            self._segments.setdefault(t, []).append([seg, n])
-        self._dead = {r[0] for r in self.db.execute("SELECT image_id FROM tombstones")}
-
-    def _compact_term(self, term: int, full: bool) -> None:
-        """Rewrite a term's segments (inside the caller's transaction).
-
-        Size-tiered: when the deltas together are small next to the base, only the deltas are merged (into
-        segment 1), so a large term is not rewritten for every few new images; otherwise (or ``full``)
-        everything is merged into the base, dropping tombstoned ids.
-        """
-        segs = self._segments.get(term, [])
-        base_n = segs[0][1] if segs and segs[0][0] == 0 else 0
-        delta_n = sum(n for s, n in segs if s != 0)
-        deltas_only = not full and base_n > 0 and delta_n * 4 < base_n
-        conn = self.db.conn
-        where = "term_id = ? AND segment > 0" if deltas_only else "term_id = ?"
-        q = f"SELECT ids, weights FROM postings WHERE {where} ORDER BY segment"
-        rows = conn.execute(q, [term]).fetchall()
-        dead = np.fromiter(self._dead, np.uint32, len(self._dead)) if self._dead else None
-        ids, w = pf.merge_segments([(pf.decode_ids(a), pf.decode_weights(b)) for a, b in rows], dead)
-        conn.execute(f"DELETE FROM postings WHERE {where}", [term])
-        seg = 1 if deltas_only else 0
-        kept = [s for s in segs if s[0] == 0] if deltas_only else []
-        if ids.size:
-            conn.execute(
-                "INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
-                [term, seg, ids.size, pf.encode_ids(ids), pf.encode_weights(w)],
-            )
-            kept.append([seg, int(ids.size)])
-        if kept:
-            self._segments[term] = kept
-        else:
-            self._segments.pop(term, None)
-
-    def purge_tombstones(self, terms_per_commit: int = 2000) -> int:
-        """Cut tombstoned ids out of the blobs that hold them, then forget the tombstones; returns how many.
-
-        Done in chunks of terms per transaction; a crash midway leaves the tombstones in place (readers keep
-        filtering them) and the next run finishes the job.
-        """
-        self._require_writer()
-        self._load_segments()
-        rows = self.db.execute("SELECT image_id, terms FROM tombstones").fetchall()
-        if not rows:
-            return 0
-        terms = sorted(set(np.concatenate([pf.decode_ids(r[1]) for r in rows]).tolist()))
-        for start in range(0, len(terms), terms_per_commit):
-            with self._write():
-                for t in terms[start : start + terms_per_commit]:
-                    self._compact_term(int(t), full=True)
-        with self._write():
-            for chunk in _chunks([r[0] for r in rows]):
-                self.db.conn.execute(f"DELETE FROM tombstones WHERE image_id IN ({_marks(chunk)})", chunk)
-        self._dead.difference_update(r[0] for r in rows)
-        return len(rows)
-
-    def rebuild_postings(self) -> None:
-        """Recreate every posting blob from the forward rows (repair tool; also clears tombstones)."""
-        self._require_writer()
-        fwd = self.db.execute("SELECT image_id, terms, weights FROM forward ORDER BY image_id").fetchall()
-        inverted = pf.invert(
-            np.array([r[0] for r in fwd], np.uint32),
-            [(pf.decode_ids(r[1]), pf.decode_weights(r[2])) for r in fwd],
+        self._after_commit(
+            gen, [(i, np.asarray(im.dense, np.float16).astype(np.float32)) for i, im in ok_rows if im.dense is not None],
+            removed,
         )
-        with self._write():
-            self.db.execute("DELETE FROM postings")
-            self.db.execute("DELETE FROM tombstones")
-            self.db.conn.executemany(
-                "INSERT INTO postings VALUES (?, 0, ?, ?, ?)",
-                [(t, ids.size, pf.encode_ids(ids), pf.encode_weights(w)) for t, (ids, w) in inverted.items()],
-            )
-        self._segments, self._dead = None, set()
+        if int(self._meta_value("delta_postings", 0)) >= self.flush_at:
+            self.flush_postings()
+        return new_ids
 
     def _write(self):
         """A write transaction that takes the write lock up front (BEGIN IMMEDIATE).
@@ -756,19 +727,6 @@ class _ReadTxn:
             self.conn.execute("COMMIT")
 
 
-def _new_dense_index(dim: int):
-    """An empty IndexIDMap2 over exact inner product (the dense vectors are L2-normalised: cosine)."""
-    import faiss
-
-    flat = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIDMap2(flat)
-    # The wrapper does not own the Python-side flat index: without this the flat index is freed when
-    # ``flat`` goes out of scope and the map points at freed memory (garbage ids, crashes).
-    flat.this.disown()
-    index.own_fields = True
-    return index
-
-
 def check_model(stored: dict[str, Any], model: dict[str, Any], path: Path, rebuild_command: str) -> None:
     """Refuse a collection written by another model, with the one command that rebuilds it."""
     if (stored.get("model_id"), stored.get("vocab_hash")) != (model.get("model_id"), model.get("vocab_hash")):
@@ -785,3 +743,12 @@ def _chunks(items: list) -> Iterable[list]:
 
 def _marks(chunk: list) -> str:
     return ",".join("?" * len(chunk))
+
+
+def _data_files(path: Path) -> list[Path]:
+    """Posting and FAISS segment files (and their temp files) in a collection folder."""
+    return [p for p in path.iterdir() if (p.name.startswith(sg.PREFIX) and sg.SUFFIX in p.name)
+            or (p.name.startswith(dn.PREFIX) and dn.SUFFIX in p.name)]
+
+
+__all__ = ["FANOUT", "FLUSH_POSTINGS", "MAX_SEGMENTS", "Changes", "Collection", "NewImage", "PostingsSnapshot", "check_model"]

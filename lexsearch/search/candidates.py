@@ -49,17 +49,31 @@ def _accumulate(index: PostingsIndex, pairs: list[tuple[TermPostings, float]]) -
         np.multiply(dense[0][0].dense, dense[0][1], out=scores)  # the first column initialises: no fill
     else:
         scores.fill(0.0)
+    for tp, q in pairs:
+        if tp.raw:  # as read from the store (a term's first query): score each part where it lies
+            _accumulate_parts(scores, tmp, tp.parts, np.float32(q))
     for tp, q in dense[1:]:
         # Two passes over cache-resident arrays. BLAS saxpy does it in one, but OpenBLAS threads it and,
         # on a busy machine, its spinning threads turn 0.1 ms into 100 ms at the tail; numpy stays steady.
         np.multiply(tp.dense, q, out=tmp)
         np.add(scores, tmp, out=scores)
     for tp, q in pairs:
-        if tp.dense is None:
+        if tp.dense is None and not tp.raw:
             # ids are unique within a term, so fancy-index += is an exact scatter-add (np.add.at: 10x slower).
             # Pruned lists hold uint8 codes: the scale folds into the query weight.
             scores[tp.ids] += tp.weights * np.float32(q if tp.scale is None else q * tp.scale)
     return scores
+
+
+def _accumulate_parts(scores: np.ndarray, tmp: np.ndarray, parts: list, q: np.float32) -> None:
+    for p in parts:
+        if p.dense:  # a stored column over the image ids from p.start: one multiply-add, no scatter
+            n = p.weights.size
+            np.multiply(p.weights, q, out=tmp[:n])
+            seg = scores[p.start : p.start + n]
+            np.add(seg, tmp[:n], out=seg)
+        else:
+            scores[p.ids] += p.weights * q
 
 
 def accumulate(index: PostingsIndex, terms: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -103,7 +117,15 @@ def _all_of(index: PostingsIndex, terms: tuple[int, ...]) -> np.ndarray | None:
     mask: np.ndarray | None = None
     for t in terms:
         tp = postings[t]
-        if tp.dense is not None:
+        if tp.raw:
+            has = np.zeros(index.n_slots, bool)
+            for p in tp.parts:
+                if p.dense:
+                    seg = has[p.start : p.start + p.weights.size]
+                    np.logical_or(seg, p.weights > 0, out=seg)
+                else:
+                    has[p.ids] = True
+        elif tp.dense is not None:
             has = tp.dense > 0
         else:
             has = np.zeros(index.n_slots, bool)
@@ -116,7 +138,8 @@ def apply_filters(index: PostingsIndex, scores: np.ndarray, filters: Filters) ->
     """Zero the scores of excluded images; returns the ids allowed by the +must clauses (None: no clause)."""
     for clause in filters.exclude:
         tp = index.get(clause.terms)
-        if len(clause.terms) == 1 and clause.terms[0] in tp and tp[clause.terms[0]].ids is not None:
+        one = tp.get(clause.terms[0]) if len(clause.terms) == 1 else None
+        if one is not None and not one.raw and one.ids is not None:
             scores[tp[clause.terms[0]].ids] = 0.0  # the common case: one sparse term, no mask needed
             continue
         mask = _presence(index, clause)
@@ -184,10 +207,12 @@ def candidates(
     prune: PruneConfig | None = None,
 ) -> Candidates:
     """The candidate stage: accumulate, filter, take the top ``k`` (``prune.pool * k`` when pruned)."""
+    index.begin_query()
     if prune is None:
         scores = accumulate(index, terms, weights)
     else:
         scores = accumulate_pruned(index, terms, weights, prune)
         k = math.ceil(k * prune.pool)
     allowed = apply_filters(index, scores, filters) if filters else None
+    index.mask_dead(scores)  # removed images still in posting files score nothing
     return top_k(scores, k, among=allowed)

@@ -19,8 +19,10 @@ DENSE_MIN_FRACTION = 0.10
 class TermPostings:
     """One term's postings in scoring layout: sparse (ids, weights) or, for a frequent term, a dense column.
 
-    ``ids`` are ``intp`` because numpy's fancy indexing converts any other integer type on every call,
-    which doubles the scatter's cost; ``weights`` float32 (or uint8 with ``scale`` in pruned lists).
+    Converted postings hold ``intp`` ids because numpy's fancy indexing converts any other integer type on
+    every call, which doubles the scatter's cost; ``weights`` float32 (or uint8 with ``scale`` in pruned
+    lists). Before a term's second query its postings stay as read (``raw``: uint32 ids and float16 weights,
+    often views of a mapped file): for one use that is cheaper than any conversion.
     """
 
     df: int
@@ -29,6 +31,19 @@ class TermPostings:
     weights: np.ndarray | None = None  # float32, or uint8 codes when ``scale`` is set
     dense: np.ndarray | None = None  # float32 (n_slots,): the weight per image id, 0 where absent
     scale: float | None = None  # pruned lists: weight = code * scale
+    parts: list[Any] | None = None  # as read, not converted yet: ``lexsearch.index.segments.Part`` list
+    query: int = 0  # the query that read it
+
+    @property
+    def raw(self) -> bool:
+        return self.parts is not None
+
+    def materialise(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, weights) of a term as read: its parts expanded and concatenated."""
+        pairs = [p.sparse() for p in self.parts or ()]
+        if len(pairs) == 1:
+            return pairs[0]
+        return np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])
 
     @property
     def nbytes(self) -> int:
@@ -38,10 +53,13 @@ class TermPostings:
 class PostingsIndex:
     """Postings of the terms queries ask for, converted once to the layout the kernels want and kept.
 
-    ``fetch(term_ids) -> {term: (ids ascending, weights)}`` is ``Collection.postings`` (or an in-memory
-    source in the benchmark); ``n_slots`` = largest image id + 1, the length of the score array. Converted
-    terms stay cached, so a long-lived process (server, demo, benchmark) pays the conversion once per term;
-    it makes a new index when the collection changes (``meta["generation"]``), as the cache never expires.
+    ``fetch(term_ids) -> {term: (ids ascending, weights)}`` reads the store (``from_collection``: one snapshot
+    of the collection's mapped posting files + delta, whose removed ids go to ``dead``) or an in-memory source
+    (the benchmark); ``n_slots`` = largest image id + 1, the length of the score array. A term is used as read
+    in its first query and converted when a later query uses it again, so a one-query process (``lexsearch
+    query``) pays no conversion and a long-lived one (server, demo, benchmark) pays it once per term. A
+    long-lived process makes a new index when the collection changes (``meta["generation"]``), as the cache
+    never expires.
     Not thread-safe: the score array is a reused scratch buffer (allocating 4 MB per query means page faults).
     """
 
@@ -58,10 +76,37 @@ class PostingsIndex:
         self._pruned: dict[tuple[int, int], TermPostings] = {}
         self._scores: np.ndarray | None = None
         self._tmp: np.ndarray | None = None
+        self._query = 0
+        self.dead = np.empty(0, np.intp)  # removed image ids the postings may still hold: scores are zeroed
 
     @classmethod
     def from_collection(cls, collection: Any, **kwargs: Any) -> PostingsIndex:
-        return cls(collection.max_image_id + 1, collection.postings, **kwargs)
+        """Postings read from ``collection`` as its snapshots see them (tombstoned ids masked, not cut)."""
+        if not hasattr(collection, "postings_snapshot"):  # any other store with the read API's postings()
+            return cls(collection.max_image_id + 1, collection.postings, **kwargs)
+        index = cls(collection.max_image_id + 1, lambda terms: {}, **kwargs)
+
+        def fetch(term_ids: list[int]) -> Mapping[int, Any]:
+            snap = collection.postings_snapshot(term_ids)
+            if snap.dead.size:
+                # Sorted already; a plain concatenate + sort (np.union1d would import numpy.ma: ~40 ms).
+                both = np.sort(np.concatenate([index.dead, snap.dead.astype(np.intp)]))
+                keep = np.ones(both.size, bool)
+                keep[1:] = both[1:] != both[:-1]
+                index.dead = both[keep]
+            return snap.parts
+
+        index._fetch = fetch
+        return index
+
+    def begin_query(self) -> None:
+        """Mark the start of a query (terms fetched by an earlier one are converted on their next use)."""
+        self._query += 1
+
+    def mask_dead(self, scores: np.ndarray) -> None:
+        """Zero the scores of removed images (O(removed), not a pass over every posting)."""
+        if self.dead.size:
+            scores[self.dead[self.dead < scores.size]] = 0.0
 
     @classmethod
     def from_csc(cls, matrix: Any, **kwargs: Any) -> PostingsIndex:
@@ -91,8 +136,48 @@ class PostingsIndex:
         if missing:
             fetched = self._fetch(missing)
             for t in missing:
-                self._terms[t] = self._convert(*fetched[t]) if t in fetched else None
+                self._terms[t] = self._as_read(fetched[t]) if t in fetched else None
+        for t in wanted:
+            tp = self._terms[t]
+            if tp is not None and tp.raw and tp.query != self._query:
+                self._terms[t] = self._convert(*tp.materialise())
         return {t: p for t in wanted if (p := self._terms[t]) is not None}
+
+    def _as_read(self, value: Any) -> TermPostings | None:
+        """A fetched term, kept as read: the store's parts, or one (ids, weights) pair."""
+        if isinstance(value, tuple):
+            from lexsearch.index.segments import Part
+
+            ids, weights = value
+            if not len(ids):
+                return None
+            if ids[-1] >= self.n_slots:  # the collection grew since this index was made
+                keep = ids < self.n_slots
+                ids, weights = ids[keep], weights[keep]
+            value = [
+                Part(
+                    np.asarray(weights), np.asarray(ids), 0, int(ids.size), float(np.max(weights, initial=0))
+                )
+            ]
+        parts = []
+        for p in value:
+            if p.dense:
+                if p.start >= self.n_slots:  # the collection grew since this index was made
+                    continue
+                if p.start + p.weights.size > self.n_slots:
+                    p = type(p)(p.weights[: self.n_slots - p.start], None, p.start, p.df, p.max_weight)
+            elif p.ids.size and p.ids[-1] >= self.n_slots:
+                keep = p.ids < self.n_slots
+                p = type(p)(p.weights[keep], p.ids[keep], 0, int(keep.sum()), p.max_weight)
+            parts.append(p)
+        if not parts:
+            return None
+        return TermPostings(
+            df=sum(p.df for p in parts),
+            max_weight=max(p.max_weight for p in parts),
+            parts=parts,
+            query=self._query,
+        )
 
     def _convert(self, ids: np.ndarray, weights: np.ndarray) -> TermPostings | None:
         if ids.size == 0:
@@ -118,10 +203,15 @@ class PostingsIndex:
         key = (term, cap)
         if key in self._pruned:
             return self._pruned[key]
-        base = self.get([term]).get(term)
+        if term not in self._terms:
+            self.get([term])
+        base = self._terms.get(term)
         if base is None:
             return None
-        if base.dense is not None:
+        if base.raw:
+            ids, weights = base.materialise()
+            ids, weights = np.asarray(ids, np.intp), weights.astype(np.float32)
+        elif base.dense is not None:
             ids = np.flatnonzero(base.dense)
             weights = base.dense[ids]
         else:

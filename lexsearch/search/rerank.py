@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 # Weight of the dense (FAISS) cosine in the fused score ``(1 - a) * lexical + a * dense`` when the collection
 # has a dense head. 0 ranks by words alone. [choice] until the eval shows the gain on a real model: a small
@@ -59,11 +58,13 @@ def query_vector(terms: np.ndarray, weights: np.ndarray, vocab_size: int) -> np.
 
 def lexical_scores(rows: ForwardRows, qvec: np.ndarray) -> np.ndarray:
     """Exact ``q . d`` of every row: the LexVLA score over all the query's terms."""
-    # scipy's CSR mat-vec is a C loop over the rows (~1 ns a stored entry), 5x numpy's gather + segment sum.
-    matrix = sp.csr_matrix(
-        (rows.weights, rows.terms, rows.indptr), shape=(rows.image_ids.size, qvec.size), copy=False
-    )
-    return np.asarray(matrix @ qvec, dtype=np.float32)
+    # A gather and a weighted bincount (C loops, ~1 ms for 1,000 rows of 250 terms) rather than scipy's CSR
+    # mat-vec: about as fast, and a query process does not pay scipy's ~150 ms import.
+    n = rows.image_ids.size
+    counts = np.diff(rows.indptr)
+    row_of = np.repeat(np.arange(n), counts)
+    contrib = qvec[rows.terms] * rows.weights
+    return np.bincount(row_of, weights=contrib, minlength=n).astype(np.float32)
 
 
 @dataclass

@@ -43,7 +43,7 @@ def test_first_run_indexes_everything_and_the_store_agrees(tmp_path):
         fwd = col.forward(range(1, 11))
         assert len(fwd) == 10 and all(t.dtype == np.int32 and w.dtype == np.float32 for t, w in fwd.values())
         assert sorted(col.image_paths([1, 2])) == [1, 2]
-        assert (col.path / "dense.faiss").exists()
+        assert col.db.execute("SELECT count(*) FROM dense_segments").fetchone()[0] == 1
 
 
 def test_unchanged_files_are_not_decoded(tmp_path, monkeypatch):

@@ -581,3 +581,44 @@ def test_function_words_are_no_match(col):
     # Image 1 shares only "the" (sky) with "the dog" and must not be passed off as a match; image 5 has dog.
     assert {r.image_id for r in search(col, _TheIsAPiece(), "the dog", top=10)} == {5}
     assert {r.image_id for r in search(col, _TheIsAPiece(), "dog -the", top=10)} == {5}  # -the: ignored
+
+
+def test_postings_as_read_and_converted_score_alike(tmp_path):
+    """A term's first query scores the store's parts in place (sparse views, dense columns, delta blobs);
+    later queries use converted postings: the candidates are the same, removed images masked in both."""
+    from lexsearch.index.store import Changes, Collection, NewImage
+    from lexsearch.search.candidates import candidates
+    from lexsearch.search.postings import PostingsIndex
+
+    rng = np.random.default_rng(7)
+    with Collection.open(tmp_path / "c", readonly=False) as col:
+        col.bind_model({"model_id": "m", "vocab_hash": "v", "vocab_size": 40, "dense_dim": 0}, "x")
+        col.flush_at = 300  # files (with dense columns for the common terms) and a delta
+        for start in range(0, 400, 20):
+            batch = []
+            for i in range(start, start + 20):
+                terms = np.sort(rng.choice(40, size=8, replace=False, p=np.r_[[0.1] * 5, [0.5 / 35] * 35]))
+                batch.append(
+                    NewImage(
+                        f"/p/{i}",
+                        1,
+                        i,
+                        f"h{i}",
+                        terms=terms.astype(np.uint32),
+                        weights=(rng.random(8) + 0.1).astype(np.float32),
+                    )
+                )
+            col.apply(Changes(insert=batch))
+        col.apply(Changes(remove=[5, 50, 333]))
+        assert col.db.execute("SELECT count(*) FROM segments").fetchone()[0] >= 1
+        snap = col.postings_snapshot(range(40))
+        assert any(p.dense for parts in snap.parts.values() for p in parts)
+        index = PostingsIndex.from_collection(col)
+        terms = np.array([0, 1, 2, 17, 30], np.intp)
+        w = np.array([0.5, 0.4, 0.3, 0.6, 0.2], np.float32)
+        first = candidates(index, terms, w, k=50)
+        assert all(index.get([t])[t].raw for t in terms.tolist())
+        second = candidates(index, terms, w, k=50)
+        assert not any(index.get([t])[t].raw for t in terms.tolist())
+        assert np.array_equal(first.ids, second.ids) and np.allclose(first.scores, second.scores, atol=1e-5)
+        assert not {5, 50, 333} & set(first.ids.tolist())
