@@ -284,8 +284,18 @@ class _Builder:
             if p.work.old_id is not None:
                 self.changes.remove.append(p.work.old_id)
             self.changes.insert.append(
-                NewImage(f.path, f.size, f.mtime_ns, p.hash, p.width, p.height, p.exif_time,
-                         terms=d.terms, weights=d.weights, dense=d.dense)
+                NewImage(
+                    f.path,
+                    f.size,
+                    f.mtime_ns,
+                    p.hash,
+                    p.width,
+                    p.height,
+                    p.exif_time,
+                    terms=d.terms,
+                    weights=d.weights,
+                    dense=d.dense,
+                )
             )
             self.summary.indexed += 1
             self.reporter.advance()
@@ -342,7 +352,6 @@ def check_roots(roots: Iterable[str | os.PathLike[str]]) -> list[str]:
         if not os.path.exists(root):
             raise UsageError(f"{root}: no such file or folder.")
     return roots
-
 
 
 def _plan(collection: Collection, roots: list[str], options: IndexOptions, b: _Builder):

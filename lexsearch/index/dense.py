@@ -196,7 +196,9 @@ class DenseSegments:
             covered = int(self._meta_value("dense_covered", 0))
             files = self.db.execute("SELECT name, n FROM dense_segments").fetchall()
             n_dead = self.db.execute("SELECT count(*) FROM dense_dead").fetchone()[0]
-            compact = len(files) + 1 > MAX_FILES or n_dead > MAX_DEAD_FRACTION * max(1, sum(r[1] for r in files))
+            compact = len(files) + 1 > MAX_FILES or n_dead > MAX_DEAD_FRACTION * max(
+                1, sum(r[1] for r in files)
+            )
             lo = 0 if compact else covered
             vecs = {
                 i: pf.decode_dense(d, dim)
@@ -218,10 +220,13 @@ class DenseSegments:
             if compact:
                 conn.execute("DELETE FROM dense_dead")
             if name:
-                conn.execute("INSERT INTO dense_segments VALUES (?, ?, ?, ?, ?)",
-                             [name, len(vecs), min(vecs), max(vecs), gen])
+                conn.execute(
+                    "INSERT INTO dense_segments VALUES (?, ?, ?, ?, ?)",
+                    [name, len(vecs), min(vecs), max(vecs), gen],
+                )
                 self._write_meta({"dense_seq": int(name[len(PREFIX) : -len(SUFFIX)])})
-            self._write_meta({"dense_covered": max(covered, top) if not compact else top,
-                              "faiss_generation": gen})
+            self._write_meta(
+                {"dense_covered": max(covered, top) if not compact else top, "faiss_generation": gen}
+            )
         for r in retire + ["dense.faiss"]:  # dense.faiss: the single file of schema 1
             (self.path / r).unlink(missing_ok=True)

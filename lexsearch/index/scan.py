@@ -23,16 +23,64 @@ logger = logging.getLogger(__name__)
 # photo formats: JPEG 2000, Netpbm, TGA, ICO, MPO (stereo JPEG), APNG, the PSD composite, PCX, SGI, QOI, DDS.
 # Not EPS/PDF (they run Ghostscript) nor camera RAW (Pillow cannot decode it): those are counted as skipped.
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
-     ".heic", ".heif", ".avif", ".jp2", ".j2k", ".jpx", ".jpf", ".j2c", ".ppm", ".pgm", ".pbm", ".pnm",
-     ".tga", ".ico", ".mpo", ".psd", ".pcx", ".sgi", ".rgb", ".qoi", ".dds"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".apng",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+        ".jp2",
+        ".j2k",
+        ".jpx",
+        ".jpf",
+        ".j2c",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".tga",
+        ".ico",
+        ".mpo",
+        ".psd",
+        ".pcx",
+        ".sgi",
+        ".rgb",
+        ".qoi",
+        ".dds",
+    }
 )
 
 # Folder names that are never photos a person wants searched: VCS metadata, dependency trees, Synology and
 # QNAP thumbnail folders, trash cans. Skipped even with --include-hidden (they are junk, not just hidden).
 JUNK_DIRS = frozenset(
-    {".git", ".hg", ".svn", "node_modules", "__pycache__", "@eaDir", ".@__thumb", "#recycle", "$RECYCLE.BIN",
-     ".Trash", ".Trashes", ".thumbnails", ".cache", ".venv", "venv", "System Volume Information"}
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        "node_modules",
+        "__pycache__",
+        "@eaDir",
+        ".@__thumb",
+        "#recycle",
+        "$RECYCLE.BIN",
+        ".Trash",
+        ".Trashes",
+        ".thumbnails",
+        ".cache",
+        ".venv",
+        "venv",
+        "System Volume Information",
+    }
 )
 
 # Hash the head and the tail of a file plus its size: enough to recognise a moved photo without reading

@@ -49,8 +49,16 @@ HEADER_BYTES = 64
 DENSE_FRACTION = 1 / 3
 PREFIX = "postings-"
 SUFFIX = ".lxp"
-_HEADER = np.dtype([("magic", "S8"), ("n_terms", "<u8"), ("n_postings", "<u8"), ("min_id", "<u4"),
-                    ("max_id", "<u4"), ("n_dense", "<u4")])
+_HEADER = np.dtype(
+    [
+        ("magic", "S8"),
+        ("n_terms", "<u8"),
+        ("n_postings", "<u8"),
+        ("min_id", "<u4"),
+        ("max_id", "<u4"),
+        ("n_dense", "<u4"),
+    ]
+)
 
 
 class SegmentError(Exception):
@@ -76,7 +84,9 @@ class Runs:
 
     @classmethod
     def empty(cls) -> Runs:
-        return cls(np.empty(0, np.uint32), np.zeros(1, np.int64), np.empty(0, np.uint32), np.empty(0, np.float16))
+        return cls(
+            np.empty(0, np.uint32), np.zeros(1, np.int64), np.empty(0, np.uint32), np.empty(0, np.float16)
+        )
 
     @classmethod
     def from_dict(cls, per_term: dict[int, tuple[np.ndarray, np.ndarray]]) -> Runs:
@@ -224,7 +234,9 @@ class SegmentFile:
         off = _align8(off)
         dense_off = _align8(off + 6 * n)
         if size != dense_off + 2 * nd * self.span:
-            raise SegmentError(f"{path.name} is torn ({size} bytes, expected {dense_off + 2 * nd * self.span})")
+            raise SegmentError(
+                f"{path.name} is torn ({size} bytes, expected {dense_off + 2 * nd * self.span})"
+            )
         self.ids = np.frombuffer(self._mm, "<u4", n, off)
         self.weights = np.frombuffer(self._mm, "<f2", n, off + 4 * n)
         self.dense = np.frombuffer(self._mm, "<f2", nd * self.span, dense_off).reshape(nd, self.span)
@@ -267,8 +279,10 @@ class SegmentFile:
                 ranges = [(start, start + 2 * self.span)]
             else:
                 lo, hi = int(self.starts[k]), int(self.starts[k + 1])
-                ranges = [(self._ids_off + 4 * lo, self._ids_off + 4 * hi),
-                          (self._w_off + 2 * lo, self._w_off + 2 * hi)]
+                ranges = [
+                    (self._ids_off + 4 * lo, self._ids_off + 4 * hi),
+                    (self._w_off + 2 * lo, self._w_off + 2 * hi),
+                ]
             for start, end in ranges:
                 if end > start:
                     a = start - start % page

@@ -325,9 +325,12 @@ class Collection(TieredPostings, DenseSegments):
         path = resolve(name_or_path)
         db_path = path / DB_NAME
         if path.exists() and not path.is_dir():
-            raise UsageError(f"{path} is a file, not a collection folder; give a collection name or a folder.")
-        rebuild = (f"rebuild it with: lexsearch index DIR --model MODEL_DIR --collection {name_or_path} "
-                   "--rebuild")
+            raise UsageError(
+                f"{path} is a file, not a collection folder; give a collection name or a folder."
+            )
+        rebuild = (
+            f"rebuild it with: lexsearch index DIR --model MODEL_DIR --collection {name_or_path} --rebuild"
+        )
         if not db_path.exists() and readonly:
             raise CollectionNotFoundError(
                 f"No collection at {path}. Create it with: lexsearch index DIR --model MODEL_DIR"
@@ -363,21 +366,32 @@ class Collection(TieredPostings, DenseSegments):
             if _pending(col.db.conn):
                 if readonly and not col.db.table_names():
                     # An empty file (a full disk, a bad copy) is not an old schema: an upgrade cannot help.
-                    raise IndexError_(f"Collection {path} has an empty {DB_NAME} (nothing is indexed); {rebuild}")
+                    raise IndexError_(
+                        f"Collection {path} has an empty {DB_NAME} (nothing is indexed); {rebuild}"
+                    )
                 if readonly:
                     raise IndexError_(f"Collection {path} needs an upgrade: run 'lexsearch index' on it.")
                 fresh = "meta" not in col.db.table_names()
                 migrations().apply(col.db)
                 if fresh:
                     col._set_meta(
-                        {"generation": 0, "faiss_generation": 0, "created_at": time.time(),
-                         "postings_written": 0, "postings_rewritten": 0}
+                        {
+                            "generation": 0,
+                            "faiss_generation": 0,
+                            "created_at": time.time(),
+                            "postings_written": 0,
+                            "postings_rewritten": 0,
+                        }
                     )
                 # A schema-1 collection's postings are all SQLite blobs: they count as delta, flushed into
                 # files by the next commits.
                 delta = col.db.execute("SELECT coalesce(sum(n), 0) FROM postings").fetchone()[0]
                 col._set_meta(
-                    {"schema": SCHEMA_VERSION, "postings_format": pf.POSTINGS_FORMAT, "delta_postings": int(delta)}
+                    {
+                        "schema": SCHEMA_VERSION,
+                        "postings_format": pf.POSTINGS_FORMAT,
+                        "delta_postings": int(delta),
+                    }
                 )
             if not readonly:
                 col._delete_orphans()
@@ -514,8 +528,14 @@ class Collection(TieredPostings, DenseSegments):
         with self._write():
             self.db.execute(
                 "INSERT OR REPLACE INTO query_cache VALUES (?, ?, ?, ?, ?, ?)",
-                [text, self._meta_value("model_id"), pf.encode_ids(terms), pf.encode_weights(weights), dense,
-                 time.time()],
+                [
+                    text,
+                    self._meta_value("model_id"),
+                    pf.encode_ids(terms),
+                    pf.encode_weights(weights),
+                    dense,
+                    time.time(),
+                ],
             )
 
     # ---------------------------------------------------------------- more read helpers
@@ -538,8 +558,10 @@ class Collection(TieredPostings, DenseSegments):
         problems: list[str] = []
         with self._read():
             ok = {r[0] for r in self.db.execute("SELECT id FROM images WHERE status = 'ok'")}
-            fwd = {r[0]: pf.decode_forward(r[1], r[2])
-                   for r in self.db.execute("SELECT image_id, terms, weights FROM forward")}
+            fwd = {
+                r[0]: pf.decode_forward(r[1], r[2])
+                for r in self.db.execute("SELECT image_id, terms, weights FROM forward")
+            }
             q = "SELECT image_id FROM forward WHERE dense IS NOT NULL"
             dense_ids = {r[0] for r in self.db.execute(q)}
             dead = {r[0] for r in self.db.execute("SELECT image_id FROM tombstones")}
@@ -623,7 +645,9 @@ class Collection(TieredPostings, DenseSegments):
                 if row is not None:
                     # For an image in the delta (ids above every file's), the terms tell which delta blobs to
                     # clean (``purge_tombstones``); an image in a file is left to the merges (no terms).
-                    terms = pf.encode_ids(pf.decode_forward(row[0], row[1])[0]) if image_id > in_files else b""
+                    terms = (
+                        pf.encode_ids(pf.decode_forward(row[0], row[1])[0]) if image_id > in_files else b""
+                    )
                     conn.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)", [image_id, terms, gen])
                     conn.execute("DELETE FROM forward WHERE image_id = ?", [image_id])
                     if row[2] and image_id <= covered:  # its vector is in a FAISS file: drop it on load
@@ -643,9 +667,21 @@ class Collection(TieredPostings, DenseSegments):
                 conn.executemany(
                     "INSERT INTO images (path, size, mtime_ns, hash, width, height, exif_time, status, "
                     "error, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(_db_path(im.path), im.size, im.mtime_ns, im.hash, im.width, im.height,
-                      _db_text(im.exif_time), "failed" if im.terms is None else "ok", _db_text(im.error), now)
-                     for im in changes.insert],
+                    [
+                        (
+                            _db_path(im.path),
+                            im.size,
+                            im.mtime_ns,
+                            im.hash,
+                            im.width,
+                            im.height,
+                            _db_text(im.exif_time),
+                            "failed" if im.terms is None else "ok",
+                            _db_text(im.error),
+                            now,
+                        )
+                        for im in changes.insert
+                    ],
                 )
                 new_ids = list(range(first, first + len(changes.insert)))
                 if self.max_image_id != new_ids[-1]:  # never expected; fail the transaction rather than lie
@@ -655,29 +691,50 @@ class Collection(TieredPostings, DenseSegments):
             if ok_rows:
                 conn.executemany(
                     "INSERT INTO forward VALUES (?, ?, ?, ?)",
-                    [(i, pf.encode_terms(im.terms, vocab), pf.encode_weights(im.weights),
-                      pf.encode_dense(im.dense) if im.dense is not None else None) for i, im in ok_rows],
+                    [
+                        (
+                            i,
+                            pf.encode_terms(im.terms, vocab),
+                            pf.encode_weights(im.weights),
+                            pf.encode_dense(im.dense) if im.dense is not None else None,
+                        )
+                        for i, im in ok_rows
+                    ],
                 )
                 runs = sg.invert_runs(
-                    np.array([i for i, _ in ok_rows], np.uint32), [(im.terms, im.weights) for _, im in ok_rows]
+                    np.array([i for i, _ in ok_rows], np.uint32),
+                    [(im.terms, im.weights) for _, im in ok_rows],
                 )
                 # One bytes object per array, sliced per term (C-speed slices, no array per term).
-                ids_b, w_b, st = runs.ids.astype("<u4").tobytes(), runs.weights.astype("<f2").tobytes(), runs.starts
+                ids_b, w_b, st = (
+                    runs.ids.astype("<u4").tobytes(),
+                    runs.weights.astype("<f2").tobytes(),
+                    runs.starts,
+                )
                 conn.executemany(
                     "INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
-                    [(t, gen, b - a, ids_b[4 * a : 4 * b], w_b[2 * a : 2 * b])
-                     for t, a, b in zip(runs.terms.tolist(), st[:-1].tolist(), st[1:].tolist())],
+                    [
+                        (t, gen, b - a, ids_b[4 * a : 4 * b], w_b[2 * a : 2 * b])
+                        for t, a, b in zip(runs.terms.tolist(), st[:-1].tolist(), st[1:].tolist())
+                    ],
                 )
                 written = runs.n
                 self._note_delta_rows(runs.terms.tolist(), gen)
-            self._write_meta({
-                "generation": gen,
-                "delta_postings": int(self._meta_value("delta_postings", 0)) + written,
-                "postings_written": int(self._meta_value("postings_written", 0)) + written,
-            })
+            self._write_meta(
+                {
+                    "generation": gen,
+                    "delta_postings": int(self._meta_value("delta_postings", 0)) + written,
+                    "postings_written": int(self._meta_value("postings_written", 0)) + written,
+                }
+            )
         # Only after the commit: the in-memory FAISS index follows the database, never leads it.
         self._after_commit(
-            gen, [(i, np.asarray(im.dense, np.float16).astype(np.float32)) for i, im in ok_rows if im.dense is not None],
+            gen,
+            [
+                (i, np.asarray(im.dense, np.float16).astype(np.float32))
+                for i, im in ok_rows
+                if im.dense is not None
+            ],
             removed,
         )
         if int(self._meta_value("delta_postings", 0)) >= self.flush_at:
@@ -747,8 +804,21 @@ def _marks(chunk: list) -> str:
 
 def _data_files(path: Path) -> list[Path]:
     """Posting and FAISS segment files (and their temp files) in a collection folder."""
-    return [p for p in path.iterdir() if (p.name.startswith(sg.PREFIX) and sg.SUFFIX in p.name)
-            or (p.name.startswith(dn.PREFIX) and dn.SUFFIX in p.name)]
+    return [
+        p
+        for p in path.iterdir()
+        if (p.name.startswith(sg.PREFIX) and sg.SUFFIX in p.name)
+        or (p.name.startswith(dn.PREFIX) and dn.SUFFIX in p.name)
+    ]
 
 
-__all__ = ["FANOUT", "FLUSH_POSTINGS", "MAX_SEGMENTS", "Changes", "Collection", "NewImage", "PostingsSnapshot", "check_model"]
+__all__ = [
+    "FANOUT",
+    "FLUSH_POSTINGS",
+    "MAX_SEGMENTS",
+    "Changes",
+    "Collection",
+    "NewImage",
+    "PostingsSnapshot",
+    "check_model",
+]

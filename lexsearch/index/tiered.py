@@ -116,7 +116,9 @@ class TieredPostings:
                             "on it to repair it."
                         ) from exc
                     continue  # retired by a merge after our snapshot began: a newer snapshot names its heir
-                dead = np.fromiter((r[0] for r in self.db.execute("SELECT image_id FROM tombstones")), np.uint32)
+                dead = np.fromiter(
+                    (r[0] for r in self.db.execute("SELECT image_id FROM tombstones")), np.uint32
+                )
                 delta: dict[int, list[sg.Part]] = {}
                 for chunk in _chunks(terms):
                     q = (
@@ -157,8 +159,13 @@ class TieredPostings:
         dead.sort()
         return dead
 
-    def _commit_file(self, runs: sg.Runs, retire: list[str], extra_sql: list[tuple[str, list]],
-                     span: tuple[int, int] | None = None) -> None:
+    def _commit_file(
+        self,
+        runs: sg.Runs,
+        retire: list[str],
+        extra_sql: list[tuple[str, list]],
+        span: tuple[int, int] | None = None,
+    ) -> None:
         """Write ``runs`` as a new file, then in one transaction reference it, unreference ``retire`` and
         run ``extra_sql``; only after the commit are the retired files deleted."""
         name = self._new_name()
@@ -170,13 +177,17 @@ class TieredPostings:
             for chunk in _chunks(retire):
                 conn.execute(f"DELETE FROM segments WHERE name IN ({_marks(chunk)})", chunk)
             if runs.n:
-                conn.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?)", [name, runs.n, lo, hi, gen, size])
+                conn.execute(
+                    "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?)", [name, runs.n, lo, hi, gen, size]
+                )
             for sql, args in extra_sql:
                 conn.execute(sql, args)
-            self._write_meta({
-                "segment_seq": int(name[len(sg.PREFIX) : -len(sg.SUFFIX)]),
-                "postings_rewritten": int(self._meta_value("postings_rewritten", 0)) + runs.n,
-            })
+            self._write_meta(
+                {
+                    "segment_seq": int(name[len(sg.PREFIX) : -len(sg.SUFFIX)]),
+                    "postings_rewritten": int(self._meta_value("postings_rewritten", 0)) + runs.n,
+                }
+            )
         self._retire(retire)
 
     def _retire(self, names: Iterable[str]) -> None:
@@ -205,12 +216,16 @@ class TieredPostings:
         dead = self._dead_ids()
         rewritten = 0
         for t in over:
-            rows = conn.execute("SELECT ids, weights FROM postings WHERE term_id = ? ORDER BY segment", [t]).fetchall()
+            rows = conn.execute(
+                "SELECT ids, weights FROM postings WHERE term_id = ? ORDER BY segment", [t]
+            ).fetchall()
             ids, w = pf.merge_segments([(pf.decode_ids(a), pf.decode_weights(b)) for a, b in rows], dead)
             conn.execute("DELETE FROM postings WHERE term_id = ?", [t])
             if ids.size:
-                conn.execute("INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
-                             [t, gen, ids.size, pf.encode_ids(ids), pf.encode_weights(w)])
+                conn.execute(
+                    "INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
+                    [t, gen, ids.size, pf.encode_ids(ids), pf.encode_weights(w)],
+                )
             rewritten += ids.size
             counts[t] = 1
         self._write_meta({"postings_rewritten": int(self._meta_value("postings_rewritten", 0)) + rewritten})
@@ -231,19 +246,28 @@ class TieredPostings:
             lens = np.array([len(r[2]) // 4 for r in g], np.int64)
             starts = np.zeros(lens.size + 1, np.int64)
             np.cumsum(lens, out=starts[1:])
-            runs.append(sg.Runs(
-                np.array([r[1] for r in g], np.uint32), starts,
-                np.frombuffer(b"".join(r[2] for r in g), "<u4"), np.frombuffer(b"".join(r[3] for r in g), "<f2"),
-            ))
+            runs.append(
+                sg.Runs(
+                    np.array([r[1] for r in g], np.uint32),
+                    starts,
+                    np.frombuffer(b"".join(r[2] for r in g), "<u4"),
+                    np.frombuffer(b"".join(r[3] for r in g), "<f2"),
+                )
+            )
         n_read = sum(r.n for r in runs)
         merged = sg.merge_runs(runs, dead)
         span = (int(min(r.ids.min() for r in runs if r.n)), int(max(r.ids.max() for r in runs if r.n)))
         left = max(0, int(self._meta_value("delta_postings", 0)) - n_read)
-        self._commit_file(merged, [], [
-            # All of it: the one writer read the whole delta (an unqualified DELETE is SQLite's fast truncate).
-            ("DELETE FROM postings", []),
-            ("UPDATE meta SET value = ? WHERE key = 'delta_postings'", [str(left)]),
-        ], span)
+        self._commit_file(
+            merged,
+            [],
+            [
+                # All of it: the one writer read the whole delta (an unqualified DELETE is SQLite's fast truncate).
+                ("DELETE FROM postings", []),
+                ("UPDATE meta SET value = ? WHERE key = 'delta_postings'", [str(left)]),
+            ],
+            span,
+        )
         self._delta_rows = None
         logger.info("flushed %d delta postings into a posting file", n_read)
         self._merge_tiers()
@@ -327,11 +351,15 @@ class TieredPostings:
                 ).fetchall()
                 if not rows:
                     continue
-                ids, w = pf.merge_segments([(pf.decode_ids(r[1]), pf.decode_weights(r[2])) for r in rows], dead)
+                ids, w = pf.merge_segments(
+                    [(pf.decode_ids(r[1]), pf.decode_weights(r[2])) for r in rows], dead
+                )
                 conn.execute("DELETE FROM postings WHERE term_id = ?", [t])
                 if ids.size:
-                    conn.execute("INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
-                                 [t, rows[-1][0], ids.size, pf.encode_ids(ids), pf.encode_weights(w)])
+                    conn.execute(
+                        "INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
+                        [t, rows[-1][0], ids.size, pf.encode_ids(ids), pf.encode_weights(w)],
+                    )
                 removed = sum(len(r[1]) // 4 for r in rows) - ids.size
                 left = max(0, int(self._meta_value("delta_postings", 0)) - removed)
                 self._write_meta({"delta_postings": left})
@@ -352,15 +380,21 @@ class TieredPostings:
             if not fwd:
                 break
             last = fwd[-1][0]
-            inverted = pf.invert(np.array([r[0] for r in fwd], np.uint32),
-                                 [pf.decode_forward(r[1], r[2]) for r in fwd])
+            inverted = pf.invert(
+                np.array([r[0] for r in fwd], np.uint32), [pf.decode_forward(r[1], r[2]) for r in fwd]
+            )
             runs.append(sg.Runs.from_dict(inverted))
         merged = sg.merge_runs(runs)
         names = [r[0] for r in self.db.execute("SELECT name FROM segments")]
-        self._commit_file(merged, names, [
-            ("DELETE FROM postings", []), ("DELETE FROM tombstones", []),
-            ("UPDATE meta SET value = '0' WHERE key = 'delta_postings'", []),
-        ])
+        self._commit_file(
+            merged,
+            names,
+            [
+                ("DELETE FROM postings", []),
+                ("DELETE FROM tombstones", []),
+                ("UPDATE meta SET value = '0' WHERE key = 'delta_postings'", []),
+            ],
+        )
         self._delta_rows = None
 
     def _delete_orphans(self) -> None:

@@ -162,7 +162,6 @@ def _register_heif() -> None:
         _heif_registered = True
 
 
-
 def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
     """The centred square of an image the model sees: (left, top, right, bottom) in original pixels.
 
@@ -173,9 +172,7 @@ def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
     return left, top, left + side, top + side
 
 
-def preprocess(
-    image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]
-) -> np.ndarray:
+def preprocess(image: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """Centre square (``crop_box``) resized to size x size (bicubic), normalised: (3, S, S) float32."""
     image = image.convert("RGB")
     image = image.resize((size, size), Image.Resampling.BICUBIC, box=crop_box(*image.size))

@@ -21,7 +21,10 @@ def run(root, enc=None, name="c", **opts):
     with Collection.open(name, readonly=False) as col:
         warnings: list[tuple[str, str]] = []
         summary = build_index(
-            root if isinstance(root, list) else [root], enc, col, IndexOptions(batch_size=4, **opts),
+            root if isinstance(root, list) else [root],
+            enc,
+            col,
+            IndexOptions(batch_size=4, **opts),
             Reporter(on_warning=lambda p, r: warnings.append((p, r))),
         )
         assert col.verify() == []
@@ -132,8 +135,12 @@ def _huge_png(path, w=100_000, h=100_000):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_folder_of_broken_files(tmp_path):
@@ -211,8 +218,16 @@ def test_formats_including_heic(tmp_path):
     pillow_heif = pytest.importorskip("pillow_heif")
     d = tmp_path / "p"
     d.mkdir()
-    for i, (ext, fmt) in enumerate([(".jpg", "JPEG"), (".webp", "WEBP"), (".gif", "GIF"), (".bmp", "BMP"),
-                                     (".tiff", "TIFF"), (".png", "PNG")]):
+    for i, (ext, fmt) in enumerate(
+        [
+            (".jpg", "JPEG"),
+            (".webp", "WEBP"),
+            (".gif", "GIF"),
+            (".bmp", "BMP"),
+            (".tiff", "TIFF"),
+            (".png", "PNG"),
+        ]
+    ):
         make_image(d / f"x{i}{ext}", i, fmt=fmt)
     Image.fromarray(np.full((30, 40, 4), 200, np.uint8), "RGBA").save(d / "alpha.png")
     pillow_heif.register_heif_opener()

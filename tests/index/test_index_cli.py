@@ -13,8 +13,17 @@ from lexsearch.index import Collection
 def test_index_help_lists_the_flags():
     result = CliRunner().invoke(cli, ["index", "--help"])
     assert result.exit_code == 0
-    for flag in ["--model", "--collection", "--exclude", "--include-hidden", "--batch-size", "--workers",
-                 "--device", "--quiet", "--rebuild"]:
+    for flag in [
+        "--model",
+        "--collection",
+        "--exclude",
+        "--include-hidden",
+        "--batch-size",
+        "--workers",
+        "--device",
+        "--quiet",
+        "--rebuild",
+    ]:
         assert flag in result.output
 
 
@@ -36,7 +45,10 @@ def test_index_with_the_tiny_model(tmp_path, tiny_model_dir, lexsearch_home):
         assert col.path == lexsearch_home / "collections" / "default"
         assert col.verify() == []
         assert (col.meta["model_id"], col.meta["vocab_size"], col.meta["dense_dim"]) == (
-            enc.model_id, enc.vocab_size, enc.dense_dim)
+            enc.model_id,
+            enc.vocab_size,
+            enc.dense_dim,
+        )
         # The stored vectors are the encoder's own (float16 rounding aside).
         path = str(photos / "img_00003.png")
         image_id = next(r.id for r in col.rows() if r.path == path)

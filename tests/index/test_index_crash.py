@@ -35,8 +35,13 @@ print(s.line())
 
 def child(collection: Path, root: Path, flush_at: int = 200) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(collection), str(root), str(flush_at)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(collection), str(root), str(flush_at)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def check_consistent(collection: Path, expect_files: int | None = None) -> int:
@@ -47,7 +52,9 @@ def check_consistent(collection: Path, expect_files: int | None = None) -> int:
         if expect_files is not None:
             assert n == expect_files
         # Every file the database references is there and whole; no file is unreferenced but a temp file.
-        names = {r[0] for r in col.db.execute("SELECT name FROM segments UNION SELECT name FROM dense_segments")}
+        names = {
+            r[0] for r in col.db.execute("SELECT name FROM segments UNION SELECT name FROM dense_segments")
+        }
         on_disk = {p.name for p in collection.iterdir() if p.suffix in (".lxp", ".faiss")}
         assert names <= on_disk
         if meta.get("faiss_generation") == meta.get("generation"):

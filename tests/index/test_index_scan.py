@@ -23,20 +23,38 @@ def test_scan_finds_image_formats_recursively(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "raw.cr2").write_bytes(b"x")
     found = names(scan([tmp_path]), tmp_path)
-    assert found == ["a.jpg", "b.JPEG", "c.png", "d.webp", "e.gif", "f.bmp", "g.tiff", "i.HEIF",
-                     os.path.join("sub", "deeper", "h.heic")]
+    assert found == [
+        "a.jpg",
+        "b.JPEG",
+        "c.png",
+        "d.webp",
+        "e.gif",
+        "f.bmp",
+        "g.tiff",
+        "i.HEIF",
+        os.path.join("sub", "deeper", "h.heic"),
+    ]
 
 
 def test_scan_skips_hidden_and_junk(tmp_path):
-    for rel in [".hidden/x.png", ".y.png", "node_modules/z.png", "@eaDir/t.png", "._a.jpg", ".git/o.png",
-                "ok/k.png"]:
+    for rel in [
+        ".hidden/x.png",
+        ".y.png",
+        "node_modules/z.png",
+        "@eaDir/t.png",
+        "._a.jpg",
+        ".git/o.png",
+        "ok/k.png",
+    ]:
         p = tmp_path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         make_image(p, 1)
     assert names(scan([tmp_path]), tmp_path) == [os.path.join("ok", "k.png")]
     # --include-hidden brings back hidden files, never junk folders or AppleDouble files
     assert names(scan([tmp_path], include_hidden=True), tmp_path) == [
-        os.path.join(".hidden", "x.png"), ".y.png", os.path.join("ok", "k.png")
+        os.path.join(".hidden", "x.png"),
+        ".y.png",
+        os.path.join("ok", "k.png"),
     ]
 
 

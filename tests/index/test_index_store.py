@@ -16,7 +16,9 @@ def new_image(i, rng):
     terms = np.sort(rng.choice(50, size=5, replace=False)).astype(np.uint32)
     dense = rng.standard_normal(4).astype(np.float32)
     weights = rng.random(5).astype(np.float32) + 0.01
-    return NewImage(f"/x/{i}.png", 10, i, f"h{i}", terms=terms, weights=weights, dense=dense / np.linalg.norm(dense))
+    return NewImage(
+        f"/x/{i}.png", 10, i, f"h{i}", terms=terms, weights=weights, dense=dense / np.linalg.norm(dense)
+    )
 
 
 @pytest.fixture
@@ -30,8 +32,17 @@ def col():
 def test_schema_is_made_by_named_migrations_in_wal_mode(col):
     names = [r[0] for r in col.db.execute("SELECT name FROM _sqlite_migrations")]
     assert names == ["m001_create_tables", "m002_segment_files"]
-    assert set(col.db.table_names()) >= {"meta", "images", "forward", "postings", "tombstones", "query_cache",
-                                         "segments", "dense_segments", "dense_dead"}
+    assert set(col.db.table_names()) >= {
+        "meta",
+        "images",
+        "forward",
+        "postings",
+        "tombstones",
+        "query_cache",
+        "segments",
+        "dense_segments",
+        "dense_dead",
+    }
     assert col.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert col.db.execute("PRAGMA page_size").fetchone()[0] == 16384  # ten forward rows a page, not two
     assert col.meta["schema"] == 2 and col.meta["model_id"] == "m"
@@ -97,7 +108,8 @@ def test_delta_flushes_into_tiered_files_and_tombstones_are_masked_until_merged(
         for start in range(120, 200, 4):
             col.apply(Changes(insert=[new_image(i, rng) for i in range(start, start + 4)]))
         assert {k: v[0].tolist() for k, v in reader.postings(range(50)).items()} != {
-            k: v[0].tolist() for k, v in before.items()}  # a newer snapshot after the files changed
+            k: v[0].tolist() for k, v in before.items()
+        }  # a newer snapshot after the files changed
         assert reader.verify() == []
     # Enough removals: the files are rewritten without them and the tombstones go.
     col.apply(Changes(remove=list(range(1, 80))))
@@ -129,8 +141,9 @@ def test_forward_rows_are_compact(col):
     col.apply(Changes(insert=[new_image(0, rng)]))
     terms, weights, dense = col.db.execute("SELECT terms, weights, dense FROM forward").fetchone()
     assert len(terms) == 2 * 5 and len(weights) == 2 * 5 and len(dense) == 2 * 4  # uint16, float16, float16
-    assert pf.decode_forward(pf.encode_ids(np.array([3, 70000])), pf.encode_weights(np.ones(2)))[0].tolist() == [
-        3, 70000]  # rows of the uint32 width read alike
+    assert pf.decode_forward(pf.encode_ids(np.array([3, 70000])), pf.encode_weights(np.ones(2)))[
+        0
+    ].tolist() == [3, 70000]  # rows of the uint32 width read alike
 
 
 def test_ids_are_never_reused(col):
@@ -224,25 +237,40 @@ def test_a_schema_1_collection_is_upgraded_in_place(tmp_path, monkeypatch):
     conn = sqlite3.connect(path / "index.db")
     db = Database(conn)
     store.m001_create_tables(db)
-    conn.execute("CREATE TABLE _sqlite_migrations (id INTEGER PRIMARY KEY, migration_set TEXT, name TEXT, "
-                 "applied_at TEXT)")
-    conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES "
-                 "('lexsearch.index', 'm001_create_tables', 'then')")
+    conn.execute(
+        "CREATE TABLE _sqlite_migrations (id INTEGER PRIMARY KEY, migration_set TEXT, name TEXT, "
+        "applied_at TEXT)"
+    )
+    conn.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES "
+        "('lexsearch.index', 'm001_create_tables', 'then')"
+    )
     meta = dict(META, schema=1, postings_format=1, generation=3, faiss_generation=3)
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
     rng = np.random.default_rng(8)
     rows = {i: new_image(i, rng) for i in range(1, 13)}
     for i, im in rows.items():
-        conn.execute("INSERT INTO images (id, path, size, mtime_ns, hash, status) VALUES (?, ?, 1, 1, ?, 'ok')",
-                     [i, im.path, im.hash])
-        conn.execute("INSERT INTO forward VALUES (?, ?, ?, ?)", [i, pf.encode_ids(im.terms),
-                     pf.encode_weights(im.weights), np.asarray(im.dense, "<f4").tobytes()])
+        conn.execute(
+            "INSERT INTO images (id, path, size, mtime_ns, hash, status) VALUES (?, ?, 1, 1, ?, 'ok')",
+            [i, im.path, im.hash],
+        )
+        conn.execute(
+            "INSERT INTO forward VALUES (?, ?, ?, ?)",
+            [
+                i,
+                pf.encode_ids(im.terms),
+                pf.encode_weights(im.weights),
+                np.asarray(im.dense, "<f4").tobytes(),
+            ],
+        )
     inverted = pf.invert(np.arange(1, 13, dtype=np.uint32), [(rows[i].terms, rows[i].weights) for i in rows])
     for t, (ids, w) in inverted.items():  # a base segment and a delta segment, as schema 1 wrote them
         for seg, keep in ((0, ids <= 8), (1, ids > 8)):
             if keep.any():
-                conn.execute("INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
-                             [t, seg, int(keep.sum()), pf.encode_ids(ids[keep]), pf.encode_weights(w[keep])])
+                conn.execute(
+                    "INSERT INTO postings VALUES (?, ?, ?, ?, ?)",
+                    [t, seg, int(keep.sum()), pf.encode_ids(ids[keep]), pf.encode_weights(w[keep])],
+                )
     conn.execute("DELETE FROM images WHERE id = 4")
     conn.execute("DELETE FROM forward WHERE image_id = 4")
     conn.execute("INSERT INTO tombstones VALUES (4, ?)", [pf.encode_ids(rows[4].terms)])

@@ -147,11 +147,26 @@ def test_decoder_noise_only_with_verbose(tmp_path, tiny_model_dir):
     photos.mkdir()
     make_image(photos / "ok.png", 1)
     (photos / "noise.tif").write_bytes(tiff_with_bad_tag_count())
-    Image.open(photos / "ok.png").save(photos / "exif.jpg", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")
+    Image.open(photos / "ok.png").save(
+        photos / "exif.jpg", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff"
+    )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     for verbose in (False, True):
-        cmd = [sys.executable, "-m", "lexsearch", *(["-v"] if verbose else []), "index", str(photos), "--model",
-               str(tiny_model_dir), "--device", "cpu", "--collection", "noise", "--rebuild"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lexsearch",
+            *(["-v"] if verbose else []),
+            "index",
+            str(photos),
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--collection",
+            "noise",
+            "--rebuild",
+        ]
         proc = subprocess.run(cmd, capture_output=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr
         err = proc.stderr.decode()
@@ -159,4 +174,6 @@ def test_decoder_noise_only_with_verbose(tmp_path, tiny_model_dir):
         noise = ["TIFFFetchNormalTag", "Corrupt EXIF", "Metadata Warning"]
         assert [n in err for n in noise] == [verbose] * 3, err
         if not verbose:
-            assert err.strip().splitlines() == [f"warning: {photos / 'noise.tif'}: corrupt image (decoder error -2)"]
+            assert err.strip().splitlines() == [
+                f"warning: {photos / 'noise.tif'}: corrupt image (decoder error -2)"
+            ]
