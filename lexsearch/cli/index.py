@@ -1,0 +1,133 @@
+"""``lexsearch index``: embed folders into a collection (incremental, crash-safe, torchrun-sharded)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from lexsearch.cli.common import decoder_noise_hidden, handle_errors
+from lexsearch.display import shown
+
+
+@click.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--model", "model_dir", required=True, help="Model checkpoint folder.")
+@click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
+@click.option("--exclude", multiple=True, help="Glob of names or paths to skip (repeatable).")
+@click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=0, type=click.IntRange(min=0), help="Decode threads (0: one per core).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+@click.option("--rebuild", is_flag=True, help="Empty the collection first (after changing the model).")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary (warnings still go to stderr).")
+@handle_errors
+def index(
+    dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet
+) -> None:
+    """Embed folders of images into a collection (incremental, crash-safe).
+
+    Under torchrun (``torchrun --nproc_per_node=N -m lexsearch index ...``) the ranks share the embedding
+    and rank 0 alone writes the collection.
+    """
+    import shlex
+    import shutil
+
+    from lexsearch.errors import ModelError
+    from lexsearch.index import Collection, IndexOptions, build_index, check_roots, resolve
+    from lexsearch.index.build import Shard
+    from lexsearch.model.lazy import LazyEncoder
+
+    # Everything that can be checked cheaply is checked before anything is created or loaded: a typo in a
+    # folder leaves no empty collection behind, and a busy collection is refused before the model loads.
+    # Every rank checks, so under torchrun each stops with the same line instead of waiting for rank 0.
+    check_roots(dirs)
+    if not os.path.isdir(model_dir):
+        raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
+    path = resolve(collection)
+    fresh = not path.exists()
+    rebuild_cmd = shlex.join(
+        ["lexsearch", "index", *dirs, "--model", model_dir, "--collection", collection, "--rebuild"]
+    )
+    options = IndexOptions(
+        exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers
+    )
+    info, shard = None, Shard()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # launched by torchrun: join its process group
+        from lexsearch.train.distributed import init_distributed
+
+        info = init_distributed(device)
+        device = str(info.device)
+        shard = Shard(info.rank, info.world_size)
+    progress = _IndexProgress(quiet)
+    try:
+        if shard.rank != 0:  # a helper rank: embeds its share of rank 0's plan, writes and prints nothing
+            with decoder_noise_hidden():
+                encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
+                build_index(dirs, encoder, None, options, shard=shard)
+            return
+        with Collection.open(collection, readonly=False, recreate=rebuild) as col, decoder_noise_hidden():
+            # Loaded only once the collection's lock is ours: a busy collection is refused at once. The
+            # networks (torch) load only when a file needs embedding: an unchanged folder is a stat per file.
+            encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
+            progress.start()
+            try:
+                summary = build_index(
+                    dirs,
+                    encoder,
+                    col,
+                    options,
+                    progress.reporter,
+                    model_path=model_dir,
+                    rebuild_command=rebuild_cmd,
+                    shard=shard,
+                )
+            finally:
+                progress.close()  # inside: the bar writes to the stderr decoder_noise_hidden lent it
+    except BaseException:
+        # A collection this run created and never got to fill (the model would not load) is not left behind.
+        if shard.rank == 0 and fresh and not progress.started and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    finally:
+        if info is not None:
+            from lexsearch.train.distributed import cleanup
+
+            cleanup(info)
+    if not quiet:
+        click.echo(f"{shown(str(col.path))}: {summary.line()}")
+
+
+class _IndexProgress:
+    """The indexer's tqdm bar and per-file warnings (stderr), fed by its ``Reporter`` callbacks."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+        self.started = False
+
+    def start(self) -> None:
+        from tqdm import tqdm
+
+        from lexsearch.index import Reporter
+
+        self.started = True
+        # disable=None: tqdm turns itself off when stderr is not a terminal (pipes, CI logs). Made here, after
+        # decoder_noise_hidden has put Python's stderr on the real terminal.
+        self.bar = tqdm(
+            unit="file", file=sys.stderr, disable=True if self.quiet else None, dynamic_ncols=True
+        )
+        self.reporter = Reporter(
+            on_total=lambda n: self.bar.reset(total=n), on_advance=self.bar.update, on_warning=self.warn
+        )
+
+    def warn(self, path: str, reason: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {shown(path)}: {shown(reason)}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,215 @@
+"""``lexsearch query`` and ``lexsearch explain``: ranked images with their words, and an image's own words."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from lexsearch.cli import common
+from lexsearch.cli.common import TEXT_ENCODER, FiniteFloat, decoder_noise_hidden, handle_errors
+from lexsearch.display import shown, utf8_text
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("text", nargs=-1)
+@click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
+@click.option("--json", "as_json", is_flag=True, help='Print [{"rank", "path", "score", "words": [...]}].')
+@click.option("--paths", "as_paths", is_flag=True, help="Print only the paths, one a line (for xargs).")
+@click.option(
+    "-0",
+    "--null",
+    "null",
+    is_flag=True,
+    help="Print only the paths, each ended by a NUL byte (for xargs -0; names may hold newlines).",
+)
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=str),
+    help="Search by this image instead of text (dense search; shared words still shown).",
+)
+@click.option("--no-rerank", is_flag=True, help="Rank by the fast candidate stage only (no exact re-rank).")
+@click.option("--min-score", type=FiniteFloat(), help="Drop results scoring below this.")
+@click.option("--pruned", is_flag=True, help="Approximate candidate stage (faster on huge collections).")
+@click.option(
+    "--expand",
+    is_flag=True,
+    help="Also match images that share none of the query's words, only words the model relates to them.",
+)
+@click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
+@TEXT_ENCODER
+@handle_errors
+def query(
+    text,
+    collection,
+    top,
+    as_json,
+    as_paths,
+    null,
+    image,
+    no_rerank,
+    min_score,
+    pruned,
+    expand,
+    model_dir,
+    device,
+    text_encoder,
+) -> None:
+    """Search a collection by text; each result shows the words behind the match.
+
+    TEXT takes words, "quoted phrases", +must and -exclude words, e.g. 'white horse -night +beach'
+    (quote it as one argument, or give the words as several).
+    """
+    # One BLAS thread: a query's matrix products are small, and OpenBLAS's spinning workers make them 5-20x
+    # slower on shared cores (bench/query_cold.py). Only effective before numpy loads; a user's setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import json
+
+    from lexsearch import search as s
+    from lexsearch.errors import UsageError
+    from lexsearch.index.store import Collection
+
+    unknown = [t for t in text if t.startswith("--")]
+    if unknown:
+        raise UsageError(f"No such option: {unknown[0]} (see lexsearch query --help).")
+    text = " ".join(text) if text else None
+    if as_json and (as_paths or null):
+        raise UsageError("--json and --paths are alternatives; pick one.")
+    if image and text:
+        raise UsageError("Give a text or --image IMG, not both.")
+    if not image and text is None:
+        raise UsageError("Nothing to search for: give a text, e.g. lexsearch query 'white horse'.")
+    results = None
+    # An explicit --text-encoder is answered here, by that encoder; a server uses its model's default.
+    if not image and model_dir is None and text_encoder == "auto":
+        # A running `lexsearch serve` of this collection has the model warm: a new query costs milliseconds.
+        from lexsearch.serve.client import search_via_server
+
+        opts = {"rerank": not no_rerank, "min_score": min_score, "pruned": pruned, "expand": expand}
+        answer = search_via_server(collection, text, top, **opts)
+        if answer is not None:
+            results, info = answer
+            if common.verbose():
+                click.echo(f"answered by the running server at {info.url} (pid {info.pid})", err=True)
+    if results is None:
+        with Collection.open(collection, readonly=True) as col, decoder_noise_hidden():
+            encoder = s.load_encoder(col, model_dir, device, text_encoder=text_encoder)
+            if image:
+                results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
+            else:
+                results = s.search(
+                    col,
+                    encoder,
+                    text,
+                    top=top,
+                    rerank_candidates=not no_rerank,
+                    min_score=min_score,
+                    prune=s.PruneConfig() if pruned else None,
+                    expand=expand,
+                )
+    if results.stale:
+        with Collection.open(collection, readonly=True) as col:
+            roots = " ".join(col.meta.get("roots") or ["DIR"])
+        n = results.stale
+        click.echo(
+            f"note: {n} matching file{'s' if n > 1 else ''} no longer exist{'' if n > 1 else 's'} (not shown); "
+            f"the index is out of date: lexsearch index {shown(roots)} --collection {shown(collection)}",
+            err=True,
+        )
+    if as_json:
+        click.echo(json.dumps(s.results_to_json(results), indent=2))
+    elif as_paths or null:
+        click.echo(s.paths_bytes(results, end=b"\0" if null else b"\n"), nl=False)
+    elif results:
+        click.echo(s.format_table(results), nl=False)
+    else:
+        # An honest empty answer: no indexed image shares a word with the query (or passes the filters).
+        click.echo("No image matches this query.")
+
+
+@click.command()
+@click.argument("image", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
+@click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
+@click.option(
+    "--top", "top_k", default=10, show_default=True, type=click.IntRange(min=1), help="Words to show."
+)
+@click.option("--json", "as_json", is_flag=True, help='Print {"path", "words": [{"word", "weight"}]}.')
+@click.option(
+    "--heatmap",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Write a heat map here (.png, .jpg, .webp): one panel per top word, at most 6; --word: one word.",
+)
+@click.option("--word", help="Heat map of this one word's patch scores instead of the top words.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
+@handle_errors
+def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device) -> None:
+    """Show the words an image lights up, and where (heat map).
+
+    With an indexed image the words are read from the index, i.e. from the very vector that queries score.
+    """
+    import json
+
+    import numpy as np
+
+    from lexsearch.errors import UsageError
+    from lexsearch.explain import explain_image, heatmap_format
+    from lexsearch.explain import heatmap as draw_heatmap
+    from lexsearch.index.store import Collection
+    from lexsearch.model import Encoder
+    from lexsearch.model.images import open_image
+    from lexsearch.search import load_encoder
+
+    if heatmap:
+        heatmap_format(heatmap)  # a bad name or a missing folder is refused before any work
+    with decoder_noise_hidden():
+        img = open_image(image)
+    indexed = None
+    if model_dir is None:
+        with Collection.open(collection, readonly=True) as col:
+            encoder = load_encoder(col, device=device)
+            # The indexer stores absolute paths as reached from its root (symlinks kept), so look up both.
+            rows = col.rows_by_path()
+            for key in dict.fromkeys([os.path.abspath(image), str(Path(image).resolve())]):
+                row = rows.get(key)
+                if row is not None and row.status == "ok":
+                    indexed = col.forward([row.id]).get(row.id)
+                    break
+    else:
+        encoder = Encoder.load(model_dir, device=device)
+    if indexed is not None:
+        cols, weights = indexed
+        order = np.argsort(-weights, kind="stable")[:top_k]
+        words = list(zip(encoder.words(cols[order]), weights[order].tolist()))
+        term_ids = [int(c) for c in cols[order]]
+    else:
+        result = explain_image(encoder, img, top_k=top_k, path=image)
+        words, term_ids = result.words, result.term_ids
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"path": utf8_text(image), "words": [{"word": w, "weight": round(x, 6)} for w, x in words]}
+            )
+        )
+    else:
+        click.echo(shown(image))
+        for w, x in words:
+            click.echo(f"  {x:7.4f}  {w}")
+        if not words:
+            click.echo("  (no word passes the sparsification threshold)")
+    if heatmap:
+        if word:
+            cols = encoder.word_terms(word)
+            if not cols:
+                raise UsageError(f"{word!r} is not in the model's vocabulary")
+            if len(cols) > 1:
+                pieces = ", ".join(encoder.words(cols))
+                raise UsageError(f"{word!r} is not one vocabulary word (pieces: {pieces}); pass one of them")
+            term_ids, labels = cols[:1], [word]
+        else:
+            labels = [w for w, _ in words]
+        out = draw_heatmap(encoder, img, term_ids, labels, Path(heatmap))
+        click.echo(f"heat map written to {shown(str(out))}", err=True)
