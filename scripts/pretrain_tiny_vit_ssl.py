@@ -44,6 +44,16 @@ def main() -> int:
     ap.add_argument("--vision", default="{}", help="TINY_VISION overrides (JSON), for experiments")
     ap.add_argument("--out", required=True)
     ap.add_argument("--print-every", type=int, default=250)
+    ap.add_argument(
+        "--objective",
+        choices=["contrastive", "masked", "masked-edges", "masked-context-edges"],
+        default="contrastive",
+        help="two-view InfoNCE (lexsearch.tiny.ssl_contrast) or masked-patch reconstruction (ssl_vision)",
+    )
+    ap.add_argument("--dense-weight", type=float, default=1.0, help="contrastive: weight of the patch term")
+    ap.add_argument("--mask-ratio", type=float, default=0.5, help="masked: share of 2x2-patch blocks hidden")
+    ap.add_argument("--min-scale", type=float, default=0.45, help="contrastive: smallest crop side")
+    ap.add_argument("--temperature", type=float, default=0.2, help="contrastive: InfoNCE temperature")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -53,6 +63,7 @@ def main() -> int:
     from lexsearch.model.presets import preset_config
     from lexsearch.tiny.config import PretrainConfig
     from lexsearch.tiny.corpus import corpus_pixels
+    from lexsearch.tiny.ssl_contrast import pretrain_vision_contrastive
     from lexsearch.tiny.ssl_vision import pretrain_vision_ssl
     from lexsearch.tiny.vit_asset import RECORD_FILE, asset_fingerprint
 
@@ -66,7 +77,9 @@ def main() -> int:
 
     torch.manual_seed(args.seed)
     vision = Dinov2Model(Dinov2Config(**config.vision_config))
-    cfg = PretrainConfig(seed=args.seed, vit_batch_size=args.batch_size, vit_lr=args.lr)
+    cfg = PretrainConfig(
+        seed=args.seed, vit_batch_size=args.batch_size, vit_lr=args.lr, vit_mask_ratio=args.mask_ratio
+    )
     window: list[dict] = []
     t1 = time.time()
 
@@ -75,18 +88,51 @@ def main() -> int:
         if step % args.print_every == 0 or step == total:
             mean = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
             rate = step / (time.time() - t1)
-            print(
-                f"step {step}/{total}  loss {mean['loss']:.4f}  masked L1 {mean['masked_l1']:.4f}  "
-                f"visible L1 {mean['visible_l1']:.4f}  ({rate:.2f} steps/s)",
-                flush=True,
-            )
+            figures = "  ".join(f"{k} {v:.4f}" for k, v in mean.items())
+            print(f"step {step}/{total}  {figures}  ({rate:.2f} steps/s)", flush=True)
             window.clear()
 
     mean, std = config.image_mean, config.image_std
     torch.manual_seed(args.seed + 2)
-    report = pretrain_vision_ssl(
-        vision, train_x, cfg, progress, steps=args.steps, mean=mean, std=std, eval_images=eval_x
-    )
+    if args.objective.startswith("masked"):
+        target = args.objective.removeprefix("masked-") if args.objective != "masked" else "pixels"
+        report = pretrain_vision_ssl(
+            vision,
+            train_x,
+            cfg,
+            progress,
+            steps=args.steps,
+            mean=mean,
+            std=std,
+            eval_images=eval_x,
+            target=target,
+        )
+        objective = {
+            args.objective: {"mask_ratio": cfg.vit_mask_ratio, "visible_weight": cfg.vit_visible_weight}
+        }
+    else:
+        report = pretrain_vision_contrastive(
+            vision,
+            train_x,
+            args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            dense_weight=args.dense_weight,
+            temperature=args.temperature,
+            min_scale=args.min_scale,
+            mean=mean,
+            std=std,
+            progress=progress,
+        )
+        report = {f"vit_{k}": v for k, v in report.items()}
+        objective = {
+            "contrastive": {
+                "dense_weight": args.dense_weight,
+                "temperature": args.temperature,
+                "min_scale": args.min_scale,
+            }
+        }
     minutes = (time.time() - t1) / 60
     heldout = {k.removeprefix("vit_eval_"): round(v, 4) for k, v in report.items() if "_eval_" in k}
     out = Path(args.out)
@@ -103,7 +149,7 @@ def main() -> int:
             "n_train": args.n_train,
             "eval_images": [args.n_train, args.n_train + args.n_eval],
         },
-        "objective": {"mask_ratio": cfg.vit_mask_ratio, "visible_weight": cfg.vit_visible_weight},
+        "objective": objective,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,

@@ -45,6 +45,14 @@ def _patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     return x.view(b, c, g, patch, g, patch).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * patch * patch)
 
 
+def edge_map(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, 1, S, S): Sobel gradient magnitude summed over channels, a colour-blind outline."""
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]) / 8
+    k = torch.stack([kx, kx.T])[:, None].repeat(3, 1, 1, 1)  # (6, 1, 3, 3), x and y per channel
+    g = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+    return g.view(x.shape[0], 3, 2, *x.shape[-2:]).pow(2).sum(2).add(1e-6).sqrt().sum(1, keepdim=True)
+
+
 def pretrain_vision_ssl(
     vision,
     images: torch.Tensor,
@@ -54,18 +62,23 @@ def pretrain_vision_ssl(
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.5, 0.5, 0.5),
     eval_images: torch.Tensor | None = None,
+    target: str = "pixels",
 ) -> dict:
     """Train the ViT ``vision`` in place by masked-patch reconstruction on ``images`` alone; returns figures.
 
     ``images`` are (N, S, S, 3) uint8 (kept small in memory; normalised per batch with ``mean`` / ``std``) or
     (N, 3, S, S) float already normalised. ``steps`` overrides ``cfg.vit_epochs`` (epochs over ``images``)
-    as the length of the run; learning rate, batch size, mask ratio and seed come from ``cfg``. With
+    as the length of the run; learning rate, batch size, mask ratio and seed come from ``cfg``. ``target``
+    "edges" reconstructs each patch's :func:`edge_map` instead of its pixels, from a colour-changed input
+    (:func:`lexsearch.tiny.ssl_contrast.recolour`), so colour is neither input cue nor target. With
     ``eval_images`` the report adds their masked-patch L1 (fixed masks) before and after training.
     """
     width = int(vision.config.hidden_size)
     patch = int(vision.config.patch_size)
     prefix = 1 + int(getattr(vision.config, "num_register_tokens", 0) or 0)
-    head = nn.Linear(width, 3 * patch * patch)
+    grid = int(vision.config.image_size) // patch
+    dims = {"pixels": 3 * patch * patch, "edges": patch * patch, "context-edges": (5 * patch // 2) ** 2}
+    head = nn.Linear(width, dims[target])
     params = list(vision.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.vit_lr, weight_decay=0.05, betas=(0.9, 0.95))
     n = images.shape[0]
@@ -89,10 +102,25 @@ def pretrain_vision_ssl(
             x = normalise(eval_images[i : i + 128])
             mask = _block_mask(x.shape[0], x.shape[-1] // patch, cfg.vit_mask_ratio, 2, g)
             tokens = vision(pixel_values=x, bool_masked_pos=mask).last_hidden_state[:, prefix:]
-            err = (head(tokens) - _patchify(x, patch)).abs().mean(-1)
+            err = _error(head(tokens), x)
             total_err, count = total_err + float(err[mask].sum()), count + int(mask.sum())
         vision.train(was)
         return total_err / max(1, count)
+
+    def _error(pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B, P) reconstruction error of every patch. Edge maps are sparse: L1 would be won by predicting
+        no edge anywhere, so they use squared error."""
+        if target == "pixels":
+            return (pred - _patchify(x, patch)).abs().mean(-1)
+        edges = edge_map(x * sd + m) * 2
+        if target == "edges":
+            return (pred - _patchify(edges, patch)).pow(2).mean(-1)
+        # context-edges: the outline of the 5 x 5-patch window around each patch, at half resolution, so a
+        # patch token has to know the whole object it belongs to, not only its own pixels.
+        half = torch.nn.functional.avg_pool2d(edges, 2)
+        p2 = patch // 2
+        win = torch.nn.functional.unfold(torch.nn.functional.pad(half, (2 * p2,) * 4), 5 * p2, stride=p2)
+        return (pred - win.transpose(1, 2)).pow(2).mean(-1)
 
     before = heldout_l1() if eval_images is not None else None
     vision.train()
@@ -107,10 +135,13 @@ def pretrain_vision_ssl(
             if torch.rand((), generator=gen) < 0.5:
                 x = x.flip(-1)
             x = torch.rot90(x, int(torch.randint(0, 4, (), generator=gen)), dims=(-2, -1))
-            grid = x.shape[-1] // patch
+            if target != "pixels":
+                from lexsearch.tiny.ssl_contrast import recolour
+
+                x = (recolour(x * sd + m, gen) - m) / sd
             mask = _block_mask(x.shape[0], grid, cfg.vit_mask_ratio, 2, gen)
             tokens = vision(pixel_values=x, bool_masked_pos=mask).last_hidden_state[:, prefix:]
-            err = (head(tokens) - _patchify(x, patch)).abs().mean(-1)  # (B, P)
+            err = _error(head(tokens), x)  # (B, P)
             loss_masked = err[mask].mean()
             loss_visible = err[~mask].mean()
             loss = loss_masked + cfg.vit_visible_weight * loss_visible

@@ -52,3 +52,28 @@ def test_pretraining_learns_from_images_alone():
     )
     assert seen == list(range(1, 26))  # more steps than one epoch of 16 images: epochs wrap around
     assert report["vit_eval_masked_l1"] < report["vit_eval_masked_l1_before"]
+
+
+def test_edge_map_sees_outlines_in_any_colour():
+    from lexsearch.tiny.ssl_vision import edge_map
+
+    red, blue = torch.zeros(2, 3, 16, 16), torch.zeros(2, 3, 16, 16)
+    red[:, 0, 4:12, 4:12] = 1.0
+    blue[:, 2, 4:12, 4:12] = 1.0
+    e = edge_map(red)
+    assert e.shape == (2, 1, 16, 16) and torch.allclose(e, edge_map(blue))
+    assert e[0, 0, 4, 8] > 0.3 and e[0, 0, 8, 8] < 1e-2  # on the outline, not inside
+
+
+def test_edge_targets_learn_from_images_alone():
+    from transformers import Dinov2Config, Dinov2Model
+
+    cfg = _tiny()
+    images = corpus_pixels(range(16), seed=2, model_config=cfg)
+    small = dict(cfg.vision_config, hidden_size=32, num_attention_heads=2, num_hidden_layers=1)
+    fast = replace(PretrainConfig(), vit_batch_size=8, vit_lr=3e-3)
+    for target in ("edges", "context-edges"):
+        torch.manual_seed(0)
+        vision = Dinov2Model(Dinov2Config(**small))
+        report = pretrain_vision_ssl(vision, images, fast, steps=25, eval_images=images[:8], target=target)
+        assert report["vit_eval_masked_l1"] < report["vit_eval_masked_l1_before"], target
