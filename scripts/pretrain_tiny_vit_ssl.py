@@ -1,11 +1,13 @@
 """Pretrain a tiny-preset ViT self-supervised on the broad procedural corpus (a candidate for the shipped asset).
 
-    python scripts/pretrain_tiny_vit_ssl.py --out DIR [--steps 3000 --n-train 30000 --n-eval 500]
+    python scripts/pretrain_tiny_vit_ssl.py --out DIR [--objective masked-edges --steps 3000 --n-train 30000]
 
 The corpus is rendered in memory by :mod:`lexsearch.tiny.corpus` with its own fixed seed (104729): images
-only, no labels, nothing from the toy world or any evaluated world. Training is
-:func:`lexsearch.tiny.ssl_vision.pretrain_vision_ssl` (masked-patch reconstruction); the held-out part of the corpus
-gives the recorded reconstruction error. Writes ``model.safetensors`` (float16) + ``config.json`` +
+only, no labels, nothing from the toy world or any evaluated world. ``--objective`` picks the training:
+masked-patch reconstruction of pixels, of colour-blind edge maps (the default: the best of the objectives
+measured in docs/toy-results.md) or of each patch's 5 x 5-patch edge context
+(:func:`lexsearch.tiny.ssl_vision.pretrain_vision_ssl`; the held-out part of the corpus gives the recorded
+reconstruction error), or two-view InfoNCE (:func:`lexsearch.tiny.ssl_contrast.pretrain_vision_contrastive`). Writes ``model.safetensors`` (float16) + ``config.json`` +
 ``pretrain_record.json`` into ``--out``, the layout of lexsearch/tiny/assets/tiny_vit. How well the result
 transfers is measured apart from it, on labelled worlds it never saw (``bench/vit_probe.py``).
 """
@@ -47,7 +49,7 @@ def main() -> int:
     ap.add_argument(
         "--objective",
         choices=["contrastive", "masked", "masked-edges", "masked-context-edges"],
-        default="contrastive",
+        default="masked-edges",
         help="two-view InfoNCE (lexsearch.tiny.ssl_contrast) or masked-patch reconstruction (ssl_vision)",
     )
     ap.add_argument("--dense-weight", type=float, default=1.0, help="contrastive: weight of the patch term")

@@ -7,9 +7,12 @@ patch's pixels (L1, in the normalised colour space). Filling in a hidden part of
 colour and outline from the visible rest; visible patches reconstruct themselves at a lower weight, so every
 token also keeps its own colour and edges. The head is thrown away.
 
-``scripts/pretrain_tiny_vit_ssl.py`` runs it on the broad procedural corpus of :mod:`lexsearch.tiny.corpus`.
-It is not yet what the tiny preset ships: at the length measured so far (500 steps) its patch tokens carry
-no more linearly readable shape than a random ViT's (docs/toy-results.md, ``bench/vit_probe.py``).
+Pixels are mostly colour, and colour is readable from any ViT, random ones included; ``target="edges"``
+makes the input colour-changed and the target each patch's colour-blind edge map, so the model spends its
+capacity on outlines. ``scripts/pretrain_tiny_vit_ssl.py`` runs it on the broad procedural corpus of
+:mod:`lexsearch.tiny.corpus`. It is not yet what the tiny preset ships: at the lengths measured so far (up to
+a few thousand steps) its patch tokens carry far less linearly readable shape than the shipped ViT's
+(docs/toy-results.md, ``bench/vit_probe.py``).
 """
 
 from __future__ import annotations
