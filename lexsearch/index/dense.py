@@ -90,6 +90,16 @@ def build(dim: int, vectors: dict[int, np.ndarray]):
     return index
 
 
+def inner_products(q: np.ndarray, ids: np.ndarray, vecs: dict[int, np.ndarray]) -> np.ndarray:
+    """``q . v`` for each id in ``ids`` (int64) whose vector ``vecs`` holds, in that order; 0 for the others."""
+    out = np.zeros(ids.size, np.float32)
+    rows = [k for k, i in enumerate(ids.tolist()) if i in vecs]
+    if rows:
+        matrix = np.stack([vecs[int(ids[k])] for k in rows])  # (n, D)
+        out[rows] = matrix @ np.asarray(q, np.float32).ravel()
+    return out
+
+
 class DenseSegments:
     """The dense side of ``Collection`` (a mixin): reads from ``forward.dense``, FAISS files on demand."""
 
@@ -114,14 +124,7 @@ class DenseSegments:
         the FAISS files are in.
         """
         ids = np.asarray(image_ids).astype(np.int64).ravel()
-        out = np.zeros(ids.size, np.float32)
-        vecs = self.dense_vectors(ids.tolist())
-        if not vecs:
-            return out
-        rows = [k for k, i in enumerate(ids.tolist()) if i in vecs]
-        matrix = np.stack([vecs[int(ids[k])] for k in rows])  # (n, D)
-        out[rows] = matrix @ np.asarray(q, np.float32).ravel()
-        return out
+        return inner_products(q, ids, self.dense_vectors(ids.tolist()))
 
     def dense_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` images with the largest inner product with ``q``: (ids int64, scores float32)."""

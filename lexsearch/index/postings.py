@@ -23,6 +23,8 @@ At ~250 terms per image the forward row is 1 KB instead of 1.5 KB, and the dense
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 POSTINGS_FORMAT = 1
@@ -62,6 +64,34 @@ def decode_forward(terms: bytes, weights: bytes) -> tuple[np.ndarray, np.ndarray
     k = len(weights) // 2
     dtype = _TERM16 if k and len(terms) == 2 * k else _ID
     return np.frombuffer(terms, dtype=dtype).astype(np.int32), decode_weights(weights)
+
+
+@dataclass
+class RowBlock:
+    """Forward rows (and dense vectors) of some images, concatenated CSR-style in the order asked for."""
+
+    indptr: np.ndarray  # (m + 1,) int64
+    terms: np.ndarray  # (nnz,) int32
+    weights: np.ndarray  # (nnz,) float32
+    dense: np.ndarray | None  # (m, D) float32, zero rows where an image has none; None: none asked for
+    has_dense: np.ndarray  # (m,) bool
+
+
+def decode_block(rows: list[tuple[bytes, bytes] | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indptr, terms int32, weights float32) of many forward rows (None: an empty row) in one decode: a
+    re-rank's thousand rows cost a few array operations instead of four numpy calls per row."""
+    present = [r if r is not None else (b"", b"") for r in rows]
+    lengths = np.fromiter((len(w) // 2 for _, w in present), np.int64, len(present))
+    indptr = np.zeros(len(present) + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    weights = decode_weights(b"".join(w for _, w in present))
+    if all(len(t) == 2 * k for (t, _), k in zip(present, lengths.tolist())):
+        terms = np.frombuffer(b"".join(t for t, _ in present), _TERM16).astype(np.int32)
+    elif all(len(t) == 4 * k for (t, _), k in zip(present, lengths.tolist())):
+        terms = np.frombuffer(b"".join(t for t, _ in present), _ID).astype(np.int32)
+    else:  # rows of both widths (a vocabulary that grew past uint16 cannot happen; old rows could)
+        terms = np.concatenate([decode_forward(t, w)[0] for t, w in present] or [np.empty(0, np.int32)])
+    return indptr, terms, weights
 
 
 def encode_dense(vec: np.ndarray, half: bool = True) -> bytes:

@@ -69,7 +69,8 @@ def _accumulate_parts(scores: np.ndarray, tmp: np.ndarray, parts: list, q: np.fl
     for p in parts:
         if p.dense:  # a stored column over the image ids from p.start: one multiply-add, no scatter
             n = p.weights.size
-            np.multiply(p.weights, q, out=tmp[:n])
+            # uint16 codes (their step folded into q) or, in an older file, float16 weights.
+            np.multiply(p.weights, q if p.scale is None else np.float32(q * p.scale), out=tmp[:n])
             seg = scores[p.start : p.start + n]
             np.add(seg, tmp[:n], out=seg)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,8 @@ class TermPostings:
     Converted postings hold ``intp`` ids because numpy's fancy indexing converts any other integer type on
     every call, which doubles the scatter's cost; ``weights`` float32 (or uint8 with ``scale`` in pruned
     lists). Before a term's second query its postings stay as read (``raw``: uint32 ids and float16 weights,
-    often views of a mapped file): for one use that is cheaper than any conversion.
+    or a file's uint16-coded columns, often views of a mapped file): for one use that is cheaper than any
+    conversion.
     """
 
     df: int
@@ -165,7 +166,7 @@ class PostingsIndex:
                 if p.start >= self.n_slots:  # the collection grew since this index was made
                     continue
                 if p.start + p.weights.size > self.n_slots:
-                    p = type(p)(p.weights[: self.n_slots - p.start], None, p.start, p.df, p.max_weight)
+                    p = replace(p, weights=p.weights[: self.n_slots - p.start])
             elif p.ids.size and p.ids[-1] >= self.n_slots:
                 keep = p.ids < self.n_slots
                 p = type(p)(p.weights[keep], p.ids[keep], 0, int(keep.sum()), p.max_weight)

@@ -122,16 +122,26 @@ def search(
     terms, weights = _strongest(q_sparse.indices, q_sparse.data, query_terms)
     index = index or PostingsIndex.from_collection(collection)
     cands = candidates(index, terms, weights, filters, k=max(n_candidates, top), prune=prune)
+    rows = dense = None
     if not rerank_candidates:
         # The candidate scores cover only the strongest terms: explain (and show) exactly those.
         cands = Candidates(cands.ids[: top * 2], cands.scores[: top * 2])
         qvec = query_vector(terms, weights, vocab)
-        dense = None
     else:
         qvec = query_vector(q_sparse.indices, q_sparse.data, vocab)
-        use_dense = dense_weight > 0 and _dense_head(collection, q_dense)
-        dense = collection.dense_scores(q_dense, cands.ids) if use_dense else None
-    rows = ForwardRows.from_mapping(cands.ids, collection.forward(cands.ids.tolist()))
+        if dense_weight > 0 and _dense_head(collection, q_dense):
+            if hasattr(collection, "forward_block"):  # both from one read of the candidates' rows
+                block = collection.forward_block(cands.ids.tolist())
+                rows = ForwardRows(cands.ids, block.indptr, block.terms, block.weights)
+                dense = np.zeros(cands.ids.size, np.float32)
+                dense[block.has_dense] = block.dense[block.has_dense] @ np.asarray(q_dense, np.float32)
+            else:
+                dense = collection.dense_scores(q_dense, cands.ids)
+    if rows is None and hasattr(collection, "forward_block"):
+        block = collection.forward_block(cands.ids.tolist(), dense=False)
+        rows = ForwardRows(cands.ids, block.indptr, block.terms, block.weights)
+    elif rows is None:
+        rows = ForwardRows.from_mapping(cands.ids, collection.forward(cands.ids.tolist()))
     ranked = rerank(rows, qvec, dense, dense_weight if dense is not None else 0.0, min_score)
     return _results(collection, encoder, ranked, qvec, top, explain_words)
 

@@ -24,6 +24,7 @@ from PIL import Image
 from lexsearch import config
 from lexsearch.display import utf8_text
 from lexsearch.errors import DataError, UsageError
+from lexsearch.index.dense import inner_products
 from lexsearch.search import PostingsIndex, PruneConfig, results_to_json, search, search_by_image
 
 logger = logging.getLogger(__name__)
@@ -83,13 +84,7 @@ class WarmCollection:
     def dense_scores(self, q: np.ndarray, image_ids: np.ndarray) -> np.ndarray:
         """As ``Collection.dense_scores``, from the vectors in memory."""
         ids = np.asarray(image_ids).astype(np.int64).ravel()
-        out = np.zeros(ids.size, np.float32)
-        vecs = self._cached(self._dense, ids.tolist(), self._collection.dense_vectors)
-        rows = [k for k, i in enumerate(ids.tolist()) if i in vecs]
-        if rows:
-            matrix = np.stack([vecs[int(ids[k])] for k in rows])  # (n, D)
-            out[rows] = matrix @ np.asarray(q, np.float32).ravel()
-        return out
+        return inner_products(q, ids, self._cached(self._dense, ids.tolist(), self._collection.dense_vectors))
 
 
 class Rows(list):

@@ -146,6 +146,28 @@ def test_forward_rows_are_compact(col):
     ].tolist() == [3, 70000]  # rows of the uint32 width read alike
 
 
+def test_forward_block_reads_rows_and_vectors_in_the_order_asked(col):
+    rng = np.random.default_rng(8)
+    ids = col.apply(Changes(insert=[new_image(i, rng) for i in range(6)]))
+    ask = [ids[4], 999_999, ids[0], ids[2]]  # out of order, one id with no row
+    block = col.forward_block(ask)
+    fwd, vecs = col.forward(ask), col.dense_vectors(ask)
+    assert block.indptr.tolist() == [0, 5, 5, 10, 15] and block.has_dense.tolist() == [
+        True,
+        False,
+        True,
+        True,
+    ]
+    for k, i in enumerate(ask):
+        a, b = block.indptr[k], block.indptr[k + 1]
+        if i in fwd:
+            assert np.array_equal(block.terms[a:b], fwd[i][0]) and np.allclose(block.weights[a:b], fwd[i][1])
+            assert np.array_equal(block.dense[k], vecs[i])
+        else:
+            assert a == b and not block.dense[k].any()
+    assert col.forward_block(ask, dense=False).dense is None
+
+
 def test_ids_are_never_reused(col):
     rng = np.random.default_rng(1)
     col.apply(Changes(insert=[new_image(0, rng), new_image(1, rng)]))
@@ -220,6 +242,71 @@ def test_segment_files_hold_common_terms_as_dense_columns(tmp_path):
     back = f.runs()  # what a merge reads: every posting, columns expanded
     assert np.array_equal(back.terms, runs.terms) and np.array_equal(back.ids, runs.ids)
     assert f.get(99) is None and f.part(99) is None
+
+
+def test_columns_are_uint16_codes_that_keep_every_weight_present(tmp_path):
+    from lexsearch.index import segments as sg
+
+    ids = np.arange(100, 1100, dtype=np.uint32)
+    w = np.full(ids.size, 0.5, np.float16)
+    w[::7] = 1e-5  # far below one step of the column's largest weight: must not round to "absent"
+    w[3] = 0.999
+    sg.write_segment(tmp_path / "postings-00000001.lxp", sg.Runs.from_dict({5: (ids, w)}))
+    f = sg.SegmentFile(tmp_path / "postings-00000001.lxp")
+    part = f.part(5)
+    assert part.dense and part.weights.dtype == np.uint16 and part.scale == pytest.approx(0.999 / 65535, 1e-3)
+    got_ids, got_w = f.get(5)
+    assert np.array_equal(got_ids, ids)  # every posting still there, the tiny ones included
+    assert np.allclose(got_w.astype(np.float32), w.astype(np.float32), atol=part.scale)
+    assert np.array_equal(got_w[w > 0.01], w[w > 0.01])  # float16 values survive the codes exactly
+
+
+def _write_format_2(path, runs):
+    """A segment file as format 2 wrote it (float16 columns, no scale array): collections made before."""
+    from lexsearch.index import segments as sg
+
+    sg.write_segment(path, runs)
+    f = sg.SegmentFile(path)
+    nt = f.terms.size
+    blob = bytearray(path.read_bytes())
+    head = sg.HEADER_BYTES
+    table_end = head + nt * 24 + 8
+    columns = [
+        np.where(f.dense[k] > 0, f.dense[k] * f.scale[np.flatnonzero(f.slot == k)[0]], 0).astype("<f2")
+        for k in range(f.dense.shape[0])
+    ]
+    sparse = bytes(blob[sg._align8(table_end + 4 * nt) : f._dense_off])
+    out = bytes(blob[:head]).replace(sg.MAGIC, sg.MAGIC_V2) + bytes(blob[head:table_end])
+    out += b"\0" * (sg._align8(len(out)) - len(out)) + sparse
+    out = out.ljust(sg._align8(len(out)), b"\0") + b"".join(c.tobytes() for c in columns)
+    path.write_bytes(out)
+
+
+def test_format_2_segment_files_are_still_read(tmp_path):
+    from lexsearch.index import segments as sg
+
+    rng = np.random.default_rng(2)
+    per_term = {}
+    for t, frac in ((3, 0.9), (11, 0.05)):  # one column, one sparse list
+        ids = np.flatnonzero(rng.random(1000) < frac).astype(np.uint32)
+        per_term[t] = (ids, (rng.random(ids.size) * 0.9 + 0.05).astype(np.float16))
+    path = tmp_path / "postings-00000001.lxp"
+    _write_format_2(path, sg.Runs.from_dict(per_term))
+    f = sg.SegmentFile(path)
+    assert f.scale is None and f.part(3).dense and f.part(3).scale is None
+    assert f.part(3).weights.dtype == np.float16
+    for t, (ids, w) in per_term.items():
+        got_ids, got_w = f.get(t)
+        assert np.array_equal(got_ids, ids) and np.array_equal(got_w, w)
+    # ... and scored like a format-3 column (the query path's kernel over both kinds of file)
+    from lexsearch.search.candidates import _accumulate_parts
+
+    scores, tmp = np.zeros(1000, np.float32), np.zeros(1000, np.float32)
+    _accumulate_parts(scores, tmp, [f.part(3)], np.float32(2.0))
+    ids, w = per_term[3]
+    assert np.allclose(scores[ids], 2 * w.astype(np.float32)) and scores.sum() == pytest.approx(
+        2 * w.astype(np.float64).sum(), rel=1e-5
+    )
 
 
 def test_a_schema_1_collection_is_upgraded_in_place(tmp_path, monkeypatch):
