@@ -8,6 +8,8 @@ readable line and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import click
 
@@ -51,4 +53,16 @@ _register()
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except SystemExit as exc:
+        if not common.quick_exit_requested():
+            raise
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe (| head): nothing more can reach it
+                pass
+        logging.shutdown()
+        os._exit(code)

@@ -42,6 +42,21 @@ def handle_errors(fn):
     return wrapper
 
 
+_quick_exit = False  # the command asked to end without the interpreter's teardown (see exit_quickly)
+
+
+def exit_quickly() -> None:
+    """End this process without tearing its modules down once the command is done. For one-shot commands
+    that write nothing they have not committed (``lexsearch query``): freeing numpy, SQLite and the mapped
+    files one object at a time is ~40 ms of a ~300 ms fresh query, against ~8 ms for ``os._exit``."""
+    global _quick_exit
+    _quick_exit = True
+
+
+def quick_exit_requested() -> bool:
+    return _quick_exit
+
+
 _verbose = False  # -v was given: decoder noise and library warnings are shown
 
 

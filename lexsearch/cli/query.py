@@ -66,6 +66,7 @@ def query(
     # One BLAS thread: a query's matrix products are small, and OpenBLAS's spinning workers make them 5-20x
     # slower on shared cores (bench/query_cold.py). Only effective before numpy loads; a user's setting wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    common.exit_quickly()  # a query commits its cache entry before printing; nothing is left to tear down
     import json
 
     from lexsearch import search as s

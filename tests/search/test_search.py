@@ -559,6 +559,31 @@ def test_cached_query_never_loads_the_networks(tiny_model_dir, tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
+def test_the_query_command_ends_without_teardown_yet_loses_no_output(tiny_model_dir, tmp_path):
+    """``lexsearch query`` ends with os._exit once done (no module teardown): every byte still arrives, and
+    the exit codes are the command's."""
+    import json
+    import subprocess
+    import sys
+
+    col_path = str(_index(tiny_model_dir, tmp_path))
+    run = [sys.executable, "-m", "lexsearch", "query"]
+    out = subprocess.run(
+        [*run, "red circle", "--collection", col_path, "--json"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)  # the whole document, flushed before the process ended
+    assert rows and all("words" in r for r in rows)
+    bad = subprocess.run(
+        [*run, "red", "--collection", str(tmp_path / "nowhere")], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "No collection" in bad.stderr and "Traceback" not in bad.stderr
+    again = subprocess.run(
+        [*run, "red circle", "--collection", col_path, "--json"], capture_output=True, text=True
+    )
+    assert json.loads(again.stdout) == rows  # the cache entry the first one wrote was committed
+
+
 def test_operators_and_query_words_ignore_case(col):
     enc = BagEncoder()
     assert {r.image_id for r in search(col, enc, "white horse -Night", top=10)} == {
