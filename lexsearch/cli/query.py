@@ -68,9 +68,7 @@ def query(
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import json
 
-    from lexsearch import search as s
     from lexsearch.errors import UsageError
-    from lexsearch.index.store import Collection
 
     unknown = [t for t in text if t.startswith("--")]
     if unknown:
@@ -94,6 +92,10 @@ def query(
             results, info = answer
             if common.verbose():
                 click.echo(f"answered by the running server at {info.url} (pid {info.pid})", err=True)
+    # Only from here numpy (the results' module; the store, the model when searching here).
+    from lexsearch import search as s
+    from lexsearch.index.store import Collection
+
     if results is None:
         with Collection.open(collection, readonly=True) as col, decoder_noise_hidden():
             encoder = s.load_encoder(col, model_dir, device, text_encoder=text_encoder)
