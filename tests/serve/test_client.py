@@ -74,3 +74,21 @@ def test_a_query_answered_by_a_server_imports_nothing_heavy_and_prints_exact_pat
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     assert json.loads(out.stderr.decode().strip().splitlines()[-1]) == {"heavy": []}
     assert out.stdout == b"/photos/plain.jpg\n/photos/caf\xe9.jpg\n"
+
+
+def test_the_servers_image_count_follows_the_collection(tmp_path):
+    from lexsearch.serve.service import SearchService
+
+    rng = np.random.default_rng(1)
+
+    def image(p):
+        return NewImage(p, 1, 1, "h", terms=np.array([2], np.uint32), weights=rng.random(1) + 0.1)
+
+    with Collection.open(tmp_path / "col", readonly=False) as writer:
+        writer.bind_model({"model_id": "m", "vocab_hash": "v", "vocab_size": 50, "dense_dim": 0}, "rebuild")
+        writer.apply(Changes(insert=[image("/a.jpg")]))
+        with Collection.open(tmp_path / "col") as reader:
+            service = SearchService(reader, encoder=None)
+            assert service.info()["images"] == 1
+            writer.apply(Changes(insert=[image("/b.jpg"), image("/c.jpg")]))
+            assert service.info()["images"] == 3  # counted again after the change
