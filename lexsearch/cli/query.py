@@ -174,8 +174,9 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
         with Collection.open(collection, readonly=True) as col:
             encoder = load_encoder(col, device=device)
             # The indexer stores absolute paths as reached from its root (symlinks kept), so look up both.
-            rows = col.rows_by_path()
-            for key in dict.fromkeys([os.path.abspath(image), str(Path(image).resolve())]):
+            keys = list(dict.fromkeys([os.path.abspath(image), str(Path(image).resolve())]))
+            rows = col.rows_at(keys)  # a lookup by path, not a read of every row
+            for key in keys:
                 row = rows.get(key)
                 if row is not None and row.status == "ok":
                     indexed = col.forward([row.id]).get(row.id)
