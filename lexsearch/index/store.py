@@ -681,37 +681,50 @@ class Collection(TieredPostings, DenseSegments):
     def rows_in_folders(self, folders: Iterable[str]) -> dict[str, ImageRow]:
         """The image rows (``hash`` None, as ``rows_by_path(hashes=False)``) of the files directly in
         ``folders``, by path: a few index seeks per folder, not a read of every row."""
+        return {r.path: r for rows in self._rows_by_folder(folders).values() for r in rows}
+
+    def _rows_by_folder(self, folders: Iterable[str]) -> dict[str, list[ImageRow]]:
+        """``rows_in_folders`` grouped by folder (each as ``_folder_name`` gives it)."""
         sep = os.fsencode(os.sep)
-        wanted = {os.fsencode(f).rstrip(sep) or sep for f in folders}
+        wanted = {os.fsencode(_folder_name(f)) for f in folders}
         if not wanted:
             return {}
         all_dirs = sorted(
             os.fsencode(_py_path(d)).rstrip(sep) + sep for (d,) in self.db.execute("SELECT dir FROM folders")
         )
         q = "SELECT id, path, size, mtime_ns, NULL, status FROM images WHERE path >= ? AND path < ?"
-        out: dict[str, ImageRow] = {}
-        for folder in sorted(wanted):
-            name = os.fsdecode(folder)
-            prefix = folder.rstrip(sep) + sep
-            start = bisect.bisect_right(all_dirs, prefix)
-            subs = []
-            for d in all_dirs[start:]:
-                if not d.startswith(prefix):
-                    break
-                top = prefix + d[len(prefix) :].split(sep, 1)[0] + sep
-                if not subs or subs[-1] != top:
-                    subs.append(top)
-            # Text paths (valid UTF-8, compared as bytes) sort below every BLOB path (a name that is not
-            # UTF-8): each kind is read from its own ranges; a non-UTF-8 folder holds no text path.
-            ranges: list[tuple[str | bytes, str | bytes]] = list(_subtree_gaps(prefix, subs))
-            if _utf8(prefix):
-                text_subs = [d for d in subs if _utf8(d)]
-                ranges += [(a.decode(), b.decode()) for a, b in _subtree_gaps(prefix, text_subs)]
-            for a, b in ranges:
-                for r in self.db.execute(q, [a, b]):
-                    path = _py_path(r[1])
-                    if os.path.dirname(path) == name:
-                        out[path] = ImageRow(r[0], path, *r[2:])
+        make = ImageRow._make
+        out: dict[str, list[ImageRow]] = {}
+        enabled = gc.isenabled()
+        gc.disable()  # many new tuples, none in a cycle (see rows_by_path)
+        try:
+            for folder in sorted(wanted):
+                prefix = folder.rstrip(sep) + sep
+                start = bisect.bisect_right(all_dirs, prefix)
+                subs = []
+                for d in all_dirs[start:]:
+                    if not d.startswith(prefix):
+                        break
+                    top = prefix + d[len(prefix) :].split(sep, 1)[0] + sep
+                    if not subs or subs[-1] != top:
+                        subs.append(top)
+                # Text paths (valid UTF-8, compared as bytes) sort below every BLOB path (a name that is not
+                # UTF-8): each kind is read from its own ranges; a non-UTF-8 folder holds no text path.
+                ranges: list[tuple[str | bytes, str | bytes]] = list(_subtree_gaps(prefix, subs))
+                if _utf8(prefix):
+                    text_subs = [d for d in subs if _utf8(d)]
+                    ranges += [(a.decode(), b.decode()) for a, b in _subtree_gaps(prefix, text_subs)]
+                mine = out.setdefault(os.fsdecode(folder), [])
+                plen = len(os.fsdecode(prefix))
+                for a, b in ranges:
+                    for r in self.db.execute(q, [a, b]):
+                        if r[1].__class__ is not str:  # a name stored as bytes: as Python names it
+                            r = (r[0], _py_path(r[1]), *r[2:])
+                        if r[1].find(os.sep, plen) < 0:  # directly in the folder (always, while folders
+                            mine.append(make(r))  # lists every folder with rows; checked by verify)
+        finally:
+            if enabled:
+                gc.enable()
         return out
 
     def rows_at(self, paths: Iterable[str]) -> dict[str, ImageRow]:
@@ -734,19 +747,18 @@ class Collection(TieredPostings, DenseSegments):
         self._require_writer()
         sealed = 0
         with self._write():
-            rows = self.rows_in_folders(digests)
-            by_folder: dict[str, list[ImageRow]] = {}
-            for r in rows.values():
-                by_folder.setdefault(os.path.dirname(r.path), []).append(r)
+            by_folder = self._rows_by_folder(digests)
             for folder, digest in digests.items():
+                folder = _folder_name(folder)
                 mine = by_folder.get(folder, [])
                 key = _db_path(folder)
                 if not mine:
                     self.db.conn.execute("DELETE FROM folders WHERE dir = ?", [key])
                     continue
+                plen = len(folder.rstrip(os.sep) + os.sep)
                 if (
                     digest is None
-                    or folder_digest((os.path.basename(r.path), r.size, r.mtime_ns) for r in mine) != digest
+                    or folder_digest((r.path[plen:], r.size, r.mtime_ns) for r in mine) != digest
                 ):
                     continue
                 ok = sum(r.status == "ok" for r in mine)
@@ -944,6 +956,11 @@ def check_model(stored: dict[str, Any], model: dict[str, Any], path: Path, rebui
 def _folder_key(path: str | bytes) -> str | bytes:
     """The ``folders.dir`` of a stored ``images.path`` (its folder, stored the same way)."""
     return _db_path(os.path.dirname(_py_path(path)))
+
+
+def _folder_name(folder: str) -> str:
+    """A folder as ``folders`` and ``os.path.dirname`` name it: no trailing separator (but the root)."""
+    return folder.rstrip(os.sep) or os.sep
 
 
 def _utf8(b: bytes) -> bool:
