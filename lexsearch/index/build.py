@@ -384,21 +384,17 @@ def plan_run(
     # A folder holding a file given directly as a root lists the rest of its files only: never matched.
     mixed = {os.path.dirname(f.path) for f in loose}
     to_read: list[str] = []
-    seal: dict[str, bytes] = {}
-    files: list[ScannedFile] = []
+    seal: dict[str, bytes | None] = {}
+    files: list[ScannedFile] = []  # the files to compare with their rows, in scan order
     walked: set[str] = set()
     for folder in folders:
         if folder.path is None:
+            files.extend(folder.files)
             continue
         walked.add(folder.path)
         state = states.get(folder.path)
         digest = folder.digest
-        if (
-            folder.path not in mixed
-            and state is not None
-            and state.digest is not None
-            and state.digest == digest
-        ):
+        if folder.path not in mixed and state is not None and state.digest == digest:
             b.summary.unchanged += state.ok
             b.summary.failed_before += state.failed
             continue
@@ -412,7 +408,6 @@ def plan_run(
     gone = [d for d in states if d not in walked and under_roots(d, roots)]
     stored = collection.rows_in_folders(to_read + gone)
     stored.update(collection.rows_at([f.path for f in loose if f.path not in stored]))
-    files.extend(loose)
 
     work: list[_Work] = []
     changed: list[tuple[ScannedFile, ImageRow]] = []
