@@ -92,11 +92,12 @@ def query(
             results, info = answer
             if common.verbose():
                 click.echo(f"answered by the running server at {info.url} (pid {info.pid})", err=True)
-    # Only from here numpy (the results' module; the store, the model when searching here).
+    # Only from here numpy (the output is formatted by the search package); the store only to search here.
     from lexsearch import search as s
-    from lexsearch.index.store import Collection
 
     if results is None:
+        from lexsearch.index.store import Collection
+
         with Collection.open(collection, readonly=True) as col, decoder_noise_hidden():
             encoder = s.load_encoder(col, model_dir, device, text_encoder=text_encoder)
             if image:
@@ -113,6 +114,8 @@ def query(
                     expand=expand,
                 )
     if results.stale:
+        from lexsearch.index.store import Collection
+
         with Collection.open(collection, readonly=True) as col:
             roots = " ".join(col.meta.get("roots") or ["DIR"])
         n = results.stale
