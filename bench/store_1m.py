@@ -34,6 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lexsearch.index import build  # noqa: E402
+from lexsearch.index.scan import Folder, ScannedFile  # noqa: E402
 from lexsearch.index.store import Changes, Collection, NewImage  # noqa: E402
 
 VOCAB = 17_149
@@ -171,6 +173,139 @@ def fresh_query(path: Path, text: str, mode: str = "exact", cold: bool = False) 
     return res
 
 
+ROOT_DIR = "/photos/synthetic"
+
+
+def image_file(i: int) -> ScannedFile:
+    """Image ``i`` as the scan would list it (the stat ``make_images`` gives it)."""
+    return ScannedFile(
+        f"{ROOT_DIR}/{i // 1000:04d}/IMG_{i:07d}.jpg", 2_000_000 + i, 1_700_000_000 * 10**9 + i
+    )
+
+
+def index_run(col: Collection, listing: list[Folder], new: list[NewImage] = ()) -> dict:
+    """The store's side of ``build_index`` over ``listing``: plan, commit ``new`` (the files the plan
+    found new, as the model would have embedded them), record the folder digests, purge and save FAISS."""
+    b = build._Builder(col, None, build.IndexOptions(), build.Reporter())
+    t0 = time.perf_counter()
+    plan = build.plan_run(col, [ROOT_DIR], listing, b)
+    t1 = time.perf_counter()
+    if len(plan.work) != len(new) or plan.vanished:
+        raise SystemExit(f"the plan found {len(plan.work)} new files and {len(plan.vanished)} gone")
+    for start in range(0, len(new), COMMIT):
+        col.apply(Changes(insert=list(new[start : start + COMMIT])))
+    t2 = time.perf_counter()
+    col.seal_folders(plan.seal)
+    t3 = time.perf_counter()
+    col.purge_tombstones()
+    col.save_dense()
+    t4 = time.perf_counter()
+    return {
+        "plan": t1 - t0,
+        "apply": t2 - t1,
+        "seal": t3 - t2,
+        "save": t4 - t3,
+        "total": t4 - t0,
+        "folders_read": plan.folders_read,
+        "rows_read": plan.rows_read,
+    }
+
+
+class Words:  # the vocabulary side of an encoder, as in CHILD: word "w123" is term 123
+    vocab_size, model_id, vocab_hash, dense_dim = VOCAB, "synthetic", "synthetic-vocab", DENSE_DIM
+
+    def words(self, ids):
+        return ["w" + str(int(i)) for i in ids]
+
+    def word_terms(self, w):
+        return [int(w[1:])] if w[:1] == "w" and w[1:].isdigit() else []
+
+    def encode_texts(self, texts):
+        raise RuntimeError("query vector not cached")
+
+
+def server_queries(path: Path, texts: list[str]) -> list[dict]:
+    """Each text by a new ``python -m lexsearch query`` process, answered by a server over ``path`` that
+    runs in a thread of this process (its own LEXSEARCH_HOME, so only this server is found)."""
+    from lexsearch.serve.server import Server
+    from lexsearch.serve.service import SearchService
+
+    home = tempfile.TemporaryDirectory(prefix="lexsearch-bench-home-")
+    old_home = os.environ.get("LEXSEARCH_HOME")
+    os.environ["LEXSEARCH_HOME"] = home.name
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    col = Collection.open(path)
+    col.file_exists = lambda p: True  # synthetic paths have no files (a real server stats the ~10 shown)
+    service = SearchService(col, Words())
+    in_server: list[float] = []
+    search = service.search
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        out = search(*a, **k)
+        in_server.append(time.perf_counter() - t)
+        return out
+
+    service.search = timed
+    server = Server(service, "127.0.0.1", 0)
+    server.start_in_thread()
+    out = []
+    try:
+        cmd = [sys.executable, "-m", "lexsearch", "-v", "query", "--collection", str(path), "--paths"]
+        subprocess.run([*cmd, texts[0]], env=env, capture_output=True, check=True)  # warms the server
+        for text in texts:
+            t = time.perf_counter()
+            run = subprocess.run([*cmd, text], env=env, capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - t
+            if run.returncode or "answered by the running server" not in run.stderr:
+                raise SystemExit(f"the query was not answered by the server: {run.stderr}")
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import lexsearch.cli"], env=env, check=True)
+            row = {"wall": wall, "floor": time.perf_counter() - t, "server": in_server[-1]}
+            steps = subprocess.run(
+                [sys.executable, "-c", SERVER_CHILD, str(path), text], env=env, capture_output=True, text=True
+            )
+            if steps.returncode:
+                raise SystemExit(steps.stderr)
+            row.update(json.loads(steps.stdout))
+            if row["heavy"]:
+                raise SystemExit(f"the query imported {row['heavy']} before the answer")
+            out.append(row)
+    finally:
+        server.stop()
+        col.close()
+        if old_home is None:
+            os.environ.pop("LEXSEARCH_HOME", None)
+        else:
+            os.environ["LEXSEARCH_HOME"] = old_home
+        home.cleanup()
+    return out
+
+
+# Where a query handed to a server spends its time: the steps of ``lexsearch query`` (client.ask_server),
+# each timed, in a fresh process; the last is the import the output formatting needs (lexsearch.search).
+SERVER_CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import lexsearch.cli
+from lexsearch.serve import client, discovery
+from lexsearch.index.paths import resolve
+t1 = time.perf_counter()
+folder = resolve(sys.argv[1])
+info = discovery.find(folder)
+t2 = time.perf_counter()
+rows, stale = discovery.remote_search(info, {"q": sys.argv[2], "top": 10})
+t3 = time.perf_counter()
+paths = client.image_paths(folder, [r["id"] for r in rows])
+t4 = time.perf_counter()
+heavy = [m for m in ("numpy", "torch") if m in sys.modules]
+import lexsearch.search
+t5 = time.perf_counter()
+print(json.dumps({"imports": t1 - t0, "find": t2 - t1, "ask": t3 - t2, "paths": t4 - t3,
+                  "output_import": t5 - t4, "heavy": heavy}))
+"""
+
+
 def p50(rows: list[dict], key: str) -> float:
     return float(np.median([r[key] for r in rows])) * 1e3
 
@@ -182,7 +317,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cold-queries", type=int, default=5)
     ap.add_argument("--dir", help="where to build the collection (default: a temp folder, deleted after)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--server-only",
+        metavar="COLLECTION",
+        help="only the fresh `lexsearch query` via a running server, over this existing synthetic collection "
+        "(read only; its cached query texts)",
+    )
     args = ap.parse_args(argv)
+    if args.server_only:
+        path = Path(args.server_only)
+        with Collection.open(path) as col:
+            texts = [r[0] for r in col.db.execute("SELECT text FROM query_cache ORDER BY text")][
+                : args.queries
+            ]
+            n = col.count()
+        print(f"fresh `lexsearch query` via a running server: {n:,} images, load {os.getloadavg()[0]:.1f}")
+        rows = server_queries(path, texts)
+        print(
+            f"  start to answer p50 {p50(rows, 'wall'):.0f} ms (min {min(r['wall'] for r in rows) * 1e3:.0f})"
+        )
+        print(f"  python + lexsearch.cli import alone {p50(rows, 'floor'):.0f} ms")
+        print(f"  the server's own answer {p50(rows, 'server'):.0f} ms")
+        steps = ("imports", "find", "ask", "paths", "output_import")
+        print(
+            "  in a query process, imports / find the server / ask it / read the paths / import for the output: "
+            + "/".join(f"{p50(rows, k):.0f}" for k in steps)
+            + " ms (no numpy, no torch before the output import)"
+        )
+        print(f"  load average at the end {os.getloadavg()[0]:.1f}")
+        return
     rng = np.random.default_rng(args.seed)
     cdf = zipf_cdf()
     rank_to_term = rng.permutation(VOCAB)
@@ -253,21 +416,35 @@ def main(argv: list[str] | None = None) -> None:
     after_remove = [fresh_query(path, t) for t in texts[: args.queries]]
     leaked = sum(bool(set(r["ids"]) & set(victims)) for r in after_remove)
 
-    # -- add 1,000 images: what an index run does with the store
-    with Collection.open(path, readonly=False) as col:
+    # -- add 1,000 images: what an index run does with the store (build.plan_run over the scan's listing,
+    # the commits, the folder digests, the FAISS append). The files are synthetic, so the listing is too.
+    dead = set(victims)
+    listing = [  # the folders as a scan lists them: every image not removed above
+        Folder(
+            f"{ROOT_DIR}/{k:04d}",
+            [image_file(i) for i in range(k * 1000, min(n, (k + 1) * 1000)) if i + 1 not in dead],
+        )
+        for k in range((n + 999) // 1000)
+    ]
+    t = time.perf_counter()
+    for f in listing:
+        f.digest  # noqa: B018 (the scan side's cost, computed once per folder)
+    digest_s = time.perf_counter() - t
+    with Collection.open(path, readonly=False) as col:  # the upgrade (schema 3) happens here
+        # The run before: the first since the upgrade reads every row once (no folder has a digest yet)
+        # and records the digests; then a run over the unchanged tree.
+        first = index_run(col, listing)
+        again = index_run(col, listing)
         new = make_images(n, 1000, rng, cdf, rank_to_term)
-        t = time.perf_counter()
-        rows = col.rows_by_path(hashes=False)  # what an index run loads (hashes only of changed rows)
-        t_rows = time.perf_counter() - t
-        col.apply(Changes(insert=new))
-        t_apply = time.perf_counter() - t - t_rows
-        col.purge_tombstones()
-        col.save_dense()
-        add_s = time.perf_counter() - t
-        t_save = add_s - t_rows - t_apply
+        listing.append(Folder(f"{ROOT_DIR}/{n // 1000:04d}", [image_file(n + r) for r in range(1000)]))
+        listing[-1].digest  # noqa: B018
+        add = index_run(col, listing, new)
         faiss_files = col.db.execute("SELECT count(*) FROM dense_segments").fetchone()[0]
-    del rows
+    add_s = add["total"]
     after_add = [fresh_query(path, t) for t in texts[: args.queries]]
+
+    # -- a fresh `lexsearch query` process answered by a running server (in this process, a thread)
+    via_server = server_queries(path, texts[: args.queries])
 
     per_image = (size["db"] + size["postings"]) / n
     print(f"\n  figure (at {n:,} images)                           measured        target     before (1M)")
@@ -308,13 +485,54 @@ def main(argv: list[str] | None = None) -> None:
         ("  removal itself (apply + purge + save_dense)", f"{remove_s:.2f} s", "", ""),
         ("adding 1,000 images, store time", f"{add_s:.2f} s", "<= 3 s", "28.5 s"),
         (
-            "  rows by path / apply / purge + save_dense",
-            f"{t_rows:.2f}/{t_apply:.2f}/{t_save:.2f} s",
+            "  plan / apply / seal folders / purge + save_dense",
+            f"{add['plan']:.2f}/{add['apply']:.2f}/{add['seal']:.2f}/{add['save']:.2f} s",
             "",
-            "8.5/10.8/4.3+2.9 s",
+            "8.5/10.8/-/4.3+2.9 s",
+        ),
+        (
+            "  folders / image rows read by the plan",
+            f"{add['folders_read']:,}/{add['rows_read']:,}",
+            "",
+            "-/1,000,000",
+        ),
+        ("  (scan side: folder digests of the listing)", f"{digest_s:.2f} s", "", ""),
+        (
+            "index run, nothing changed (store time; rows read)",
+            f"{again['total']:.2f} s; {again['rows_read']:,}",
+            "",
+            "",
+        ),
+        (
+            "  the first run after the upgrade (reads every row)",
+            f"{first['total']:.2f} s; {first['rows_read']:,}",
+            "",
+            "",
         ),
         ("  FAISS files after the add (none rewritten)", f"{faiss_files}", "append-only", "1 rewritten"),
         ("  query after the add", f"{p50(after_add, 'wall'):.0f} ms", "", ""),
+        (
+            "fresh `lexsearch query` process via a running server",
+            f"{p50(via_server, 'wall'):.0f} ms",
+            "",
+            "",
+        ),
+        (
+            "  (python + lexsearch.cli import alone, same minute)",
+            f"{p50(via_server, 'floor'):.0f} ms",
+            "",
+            "",
+        ),
+        ("  the server's own answer (in the server)", f"{p50(via_server, 'server'):.0f} ms", "", ""),
+        (
+            "  imports / find / ask / paths / output import",
+            "/".join(
+                f"{p50(via_server, k):.0f}" for k in ("imports", "find", "ask", "paths", "output_import")
+            )
+            + " ms",
+            "",
+            "",
+        ),
         ("bulk write", f"{n / write_s:,.0f} images/s", ">= 1,500/s", "1,560/s"),
         (
             "write amplification (postings rewritten / written)",

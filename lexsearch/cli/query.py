@@ -69,9 +69,7 @@ def query(
     common.exit_quickly()  # a query commits its cache entry before printing; nothing is left to tear down
     import json
 
-    from lexsearch import search as s
     from lexsearch.errors import UsageError
-    from lexsearch.index.store import Collection
 
     unknown = [t for t in text if t.startswith("--")]
     if unknown:
@@ -95,7 +93,12 @@ def query(
             results, info = answer
             if common.verbose():
                 click.echo(f"answered by the running server at {info.url} (pid {info.pid})", err=True)
+    # Only from here numpy (the output is formatted by the search package); the store only to search here.
+    from lexsearch import search as s
+
     if results is None:
+        from lexsearch.index.store import Collection
+
         with Collection.open(collection, readonly=True) as col, decoder_noise_hidden():
             encoder = s.load_encoder(col, model_dir, device, text_encoder=text_encoder)
             if image:
@@ -112,6 +115,8 @@ def query(
                     expand=expand,
                 )
     if results.stale:
+        from lexsearch.index.store import Collection
+
         with Collection.open(collection, readonly=True) as col:
             roots = " ".join(col.meta.get("roots") or ["DIR"])
         n = results.stale
@@ -173,8 +178,9 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
         with Collection.open(collection, readonly=True) as col:
             encoder = load_encoder(col, device=device)
             # The indexer stores absolute paths as reached from its root (symlinks kept), so look up both.
-            rows = col.rows_by_path()
-            for key in dict.fromkeys([os.path.abspath(image), str(Path(image).resolve())]):
+            keys = list(dict.fromkeys([os.path.abspath(image), str(Path(image).resolve())]))
+            rows = col.rows_at(keys)  # a lookup by path, not a read of every row
+            for key in keys:
                 row = rows.get(key)
                 if row is not None and row.status == "ok":
                     indexed = col.forward([row.id]).get(row.id)

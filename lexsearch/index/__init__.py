@@ -12,7 +12,7 @@ from typing import Any
 
 _NAMES = {
     "Collection": "lexsearch.index.store",
-    "resolve": "lexsearch.index.store",
+    "resolve": "lexsearch.index.paths",
     "IndexOptions": "lexsearch.index.build",
     "IndexSummary": "lexsearch.index.build",
     "Reporter": "lexsearch.index.build",

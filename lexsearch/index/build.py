@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from lexsearch.errors import LexsearchError, UsageError
-from lexsearch.index.scan import ScannedFile, content_hash, normalise_roots, scan, under_roots
+from lexsearch.index.scan import Folder, ScannedFile, content_hash, normalise_roots, scan_folders, under_roots
 from lexsearch.index.store import Changes, Collection, ImageRow, NewImage
 from lexsearch.model.images import MAX_MEGAPIXELS, describe_error, load_image
 
@@ -354,18 +354,65 @@ def check_roots(roots: Iterable[str | os.PathLike[str]]) -> list[str]:
     return roots
 
 
-def _plan(collection: Collection, roots: list[str], options: IndexOptions, b: _Builder):
-    """Rank 0: what needs work (new or changed files), what vanished, and the rows that vanished by hash."""
-    stored = collection.rows_by_path(hashes=False)
+@dataclass
+class Plan:
+    """What an index run has to do, from the scan and the stored rows (rank 0)."""
+
+    work: list[_Work]  # new or changed files, in scan order
+    vanished: list[ImageRow]  # stored rows under the roots whose file was not found (``hash`` filled in)
+    # The scanned digest of each folder whose rows were read: recorded once the run completed them.
+    seal: dict[str, bytes | None] = field(default_factory=dict)
+    folders_read: int = 0  # folders whose stored rows were read (the others matched their digest)
+    rows_read: int = 0
+
+
+def plan_run(
+    collection: Collection,
+    roots: list[str],
+    folders: Iterable[Folder],
+    b: _Builder,
+) -> Plan:
+    """Rank 0: what needs work (new or changed files), what vanished, and the rows that vanished by hash.
+
+    A scanned folder whose listing matches the digest stored for it (``Collection.folder_states``) is known
+    unchanged without reading its rows; the rows are read only of the folders that differ, that have no
+    digest, or that hold stored rows but were not scanned (gone, excluded, hidden).
+    """
+    states = collection.folder_states()
+    folders = list(folders)
+    loose = [f for folder in folders if folder.path is None for f in folder.files]
+    # A folder holding a file given directly as a root lists the rest of its files only: never matched.
+    mixed = {os.path.dirname(f.path) for f in loose}
+    to_read: list[str] = []
+    seal: dict[str, bytes | None] = {}
+    files: list[ScannedFile] = []  # the files to compare with their rows, in scan order
+    walked: set[str] = set()
+    for folder in folders:
+        if folder.path is None:
+            files.extend(folder.files)
+            continue
+        walked.add(folder.path)
+        state = states.get(folder.path)
+        digest = folder.digest
+        if folder.path not in mixed and state is not None and state.digest == digest:
+            b.summary.unchanged += state.ok
+            b.summary.failed_before += state.failed
+            continue
+        if not folder.files and state is None:
+            continue  # nothing stored, nothing found
+        to_read.append(folder.path)
+        files.extend(folder.files)
+        if folder.path not in mixed:
+            seal[folder.path] = digest
+    # Stored folders under the roots that the scan did not list (removed, excluded, hidden): rows vanished.
+    gone = [d for d in states if d not in walked and under_roots(d, roots)]
+    stored = collection.rows_in_folders(to_read + gone)
+    stored.update(collection.rows_at([f.path for f in loose if f.path not in stored]))
+
     work: list[_Work] = []
     changed: list[tuple[ScannedFile, ImageRow]] = []
     seen: set[str] = set()
-
-    def skipped(path: str, kind: str) -> None:
-        logger.debug("skipped %r: not an image type (%s)", path, kind)
-        b.summary.skipped[kind] += 1
-
-    for f in scan(roots, exclude=options.exclude, include_hidden=options.include_hidden, on_skip=skipped):
+    for f in files:
         seen.add(f.path)
         row = stored.get(f.path)
         if row is None:
@@ -387,7 +434,18 @@ def _plan(collection: Collection, roots: list[str], options: IndexOptions, b: _B
     for r in vanished:
         if r.status == "ok" and r.hash:
             b.missing_by_hash.setdefault(r.hash, []).append(r.id)
-    return work, vanished
+    seal.update(dict.fromkeys((d for d in gone if d not in seal), None))
+    return Plan(work, vanished, seal, len(to_read) + len(gone), len(stored))
+
+
+def _scan(roots: list[str], options: IndexOptions, b: _Builder) -> Iterable[Folder]:
+    def skipped(path: str, kind: str) -> None:
+        logger.debug("skipped %r: not an image type (%s)", path, kind)
+        b.summary.skipped[kind] += 1
+
+    return scan_folders(
+        roots, exclude=options.exclude, include_hidden=options.include_hidden, on_skip=skipped
+    )
 
 
 def build_index(
@@ -432,7 +490,8 @@ def build_index(
             f"--collection {collection.path} --rebuild"
         )
         collection.bind_model(model_meta(encoder, model_path), rebuild_command)
-        work, vanished = _plan(collection, roots, options, b)
+        p = plan_run(collection, roots, _scan(roots, options, b), b)
+        work, vanished = p.work, p.vanished
     except LexsearchError as exc:
         shard.share(exc)  # the other ranks stop with the same error instead of waiting for a plan
         raise
@@ -446,6 +505,8 @@ def build_index(
                 b.changes.remove.append(r.id)
                 b.summary.removed += r.status == "ok"
         b.maybe_commit(force=True)
+        # Only now that every scanned file has its row: the digests of the folders read this run.
+        collection.seal_folders(p.seal)
     except BaseException:
         # Ctrl-C: keep what is already embedded (one more commit), then let the interrupt through.
         try:

@@ -9,6 +9,7 @@ folder (device + inode) is visited once, so a link loop cannot hang the scan.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import logging
 import os
@@ -16,6 +17,8 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from lexsearch.index.paths import folder_digest
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +130,24 @@ def _excluded(path: str, name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns)
 
 
+@dataclass
+class Folder:
+    """The image files of one folder as the scan lists them (sorted by name, after the filters).
+
+    ``path`` is None for files given directly as roots: they are not a folder's whole listing.
+    """
+
+    path: str | None
+    files: list[ScannedFile]
+
+    @functools.cached_property
+    def digest(self) -> bytes | None:
+        """``paths.folder_digest`` of the listing (what the collection keeps per folder), None for loose files."""
+        if self.path is None:
+            return None
+        return folder_digest((os.path.basename(f.path), f.size, f.mtime_ns) for f in self.files)
+
+
 def scan(
     roots: Iterable[str | os.PathLike[str]],
     *,
@@ -140,6 +161,19 @@ def scan(
     hears (path, kind) of each other file that is passed over for its type (a video, a sidecar, a RAW);
     hidden, junk and excluded files are left out on purpose and not reported.
     """
+    for folder in scan_folders(roots, exclude=exclude, include_hidden=include_hidden, on_skip=on_skip):
+        yield from folder.files
+
+
+def scan_folders(
+    roots: Iterable[str | os.PathLike[str]],
+    *,
+    exclude: Iterable[str] = (),
+    include_hidden: bool = False,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> Iterator[Folder]:
+    """The scan of :func:`scan`, one :class:`Folder` per folder visited (also those without images), in
+    the same order; files given directly as roots come as a ``Folder(None, [file])`` each."""
     on_skip = on_skip or (lambda path, reason: None)
     patterns = tuple(exclude)
     seen_dirs: set[tuple[int, int]] = set()
@@ -156,7 +190,7 @@ def scan(
                 on_skip(root_path, skip_kind(root_path))
             elif root_path not in seen_files:
                 seen_files.add(root_path)
-                yield ScannedFile(root_path, st.st_size, st.st_mtime_ns)
+                yield Folder(None, [ScannedFile(root_path, st.st_size, st.st_mtime_ns)])
             continue
         yield from _walk(root_path, st, patterns, include_hidden, seen_dirs, seen_files, on_skip)
 
@@ -169,7 +203,7 @@ def _walk(
     seen_dirs: set[tuple[int, int]],
     seen_files: set[str],
     on_skip: Callable[[str, str], None],
-) -> Iterator[ScannedFile]:
+) -> Iterator[Folder]:
     # Iterative depth-first walk: deep trees cannot hit the recursion limit.
     stack = [(top, top_stat)]
     while stack:
@@ -185,6 +219,7 @@ def _walk(
             logger.warning("cannot read folder %s: %s", folder, exc.strerror or exc)
             continue
         subdirs = []
+        files = []
         for entry in entries:
             name = entry.name
             if (not include_hidden and _is_hidden(name)) or _excluded(entry.path, name, patterns):
@@ -202,9 +237,10 @@ def _walk(
                         continue
                     st = entry.stat(follow_symlinks=True)
                     seen_files.add(entry.path)
-                    yield ScannedFile(entry.path, st.st_size, st.st_mtime_ns)
+                    files.append(ScannedFile(entry.path, st.st_size, st.st_mtime_ns))
             except OSError as exc:  # dangling link, permission race: skip the entry, keep scanning
                 logger.debug("skipping %s: %s", entry.path, exc)
+        yield Folder(folder, files)
         # Reverse so the stack pops folders in name order: a stable, readable indexing order.
         stack.extend(reversed(subdirs))
 

@@ -21,6 +21,11 @@ Schema (created and changed only by the named migrations below):
   drop them (a boolean mask), flushes and merges leave them out, and a tombstone goes once nothing holds it.
 - ``dense_segments(name, n, min_id, max_id, gen)``: the FAISS files (``dense.py``).
 - ``query_cache(text, model_id, terms, weights, dense, created_at)``: encoded queries.
+- ``folders(dir, digest, ok, failed)``: one row per folder that holds image rows (``dir`` stored like
+  ``path``), with the ``paths.folder_digest`` of its rows' (name, size, mtime_ns) and their 'ok' / 'failed'
+  counts, or a NULL digest. Every write to a folder's image rows sets its digest to NULL in the same
+  transaction; ``seal_folders`` sets it again from the rows themselves. An index run reads the rows only of
+  the folders whose scanned listing does not match their digest (``build.py``).
 
 Crash safety: every change to the database is one SQLite transaction that leaves images, forward, postings
 and tombstones in agreement. A file (postings or FAISS) is written to a temp name, fsynced and renamed
@@ -32,6 +37,7 @@ means a newer snapshot exists, which the reader then takes).
 
 from __future__ import annotations
 
+import bisect
 import gc
 import json
 import logging
@@ -45,7 +51,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from lexsearch import config
 from lexsearch.errors import (
     CollectionBusyError,
     CollectionNotFoundError,
@@ -59,6 +64,7 @@ from lexsearch.index import segments as sg
 from lexsearch.index.dense import DenseSegments
 from lexsearch.index.paths import db_path as _db_path
 from lexsearch.index.paths import db_text as _db_text
+from lexsearch.index.paths import folder_digest, resolve
 from lexsearch.index.paths import py_path as _py_path
 
 if TYPE_CHECKING:
@@ -72,7 +78,7 @@ logger = logging.getLogger(__name__)
 DB_NAME = "index.db"
 FAISS_NAME = "dense.faiss"  # the single FAISS file of schema 1; read once by the upgrade, then deleted
 LOCK_NAME = "index.lock"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PAGE_SIZE = 16384
 
 # A reader waits this long for a writer's commit instead of failing with "database is locked". Writers
@@ -138,9 +144,20 @@ def m002_segment_files(db: Database) -> None:
     )
 
 
+def m003_folder_digests(db: Database) -> None:
+    # Every folder that holds image rows gets a row here (digest NULL: not known to be up to date); the
+    # next completed index run fills in the digests of the folders it scanned.
+    db.execute(
+        "CREATE TABLE folders (dir TEXT PRIMARY KEY, digest BLOB, ok INTEGER NOT NULL DEFAULT 0, "
+        "failed INTEGER NOT NULL DEFAULT 0)"
+    )
+    dirs = {_folder_key(p) for (p,) in db.execute("SELECT path FROM images")}
+    db.conn.executemany("INSERT INTO folders (dir) VALUES (?)", [(d,) for d in dirs])
+
+
 # In order. Registered with sqlite-utils only when a writer opens a collection: readers check what is
 # applied with one SELECT, so a query process does not import sqlite-utils (~100 ms).
-MIGRATIONS = [m001_create_tables, m002_segment_files]
+MIGRATIONS = [m001_create_tables, m002_segment_files, m003_folder_digests]
 
 
 def migrations() -> Migrations:
@@ -150,6 +167,11 @@ def migrations() -> Migrations:
     for fn in MIGRATIONS:
         m()(fn)
     return m
+
+
+# Migrations only a writer needs: a reader opens a collection they are still pending on (the next index run
+# applies them), so upgrading lexsearch never makes a search wait for an index run.
+WRITER_ONLY = frozenset({"m003_folder_digests"})
 
 
 def _pending(conn: sqlite3.Connection) -> list[str]:
@@ -175,6 +197,14 @@ class _ReaderDb:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class FolderState(NamedTuple):
+    """A ``folders`` row: the digest of the folder's stored rows (None: unknown) and their counts."""
+
+    digest: bytes | None
+    ok: int
+    failed: int
 
 
 class ImageRow(NamedTuple):
@@ -256,17 +286,6 @@ class CachedQuery:
 
     sparse: SparseRow  # (1, V), CSR-like
     dense: np.ndarray | None  # (1, D) or None
-
-
-def resolve(name_or_path: str | os.PathLike[str]) -> Path:
-    """A bare name means ``LEXSEARCH_HOME/collections/NAME``; anything with a separator is a path."""
-    s = os.fspath(name_or_path)
-    if not s.strip():
-        # '' would resolve to the collections folder itself and turn it into a collection.
-        raise UsageError("The collection name is empty; give a name (e.g. --collection photos) or a folder.")
-    if os.sep in s or (os.altsep and os.altsep in s) or s.startswith(".") or Path(s).is_absolute():
-        return Path(s).expanduser().absolute()
-    return config.collections_dir() / s
 
 
 def _take_lock(path: Path) -> int:
@@ -363,7 +382,10 @@ class Collection(TieredPostings, DenseSegments):
                 # the file), so readers never need the lock that changing the journal mode takes.
                 col.db.enable_wal()
                 col.db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, safe
-            if _pending(col.db.conn):
+            pending = _pending(col.db.conn)
+            if readonly:
+                pending = [name for name in pending if name not in WRITER_ONLY]
+            if pending:
                 if readonly and not col.db.table_names():
                     # An empty file (a full disk, a bad copy) is not an old schema: an upgrade cannot help.
                     raise IndexError_(
@@ -601,11 +623,40 @@ class Collection(TieredPostings, DenseSegments):
             if g is None or not np.array_equal(g[0], ids) or not np.allclose(g[1], w, atol=1e-3):
                 problems.append(f"postings of term {t} do not match forward rows")
                 break
+        problems += self._verify_folders()
         if int(self._meta_value("dense_dim") or 0) > 0:
             index = self._dense_index()
             in_faiss = set(dn.index_ids(index).tolist()) if index is not None else set()
             if in_faiss != dense_ids or dense_ids - ok:
                 problems.append(f"FAISS ids ({len(in_faiss)}) != stored dense vectors ({len(dense_ids)})")
+        return problems
+
+    def _verify_folders(self) -> list[str]:
+        """Every folder with rows is listed, and a recorded digest is the digest of the folder's rows."""
+        if "folders" not in self.db.table_names():  # a reader before the next index run adds it
+            return []
+        with self._read():
+            states = self.folder_states()
+            rows = [
+                ImageRow(i, _py_path(p), *rest)
+                for i, p, *rest in self.db.execute(
+                    "SELECT id, path, size, mtime_ns, NULL, status FROM images"
+                )
+            ]
+        by_folder: dict[str, list[ImageRow]] = {}
+        for r in rows:
+            by_folder.setdefault(os.path.dirname(r.path), []).append(r)
+        problems = [
+            f"folder {d!r} holds rows but is not listed" for d in sorted(set(by_folder) - set(states))
+        ]
+        for d, st in states.items():
+            mine = by_folder.get(d, [])
+            if st.digest is None:
+                continue
+            ok = sum(r.status == "ok" for r in mine)
+            digest = folder_digest((os.path.basename(r.path), r.size, r.mtime_ns) for r in mine)
+            if (digest, ok, len(mine) - ok) != (st.digest, st.ok, st.failed):
+                problems.append(f"folder {d!r}: the recorded digest is not that of its rows")
         return problems
 
     def _max_term(self) -> int:
@@ -644,6 +695,102 @@ class Collection(TieredPostings, DenseSegments):
             out.update(self.db.execute(f"SELECT id, hash FROM images WHERE id IN ({_marks(chunk)})", chunk))
         return out
 
+    def folder_states(self) -> dict[str, FolderState]:
+        """Every folder that holds image rows: its digest (None: not known to be up to date) and counts."""
+        q = "SELECT dir, digest, ok, failed FROM folders"
+        return {_py_path(d): FolderState(g, ok, failed) for d, g, ok, failed in self.db.execute(q)}
+
+    def rows_in_folders(self, folders: Iterable[str]) -> dict[str, ImageRow]:
+        """The image rows (``hash`` None, as ``rows_by_path(hashes=False)``) of the files directly in
+        ``folders``, by path: a few index seeks per folder, not a read of every row."""
+        return {r.path: r for rows in self._rows_by_folder(folders).values() for r in rows}
+
+    def _rows_by_folder(self, folders: Iterable[str]) -> dict[str, list[ImageRow]]:
+        """``rows_in_folders`` grouped by folder (each as ``_folder_name`` gives it)."""
+        sep = os.fsencode(os.sep)
+        wanted = {os.fsencode(_folder_name(f)) for f in folders}
+        if not wanted:
+            return {}
+        all_dirs = sorted(
+            os.fsencode(_py_path(d)).rstrip(sep) + sep for (d,) in self.db.execute("SELECT dir FROM folders")
+        )
+        q = "SELECT id, path, size, mtime_ns, NULL, status FROM images WHERE path >= ? AND path < ?"
+        make = ImageRow._make
+        out: dict[str, list[ImageRow]] = {}
+        enabled = gc.isenabled()
+        gc.disable()  # many new tuples, none in a cycle (see rows_by_path)
+        try:
+            for folder in sorted(wanted):
+                prefix = folder.rstrip(sep) + sep
+                start = bisect.bisect_right(all_dirs, prefix)
+                subs = []
+                for d in all_dirs[start:]:
+                    if not d.startswith(prefix):
+                        break
+                    top = prefix + d[len(prefix) :].split(sep, 1)[0] + sep
+                    if not subs or subs[-1] != top:
+                        subs.append(top)
+                # Text paths (valid UTF-8, compared as bytes) sort below every BLOB path (a name that is not
+                # UTF-8): each kind is read from its own ranges; a non-UTF-8 folder holds no text path.
+                ranges: list[tuple[str | bytes, str | bytes]] = list(_subtree_gaps(prefix, subs))
+                if _utf8(prefix):
+                    text_subs = [d for d in subs if _utf8(d)]
+                    ranges += [(a.decode(), b.decode()) for a, b in _subtree_gaps(prefix, text_subs)]
+                mine = out.setdefault(os.fsdecode(folder), [])
+                plen = len(os.fsdecode(prefix))
+                for a, b in ranges:
+                    for r in self.db.execute(q, [a, b]):
+                        if r[1].__class__ is not str:  # a name stored as bytes: as Python names it
+                            r = (r[0], _py_path(r[1]), *r[2:])
+                        if r[1].find(os.sep, plen) < 0:  # directly in the folder (always, while folders
+                            mine.append(make(r))  # lists every folder with rows; checked by verify)
+        finally:
+            if enabled:
+                gc.enable()
+        return out
+
+    def rows_at(self, paths: Iterable[str]) -> dict[str, ImageRow]:
+        """The image rows (``hash`` None) of these exact paths, by path."""
+        out: dict[str, ImageRow] = {}
+        q = "SELECT id, path, size, mtime_ns, NULL, status FROM images WHERE path = ?"
+        for p in paths:
+            for r in self.db.execute(q, [_db_path(p)]):
+                out[p] = ImageRow(r[0], p, *r[2:])
+        return out
+
+    def seal_folders(self, digests: dict[str, bytes | None]) -> int:
+        """Record each folder's digest, as a scan computed it, where it is the digest of the rows stored for
+        that folder now (``paths.folder_digest``); drop the entries of folders left without rows.
+
+        Called by an index run that completed those folders. The digests are compared with the rows in
+        the same transaction, so a recorded digest always describes the stored rows; a later write to a
+        folder's rows clears it (``apply``). Returns how many digests were recorded.
+        """
+        self._require_writer()
+        sealed = 0
+        with self._write():
+            by_folder = self._rows_by_folder(digests)
+            for folder, digest in digests.items():
+                folder = _folder_name(folder)
+                mine = by_folder.get(folder, [])
+                key = _db_path(folder)
+                if not mine:
+                    self.db.conn.execute("DELETE FROM folders WHERE dir = ?", [key])
+                    continue
+                plen = len(folder.rstrip(os.sep) + os.sep)
+                if (
+                    digest is None
+                    or folder_digest((r.path[plen:], r.size, r.mtime_ns) for r in mine) != digest
+                ):
+                    continue
+                ok = sum(r.status == "ok" for r in mine)
+                self.db.conn.execute(
+                    "UPDATE folders SET digest = ?, ok = ?, failed = ? WHERE dir = ?",
+                    [digest, ok, len(mine) - ok, key],
+                )
+                sealed += 1
+        return sealed
+
     def apply(self, changes: Changes) -> list[int]:
         """Apply one batch of changes in one transaction; returns the new ids of ``changes.insert``.
 
@@ -660,6 +807,19 @@ class Collection(TieredPostings, DenseSegments):
             gen = int(self._meta_value("generation", 0)) + 1
             covered = int(self._meta_value("dense_covered", 0))
             in_files = int(self.db.execute("SELECT coalesce(max(max_id), 0) FROM segments").fetchone()[0])
+            # Every folder whose rows this commit touches loses its digest (and is listed, if new).
+            touched: set[str | bytes] = set()
+            for chunk in _chunks(
+                sorted({int(i) for i in changes.remove} | {int(m[0]) for m in changes.move})
+            ):
+                q = f"SELECT path FROM images WHERE id IN ({_marks(chunk)})"
+                touched.update(_folder_key(p) for (p,) in conn.execute(q, chunk))
+            touched.update(_folder_key(m[1]) for m in changes.move)
+            touched.update(_folder_key(im.path) for im in changes.insert)
+            conn.executemany(
+                "INSERT INTO folders (dir) VALUES (?) ON CONFLICT(dir) DO UPDATE SET digest = NULL",
+                [(d,) for d in touched],
+            )
             for image_id in changes.remove:
                 row = conn.execute(
                     "SELECT terms, weights, dense IS NOT NULL FROM forward WHERE image_id = ?", [image_id]
@@ -813,6 +973,38 @@ def check_model(stored: dict[str, Any], model: dict[str, Any], path: Path, rebui
             f"Collection {path} was built with model {str(stored.get('model_id'))[:12]}, not "
             f"{str(model.get('model_id'))[:12]}. Rebuild it with: {rebuild_command}"
         )
+
+
+def _folder_key(path: str | bytes) -> str | bytes:
+    """The ``folders.dir`` of a stored ``images.path`` (its folder, stored the same way)."""
+    return _db_path(os.path.dirname(_py_path(path)))
+
+
+def _folder_name(folder: str) -> str:
+    """A folder as ``folders`` and ``os.path.dirname`` name it: no trailing separator (but the root)."""
+    return folder.rstrip(os.sep) or os.sep
+
+
+def _utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _subtree_gaps(prefix: bytes, subfolders: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """Path ranges ``[lo, hi)`` that hold the files directly in the folder ``prefix`` (ending in a
+    separator) and none of ``subfolders`` (sorted, each ``prefix + name + sep``): between the subtrees."""
+    sep = prefix[-1:]
+    after = bytes([sep[0] + 1])  # the first byte above the separator: ``x/`` <= every path of x < ``x0``
+    gaps, lo = [], prefix
+    for sub in subfolders:
+        if sub > lo:
+            gaps.append((lo, sub))
+        lo = max(lo, sub[:-1] + after)
+    gaps.append((lo, prefix[:-1] + after))
+    return gaps
 
 
 def _chunks(items: list) -> Iterable[list]:

@@ -6,8 +6,22 @@
 ``app`` is the Starlette app (routes listed there), ``service`` what it does without HTTP, ``discovery`` the
 record that lets ``lexsearch query`` find a running server, ``client`` the query handed to it, ``server``
 uvicorn around the app.
+
+Importing this package is light (its names load on first use, PEP 562): ``lexsearch query`` imports
+``client`` and ``discovery`` without the service's numpy and Pillow.
 """
 
-from lexsearch.serve.service import NotFound, SearchService
+from __future__ import annotations
 
-__all__ = ["NotFound", "SearchService"]
+import importlib
+from typing import Any
+
+_NAMES = {"NotFound": "lexsearch.serve.service", "SearchService": "lexsearch.serve.service"}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'lexsearch.serve' has no attribute {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import zlib
 
@@ -272,3 +273,121 @@ def test_collection_name_or_path(tmp_path, lexsearch_home):
     assert (lexsearch_home / "collections" / "holiday" / "index.db").exists()
     run(tmp_path / "p", name=str(tmp_path / "elsewhere"))
     assert (tmp_path / "elsewhere" / "index.db").exists()
+
+
+def _folders_read(monkeypatch):
+    """Record which folders' rows a run reads (the others matched their stored digest)."""
+    read: list[str] = []
+    orig = Collection.rows_in_folders
+
+    def spy(self, folders):
+        folders = list(folders)
+        read.extend(folders)
+        return orig(self, folders)
+
+    monkeypatch.setattr(Collection, "rows_in_folders", spy)
+    return read
+
+
+def test_unchanged_folders_are_not_read_and_the_counts_stay_right(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    for k in range(3):
+        make_images(root / f"f{k}", 3, start=10 * k)
+    (root / "f1" / "broken.png").write_bytes(b"not a png")
+    summary, _ = run(root)
+    assert (summary.indexed, summary.failed) == (9, 1)
+    read = _folders_read(monkeypatch)
+    summary, _ = run(root)
+    assert (summary.indexed, summary.unchanged, summary.failed, summary.failed_before) == (0, 9, 0, 1)
+    assert read == []  # every folder matched its digest: no image row was read
+    make_images(root / "f2", 1, start=99)  # one new file in one folder
+    summary, _ = run(root)
+    assert (summary.indexed, summary.unchanged, summary.failed_before) == (1, 9, 1)
+    assert set(read) == {str(root / "f2")}  # read to plan, and again to record its new digest
+    read.clear()
+    summary, _ = run(root)
+    assert (summary.indexed, summary.unchanged, summary.failed_before, read) == (0, 10, 1, [])
+
+
+def test_changes_in_a_folder_with_a_digest_are_all_found(tmp_path):
+    root = tmp_path / "photos"
+    make_images(root / "a", 4)
+    make_images(root / "a" / "deeper", 2, start=50)
+    make_images(root / "b", 3, start=20)
+    run(root)
+    p = root / "a" / "img_00001.png"
+    make_image(p, 777)  # new content
+    os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+    (root / "a" / "img_00002.png").unlink()
+    os.replace(root / "b" / "img_00020.png", root / "a" / "deeper" / "moved.png")
+    summary, _ = run(root)
+    assert (summary.indexed, summary.moved, summary.removed, summary.unchanged) == (1, 1, 1, 6)
+    shutil.rmtree(root / "a" / "deeper")  # a whole folder gone: its rows go too
+    summary, _ = run(root)
+    assert (summary.removed, summary.unchanged) == (3, 5)
+    with Collection.open("c") as col:
+        assert col.count() == 5 and str(root / "a" / "deeper") not in col.folder_states()
+
+
+def test_exclusions_and_hidden_files_still_remove_rows_from_matched_folders(tmp_path):
+    root = tmp_path / "photos"
+    make_images(root / "keep", 2)
+    make_images(root / "raw", 2, start=10)
+    make_images(root / "keep", 1, start=20, ext=".gif")
+    make_image(root / "keep" / ".hidden.png", 5)
+    summary, _ = run(root, include_hidden=True)
+    assert summary.indexed == 6
+    summary, _ = run(root, include_hidden=True, exclude=["*.gif"])
+    assert (summary.removed, summary.unchanged) == (1, 5)
+    summary, _ = run(root, exclude=["*.gif"])
+    assert (summary.removed, summary.unchanged) == (1, 4)
+    summary, _ = run(root, exclude=["*.gif", "raw"])
+    assert (summary.removed, summary.unchanged) == (2, 2)
+    with Collection.open("c") as col:
+        assert sorted(os.path.basename(r.path) for r in col.rows()) == ["img_00000.png", "img_00001.png"]
+
+
+def test_a_write_to_a_folder_clears_its_digest_so_the_next_run_reads_it(tmp_path):
+    root = tmp_path / "photos"
+    make_images(root, 3)
+    run(root)
+    with Collection.open("c", readonly=False) as col:
+        assert col.folder_states()[str(root)].digest is not None
+        victim = col.rows_by_path()[str(root / "img_00001.png")].id
+        col.apply(build_mod.Changes(remove=[victim]))  # the file is still there: the next run must see it
+        assert col.folder_states()[str(root)].digest is None
+        assert col.verify() == []
+    summary, _ = run(root)
+    assert (summary.indexed, summary.unchanged) == (1, 2)
+
+
+def test_a_run_cut_short_leaves_no_digest_that_hides_a_change(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    make_images(root, 3)
+    run(root)
+    make_images(root, 4, start=10)
+    orig = build_mod._Builder.handle
+
+    def handle_then_stop(self, d):  # Ctrl-C after two new files: they are committed, the rest are not
+        if self.summary.indexed == 2:
+            raise KeyboardInterrupt
+        orig(self, d)
+
+    with monkeypatch.context() as m:
+        m.setattr(build_mod._Builder, "handle", handle_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            run(root)
+    with Collection.open("c") as col:
+        assert col.count() == 5 and col.folder_states()[str(root)].digest is None
+    summary, _ = run(root)
+    assert (summary.indexed, summary.unchanged) == (2, 5)
+
+
+def test_a_file_root_inside_a_scanned_folder(tmp_path):
+    root = tmp_path / "photos"
+    make_images(root, 3)
+    for _ in range(2):
+        summary, _ = run([root / "img_00001.png", root])
+        assert summary.total == 3
+    summary, _ = run(root)
+    assert (summary.unchanged, summary.total) == (3, 3)

@@ -107,3 +107,27 @@ def test_under_roots():
     assert under_roots("/p/a/b.jpg", ["/p/a"])
     assert not under_roots("/p/ab/c.jpg", ["/p/a"])
     assert under_roots("/p/a", ["/p/a"])
+
+
+def test_scan_folders_lists_each_folder_once_with_a_digest_of_its_listing(tmp_path):
+    from lexsearch.index.paths import folder_digest
+    from lexsearch.index.scan import scan_folders
+
+    make_image(tmp_path / "a.png", 1)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "sub").mkdir()
+    make_image(tmp_path / "sub" / "b.png", 2)
+    (tmp_path / "sub" / "notes.txt").write_text("not an image")
+    folders = list(scan_folders([tmp_path / "sub" / "b.png", tmp_path]))
+    assert [(f.path, [os.path.basename(x.path) for x in f.files]) for f in folders] == [
+        (None, ["b.png"]),  # a file given as a root
+        (str(tmp_path), ["a.png"]),
+        (str(tmp_path / "empty"), []),
+        (str(tmp_path / "sub"), []),  # b.png was found already (as a root)
+    ]
+    top = folders[1]
+    st = (tmp_path / "a.png").stat()
+    assert top.digest == folder_digest([("a.png", st.st_size, st.st_mtime_ns)]) and folders[0].digest is None
+    os.utime(tmp_path / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert list(scan_folders([tmp_path]))[0].digest != top.digest  # a new mtime is a new digest
+    assert [f.path for f in scan([tmp_path])] == [str(tmp_path / "a.png"), str(tmp_path / "sub" / "b.png")]

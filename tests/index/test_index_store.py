@@ -31,7 +31,7 @@ def col():
 
 def test_schema_is_made_by_named_migrations_in_wal_mode(col):
     names = [r[0] for r in col.db.execute("SELECT name FROM _sqlite_migrations")]
-    assert names == ["m001_create_tables", "m002_segment_files"]
+    assert names == ["m001_create_tables", "m002_segment_files", "m003_folder_digests"]
     assert set(col.db.table_names()) >= {
         "meta",
         "images",
@@ -42,10 +42,11 @@ def test_schema_is_made_by_named_migrations_in_wal_mode(col):
         "segments",
         "dense_segments",
         "dense_dead",
+        "folders",
     }
     assert col.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert col.db.execute("PRAGMA page_size").fetchone()[0] == 16384  # ten forward rows a page, not two
-    assert col.meta["schema"] == 2 and col.meta["model_id"] == "m"
+    assert col.meta["schema"] == 3 and col.meta["model_id"] == "m"
 
 
 def test_missing_collection_is_a_clear_error():
@@ -367,7 +368,7 @@ def test_a_schema_1_collection_is_upgraded_in_place(tmp_path, monkeypatch):
         Collection.open(path)
     monkeypatch.setattr(Collection, "flush_at", 60)
     with Collection.open(path, readonly=False) as col:
-        assert col.meta["schema"] == 2 and col.meta["delta_postings"] > 0
+        assert col.meta["schema"] == 3 and col.meta["delta_postings"] > 0
         assert col.verify() == []
         assert 4 not in set(np.concatenate([i for i, _ in col.postings(range(50)).values()]).tolist())
         col.apply(Changes(insert=[new_image(i, rng) for i in range(100, 110)]))  # flushes the old blobs too
@@ -377,3 +378,70 @@ def test_a_schema_1_collection_is_upgraded_in_place(tmp_path, monkeypatch):
         assert col.verify() == []
         q = col.dense_vectors([5])[5]
         assert col.dense_search(q, 1)[0][0] == 5
+
+
+def test_rows_in_folders_reads_only_the_files_directly_in_each_folder(col):
+    import os
+
+    from lexsearch.index.paths import folder_digest
+
+    latin1 = os.fsdecode(b"caf\xe9")  # a name that is not UTF-8, as Python hands it over
+    paths = [
+        "/p/a.jpg",
+        "/p/z.jpg",
+        "/p/sub/b.jpg",
+        "/p/sub/deep/c.jpg",
+        "/p/sub-x/d.jpg",
+        "/p/sub0/e.jpg",
+        f"/p/{latin1}.jpg",
+        f"/p/{latin1}/f.jpg",
+        f"/p/sub/{latin1}.jpg",
+        "/p0/g.jpg",
+        "/q.jpg",
+    ]
+    rng = np.random.default_rng(3)
+    images = []
+    for k, p in enumerate(paths):
+        im = new_image(k, rng)
+        im.path = p
+        images.append(im)
+    col.apply(Changes(insert=images))
+    assert col.verify() == []
+    by = {os.path.dirname(p) for p in paths}
+    assert set(col.folder_states()) == by and all(s.digest is None for s in col.folder_states().values())
+    for folder in sorted(by):
+        got = col.rows_in_folders([folder])
+        assert sorted(got) == sorted(p for p in paths if os.path.dirname(p) == folder), folder
+        assert all(r.path == p for p, r in got.items())
+    assert sorted(col.rows_in_folders(["/p", "/p/sub"])) == sorted(
+        p for p in paths if os.path.dirname(p) in ("/p", "/p/sub")
+    )
+    listing = {p: r for p, r in col.rows_in_folders(["/p/sub"]).items()}
+    digest = folder_digest((os.path.basename(p), r.size, r.mtime_ns) for p, r in listing.items())
+    assert col.seal_folders({"/p/sub": digest, "/p": b"not the digest"}) == 1
+    states = col.folder_states()
+    assert states["/p/sub"] == (digest, 2, 0) and states["/p"].digest is None
+    assert col.verify() == []
+    col.apply(Changes(remove=[listing["/p/sub/b.jpg"].id]))
+    assert col.folder_states()["/p/sub"].digest is None  # the write cleared it in the same transaction
+
+
+def test_a_schema_2_collection_is_read_as_is_and_upgraded_by_the_next_writer(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "v2"
+    rng = np.random.default_rng(4)
+    with Collection.open(path, readonly=False) as c:
+        c.bind_model(META, "rebuild")
+        c.apply(Changes(insert=[new_image(i, rng) for i in range(5)]))
+    conn = sqlite3.connect(path / "index.db")  # as schema 2 left it: no folders table
+    conn.execute("DROP TABLE folders")
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm003_folder_digests'")
+    conn.commit()
+    conn.close()
+    with Collection.open(path) as c:  # a reader does not need the folders: no upgrade asked for
+        assert c.count() == 5 and c.verify() == []
+    with Collection.open(path, readonly=False) as c:
+        assert c.meta["schema"] == 3
+        assert c.folder_states() == {"/x": (None, 0, 0)}
+        assert c.verify() == []
