@@ -81,6 +81,9 @@ res = search(col, Words(), sys.argv[2], top=10, prune=PruneConfig() if sys.argv[
 t2 = time.perf_counter()
 print(json.dumps({"ids": [r.image_id for r in res], "import": t_import - t0, "open": t1 - t_import,
                   "search": t2 - t1, "read": read[0], "convert": conv[0], "in_process": t2 - t0}))
+sys.stdout.flush()
+import os
+os._exit(0)  # as `lexsearch query` ends (lexsearch.cli.main): no interpreter teardown
 """.replace("VOCAB_SIZE", str(VOCAB))
 
 

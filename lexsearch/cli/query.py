@@ -93,7 +93,7 @@ def query(
             results, info = answer
             if common.verbose():
                 click.echo(f"answered by the running server at {info.url} (pid {info.pid})", err=True)
-    # Only from here numpy (the output is formatted by the search package); the store only to search here.
+    # The search package loads its stages on first use: a server's answer is printed without numpy.
     from lexsearch import search as s
 
     if results is None:

@@ -21,21 +21,31 @@ Stages (DESIGN.md, "Query path"), one module each:
 6. ``output``: the table, ``--paths`` and ``--json`` forms. The core never prints.
 """
 
-from lexsearch.search.candidates import PruneConfig
-from lexsearch.search.output import format_paths, format_table, paths_bytes, results_to_json
-from lexsearch.search.postings import PostingsIndex
-from lexsearch.search.query import Result, Results, load_encoder, search, search_by_image
+from __future__ import annotations
 
-__all__ = [
-    "PostingsIndex",
-    "PruneConfig",
-    "Result",
-    "Results",
-    "format_paths",
-    "format_table",
-    "load_encoder",
-    "paths_bytes",
-    "results_to_json",
-    "search",
-    "search_by_image",
-]
+import importlib
+from typing import Any
+
+# Names load on first use (PEP 562): formatting a running server's answer (``output``, ``results``) must not
+# import numpy and the search stages.
+_NAMES = {
+    "PostingsIndex": "lexsearch.search.postings",
+    "PruneConfig": "lexsearch.search.candidates",
+    "Result": "lexsearch.search.results",
+    "Results": "lexsearch.search.results",
+    "format_paths": "lexsearch.search.output",
+    "format_table": "lexsearch.search.output",
+    "paths_bytes": "lexsearch.search.output",
+    "results_to_json": "lexsearch.search.output",
+    "load_encoder": "lexsearch.search.query",
+    "search": "lexsearch.search.query",
+    "search_by_image": "lexsearch.search.query",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'lexsearch.search' has no attribute {name!r}")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lexsearch.display import shown, utf8_text
-from lexsearch.search.query import Result
+from lexsearch.search.results import Result
 
 
 def results_to_json(results: Sequence[Result], with_ids: bool = False) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from lexsearch.search.explain import EXPLAIN_WORDS, explain_row
 from lexsearch.search.parse import Filters, parse_query, query_word_clauses, resolve_operators
 from lexsearch.search.postings import PostingsIndex
 from lexsearch.search.rerank import DENSE_WEIGHT, ForwardRows, Ranked, lexical_scores, query_vector, rerank
+from lexsearch.search.results import Result, Results
 
 logger = logging.getLogger(__name__)
 
@@ -21,28 +21,6 @@ logger = logging.getLogger(__name__)
 # How many of the query's strongest terms the candidate stage scores. A LexVLA text vector has hundreds of
 # active terms, but its mass sits in a few dozen; the re-rank still uses the full vector.
 QUERY_TERMS = 32
-
-
-@dataclass
-class Result:
-    """One ranked image and the words behind it (``words`` + ``rest`` == ``lexical``)."""
-
-    rank: int
-    image_id: int
-    path: str
-    score: float  # what the ranking used: lexical, or fused with the dense score
-    lexical: float  # exact q . d over the query's words
-    dense: float | None  # dense cosine, None when not used
-    words: list[tuple[str, float]]  # strongest shared words and their contributions q_w * d_w
-    rest: float = 0.0  # sum of the contributions of the shared words not listed
-
-
-class Results(list):
-    """The ranked results (a list of :class:`Result`), and how many matches were left out as stale."""
-
-    # Matching images whose file no longer exists (deleted or moved since the last index run): left out,
-    # so nothing shown points nowhere; the caller says that a re-index is due.
-    stale: int = 0
 
 
 def _row_of(encoded: Any) -> tuple[Any, np.ndarray | None]:

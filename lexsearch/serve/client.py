@@ -94,7 +94,7 @@ def search_via_server(
     if answer is None:
         return None
     rows, stale, info = answer
-    from lexsearch.search.query import Result, Results
+    from lexsearch.search.results import Result, Results
 
     # The API's rows are the --json rows plus an id; ``rest`` (the unlisted words) is what the words miss.
     results = Results(
