@@ -13,6 +13,8 @@ from lexsearch.search.postings import PostingsIndex, TermPostings
 # Candidates handed to the re-rank. Enough that the exact re-score rarely misses a top-10 result whose
 # truncated-query score was mediocre, small enough that reading their forward rows stays cheap.
 CANDIDATES = 1000
+# Above this share of the images allowed by the filters, the rest are zeroed rather than listed (``top_k``).
+ALLOWED_AS_IDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ def _all_of(index: PostingsIndex, terms: tuple[int, ...]) -> np.ndarray | None:
 
 
 def apply_filters(index: PostingsIndex, scores: np.ndarray, filters: Filters) -> np.ndarray | None:
-    """Zero the scores of excluded images; returns the ids allowed by the +must clauses (None: no clause)."""
+    """Zero the scores of excluded images; returns the ids the query-word and +must clauses allow (None: no
+    clause, or so many allowed that the others' scores were zeroed instead)."""
     for clause in filters.exclude:
         tp = index.get(clause.terms)
         one = tp.get(clause.terms[0]) if len(clause.terms) == 1 else None
@@ -158,7 +161,14 @@ def apply_filters(index: PostingsIndex, scores: np.ndarray, filters: Filters) ->
         if mask is None:
             return np.empty(0, np.intp)
         allowed = mask if allowed is None else np.logical_and(allowed, mask, out=allowed)
-    return None if allowed is None else np.flatnonzero(allowed)
+    if allowed is None:
+        return None
+    if np.count_nonzero(allowed) > ALLOWED_AS_IDS * allowed.size:
+        # Most images allowed (a query of common words): zero the others in place and let ``top_k`` take its
+        # sampled-threshold path; a list of ~all ids would make it partition a million scores (~20 ms).
+        scores[np.logical_not(allowed, out=allowed)] = 0.0
+        return None
+    return np.flatnonzero(allowed)
 
 
 def top_k(scores: np.ndarray, k: int, among: np.ndarray | None = None) -> Candidates:

@@ -25,6 +25,7 @@ from lexsearch import config
 from lexsearch.display import utf8_text
 from lexsearch.errors import DataError, UsageError
 from lexsearch.index.dense import inner_products
+from lexsearch.index.postings import RowBlock
 from lexsearch.search import PostingsIndex, PruneConfig, results_to_json, search, search_by_image
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,37 @@ class WarmCollection:
 
     def forward(self, image_ids) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         return self._cached(self._rows, [int(i) for i in image_ids], self._collection.forward)
+
+    def forward_block(self, image_ids, dense: bool = True) -> RowBlock:
+        """As ``Collection.forward_block``, from the rows in memory (missing ones read in one block)."""
+        ids = [int(i) for i in image_ids]
+
+        def fetch(missing: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+            block = self._collection.forward_block(missing, dense=True)
+            rows = {}
+            for k, i in enumerate(missing):
+                a, b = int(block.indptr[k]), int(block.indptr[k + 1])
+                if b > a:
+                    rows[i] = (block.terms[a:b].copy(), block.weights[a:b].copy())
+                self._dense[i] = block.dense[k].copy() if block.has_dense[k] else None
+            return rows
+
+        rows = self._cached(self._rows, ids, fetch)
+        empty = (np.empty(0, np.int32), np.empty(0, np.float32))
+        parts = [rows.get(i, empty) for i in ids]
+        indptr = np.zeros(len(ids) + 1, np.int64)
+        np.cumsum([t.size for t, _ in parts], out=indptr[1:])
+        terms = np.concatenate([t for t, _ in parts]) if parts else empty[0]
+        weights = np.concatenate([w for _, w in parts]) if parts else empty[1]
+        vecs = self._cached(self._dense, ids, self._collection.dense_vectors) if dense else {}
+        has = np.fromiter((i in vecs for i in ids), bool, len(ids))
+        matrix = None
+        if dense:
+            dim = next((v.size for v in vecs.values()), 0)
+            matrix = np.zeros((len(ids), dim), np.float32)
+            if vecs:
+                matrix[has] = np.stack([vecs[i] for i in ids if i in vecs])
+        return RowBlock(indptr, terms, weights, matrix, has)
 
     def dense_scores(self, q: np.ndarray, image_ids: np.ndarray) -> np.ndarray:
         """As ``Collection.dense_scores``, from the vectors in memory."""

@@ -647,3 +647,29 @@ def test_postings_as_read_and_converted_score_alike(tmp_path):
         assert not any(index.get([t])[t].raw for t in terms.tolist())
         assert np.array_equal(first.ids, second.ids) and np.allclose(first.scores, second.scores, atol=1e-5)
         assert not {5, 50, 333} & set(first.ids.tolist())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_filters_allowing_most_images_zero_the_rest_with_the_same_candidates(monkeypatch, seed):
+    """Where the query-word clauses allow most images, the others are zeroed in place instead of listed:
+    the candidates (ids, order, scores) are those of the listed-ids path."""
+    import scipy.sparse as sp
+
+    from lexsearch.search import candidates as cs
+    from lexsearch.search.parse import Clause, Filters
+    from lexsearch.search.postings import PostingsIndex
+
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((5000, 40)) < 0.2) * rng.random((5000, 40))
+    dense[:, 3] = (rng.random(5000) < 0.9) * rng.random(5000)  # a word most images have
+    matrix = sp.csc_matrix(dense.astype(np.float32))
+    terms, weights = np.array([3, 5, 9, 11]), np.array([0.6, 0.5, 0.4, 0.3], np.float32)
+    filters = Filters(any_of=[Clause("w3", (3,)), Clause("w9", (9,))], exclude=[Clause("w5", (5,))])
+    got = {}
+    for share in (0.0, 2.0):  # always zero the others / always list the allowed ids
+        monkeypatch.setattr(cs, "ALLOWED_AS_IDS", share)
+        c = cs.candidates(PostingsIndex.from_csc(matrix), terms, weights, filters, k=300)
+        got[share] = (c.ids.tolist(), c.scores.tolist())
+    assert got[0.0] == got[2.0] and len(got[0.0][0]) == 300
+    has = matrix[:, [3, 9]].toarray().any(axis=1) & ~(matrix[:, 5].toarray()[:, 0] > 0)
+    assert has[got[0.0][0]].all()  # only allowed, not excluded images
