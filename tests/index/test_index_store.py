@@ -167,6 +167,16 @@ def test_forward_block_reads_rows_and_vectors_in_the_order_asked(col):
         else:
             assert a == b and not block.dense[k].any()
     assert col.forward_block(ask, dense=False).dense is None
+    # The warm server's cache answers the same, on a first read and from memory
+    from lexsearch.serve.service import WarmCollection
+
+    warm = WarmCollection(col)
+    for _ in range(2):
+        w = warm.forward_block(ask)
+        assert np.array_equal(w.indptr, block.indptr) and np.array_equal(w.terms, block.terms)
+        assert np.array_equal(w.weights, block.weights) and np.array_equal(w.dense, block.dense)
+        assert np.array_equal(w.has_dense, block.has_dense)
+    assert set(warm._rows) == set(ask)  # held in memory (the id with no row as "none")
 
 
 def test_ids_are_never_reused(col):
