@@ -12,9 +12,7 @@ import json
 import logging
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -82,15 +80,66 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# No proxy: the server is on this machine, and an http_proxy setting must not send the query elsewhere.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+class HTTPStatusError(OSError):
+    """The server answered with an error status; ``body`` is what it said."""
+
+    def __init__(self, code: int, body: bytes) -> None:
+        super().__init__(f"HTTP {code}")
+        self.code, self.body = code, body
 
 
 def _get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -> Any:
-    with _OPENER.open(url, timeout=timeout) as resp:
-        if headers is not None:
-            headers.update(resp.headers.items())
-        return json.loads(resp.read().decode())
+    """GET ``url`` on the local server and parse its JSON; ``headers`` receives the response's headers.
+
+    HTTP/1.1 over a plain socket [choice, measured]: ``urllib.request`` (and the ``http.client`` under it,
+    which imports the ``email`` package) cost 40-60 ms to import in a fresh process, a fifth of a query handed
+    to a server; this is the one request shape our own server answers (no proxy: it is on this machine, and an
+    ``http_proxy`` setting must not send the query elsewhere).
+    """
+    import socket
+
+    parts = urllib.parse.urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    with socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout) as sock:
+        host = parts.netloc
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
+            "Connection: close\r\n\r\n".encode("ascii")
+        )
+        chunks = []
+        while data := sock.recv(1 << 16):
+            chunks.append(data)
+    raw = b"".join(chunks)
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    if not sep or len(status) < 2 or not status[0].startswith("HTTP/") or not status[1].isdigit():
+        raise ValueError(f"not an HTTP answer from {parts.netloc}")
+    got = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        got[name.strip().lower()] = value.strip()
+    if "chunked" in got.get("transfer-encoding", "").lower():
+        body = _unchunk(body)
+    elif "content-length" in got:
+        body = body[: int(got["content-length"])]
+    if headers is not None:
+        headers.update(got)
+    code = int(status[1])
+    if code != 200:
+        raise HTTPStatusError(code, body)
+    return json.loads(body.decode())
+
+
+def _unchunk(body: bytes) -> bytes:
+    out, at = [], 0
+    while True:
+        end = body.index(b"\r\n", at)
+        size = int(body[at:end].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(body[end + 2 : end + 2 + size])
+        at = end + 2 + size + 2
 
 
 def find(collection: str | os.PathLike[str]) -> ServerInfo | None:
@@ -132,9 +181,9 @@ def remote_search(info: ServerInfo, params: dict[str, Any]) -> tuple[list[dict[s
         rows = _get_json(f"{info.url}/api/search?{query}", QUERY_TIMEOUT_S, headers)
         stale = {k.lower(): v for k, v in headers.items()}.get(STALE_HEADER.lower(), "0")
         return rows, int(stale) if stale.isdigit() else 0
-    except urllib.error.HTTPError as exc:
+    except HTTPStatusError as exc:
         try:
-            message = json.loads(exc.read().decode()).get("error") or str(exc)
+            message = json.loads(exc.body.decode()).get("error") or str(exc)
         except (ValueError, AttributeError):
             message = str(exc)
         if exc.code == 400:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lexsearch.index.store import Changes, Collection, NewImage
 
@@ -96,3 +97,40 @@ def test_the_servers_image_count_follows_the_collection(tmp_path):
             assert service.info()["images"] == 1
             writer.apply(Changes(insert=[image("/b.jpg"), image("/c.jpg")]))
             assert service.info()["images"] == 3  # counted again after the change
+
+
+def _one_answer_server(answer: bytes):
+    """A socket on loopback that answers one request with ``answer`` (raw bytes), then closes."""
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+        srv.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{srv.getsockname()[1]}"
+
+
+def test_the_plain_socket_client_reads_chunked_and_sized_answers_and_statuses():
+    from lexsearch.serve import discovery
+
+    body = json.dumps([{"rank": 1, "word": "café"}]).encode()
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nX-A: 1\r\n\r\n"
+    chunked += b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:7], body[7:])) + b"0\r\n\r\n"
+    headers = {}
+    assert discovery._get_json(_one_answer_server(chunked) + "/api/x", 5.0, headers) == json.loads(body)
+    assert headers["x-a"] == "1"
+    sized = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    assert discovery._get_json(_one_answer_server(sized) + "/api/x?q=a", 5.0) == json.loads(body)
+    bad = b'HTTP/1.1 400 Bad Request\r\ncontent-length: 17\r\n\r\n{"error": "nope"}'
+    with pytest.raises(discovery.HTTPStatusError) as err:
+        discovery._get_json(_one_answer_server(bad) + "/api/x", 5.0)
+    assert err.value.code == 400 and json.loads(err.value.body) == {"error": "nope"}
+    with pytest.raises(ValueError, match="not an HTTP answer"):
+        discovery._get_json(_one_answer_server(b"hello") + "/", 5.0)
