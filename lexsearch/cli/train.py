@@ -176,11 +176,13 @@ def distill(model_dir, data, minutes, max_epochs, seed, device, quiet) -> None:
     from tqdm import tqdm
 
     from lexsearch.model.config import read_config
-    from lexsearch.train.distill import DistillConfig, read_captions
+    from lexsearch.train.distill import DistillConfig, read_captions, read_images
     from lexsearch.train.distill import distill as run_distill
 
     read_config(Path(model_dir))  # a clear error for a folder that is not a model, before loading torch
     captions = read_captions(data)
+    cfg = DistillConfig(minutes=minutes, max_epochs=max_epochs, seed=seed, device=device)
+    images = read_images(data, cfg.bank_size)  # the ranking term scores against these images' vectors
     disable = quiet or not sys.stderr.isatty()
     bars: dict[str, tqdm] = {}
 
@@ -190,14 +192,18 @@ def distill(model_dir, data, minutes, max_epochs, seed, device, quiet) -> None:
             bars[stage] = tqdm(total=total, desc=desc, disable=disable, file=sys.stderr, leave=False)
         bars[stage].update(done - bars[stage].n)
 
-    cfg = DistillConfig(minutes=minutes, max_epochs=max_epochs, seed=seed, device=device)
     try:
-        result = run_distill(model_dir, captions, cfg, progress=progress)
+        result = run_distill(model_dir, captions, cfg, progress=progress, images=images)
     finally:
         for bar in bars.values():
             bar.close()
     if not quiet:
         click.echo(
             f"Student written to {result.student_dir} ({result.texts} texts, {result.epochs:.1f} epochs, "
-            f"{result.minutes:.1f} min; held-out cosine to the LM {result.cosine:.3f})"
+            f"{result.minutes:.1f} min; held-out cosine to the LM {result.cosine:.3f}"
+            + (
+                f", top-10 overlap with the LM's ranking of the {result.bank} {result.overlap:.2f})"
+                if result.bank
+                else ")"
+            )
         )

@@ -13,6 +13,14 @@ Recipe [choice]:
   capitals and punctuation changed) that teach the short, oddly typed queries people write; the teacher labels every variant;
 - loss: ``|s' - s|^2`` on the L2-normalised lexical vectors (= 2 - 2 cos), the same on the dense vectors,
   and a small term on h' - h (scaled by h's variance) that speeds up the start;
+- a *bank* of vectors a query is scored against: the model's own image vectors of the caption folder's images
+  (sparsified and float16-rounded as an index stores them), or, without images, the teacher's vectors of
+  some of the captions. Each text's scores against the bank are fused as a query fuses them (``(1 - a)
+  lexical + a dense``, the lexical side with the query's sparsification). The distillation reports the
+  held-out top-10 overlap of that ranking, student vs LM. Optional ranking terms pull the student's scores
+  to the teacher's (a listwise KL of ``softmax(scores / tau)`` and the mean squared score error); they are
+  off by default: on the toy world they did not raise the overlap of query results, and at a high weight
+  they lowered it (docs/student.md);
 - AdamW, cosine decay, for ``minutes`` of wall time or ``max_epochs``, whichever ends first.
 """
 
@@ -24,6 +32,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 # How many captions a distillation reads at most from streaming shards (caption folders are read whole).
 MAX_CAPTIONS = 200_000
+# Weight of the dense cosine in a query's fused score (lexsearch.search.rerank.DENSE_WEIGHT; kept in step by a
+# test rather than imported, so the distillation does not depend on the search package).
+FUSED_DENSE_WEIGHT = 0.3
 
 
 @dataclass
@@ -56,6 +68,13 @@ class DistillConfig:
     lr: float = 2e-3
     weight_decay: float = 0.01
     hidden_weight: float = 0.1  # weight of the |h' - h|^2 / var(h) term
+    # The bank: vectors each text is scored against as a query scores images (the held-out top-10 overlap
+    # with the LM's ranking is measured on it; 0 = none). The ranking terms over it are off by default:
+    # on the toy world they did not raise the overlap of query results (docs/student.md).
+    bank_size: int = 2048
+    rank_weight: float = 0.0  # weight of the listwise KL of softmax(scores / rank_tau) over the bank
+    rank_tau: float = 0.05  # its temperature (on fused scores in [0, 1])
+    score_weight: float = 0.0  # weight of the mean squared fused-score error over the bank
     width: int = 128
     layers: int = 2
     heads: int = 4
@@ -70,6 +89,8 @@ class DistillResult:
     epochs: float
     minutes: float
     cosine: float  # mean cosine of student vs teacher lexical vectors on a held-out slice of the texts
+    bank: str = ""  # what the ranking term scored against: "images", "texts" or "" (none)
+    overlap: float = float("nan")  # held-out texts: mean top-10 overlap of the bank ranking, student vs LM
 
 
 # --------------------------------------------------------------------------------------------- the student
@@ -230,14 +251,95 @@ def teacher_hidden(
     return torch.cat(parts)
 
 
+def read_images(source: str | Path, limit: int) -> list[Any]:
+    """Up to ``limit`` images of a caption folder (their files; evenly spread), or [] for other sources."""
+    from lexsearch.data.pairs import load_pairs
+
+    data = load_pairs(source)
+    keys = list(getattr(data, "images", []))
+    if not keys or limit <= 0:
+        return []
+    pick = np.linspace(0, len(keys) - 1, min(limit, len(keys))).round().astype(int)
+    return [partial(data.load_image, keys[i]) for i in dict.fromkeys(pick.tolist())]
+
+
+@dataclass
+class ScoreBank:
+    """What the ranking term scores each text against: (N, V) sparsified lexical and (N, D) dense vectors."""
+
+    sparse: torch.Tensor
+    dense: torch.Tensor | None
+    source: str  # "images" | "texts"
+
+
+def kept(s: torch.Tensor, mode: str, k: int) -> torch.Tensor:
+    """The model's sparsification of (B, V) vectors in torch, differentiable where an entry is kept."""
+    if mode == "threshold":
+        return s * (s > 1.0 / math.sqrt(s.shape[-1])).to(s.dtype)
+    if mode == "topk" and k < s.shape[-1]:
+        mask = torch.zeros_like(s).scatter_(-1, s.detach().topk(k, dim=-1).indices, 1.0)
+        return s * mask
+    return s
+
+
+def _stored(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """As an index stores image vectors: float16 values, read back as float32."""
+    return torch.as_tensor(np.asarray(x, dtype=np.float32)).half().float()
+
+
+def image_bank(
+    encoder: Any, images: Sequence[Callable[[], Any]], deadline: float, batch_size: int = 64
+) -> ScoreBank | None:
+    """The model's vectors of ``images`` (loaders), as an index stores them; stops early at ``deadline``."""
+    sparse, dense = [], []
+    for start in range(0, len(images), batch_size):
+        if time.monotonic() > deadline:
+            break
+        enc = encoder.encode_images([load() for load in images[start : start + batch_size]])
+        sparse.append(enc.sparse.toarray())
+        if enc.dense is not None:
+            dense.append(enc.dense)
+    if not sparse:
+        return None
+    return ScoreBank(
+        _stored(np.concatenate(sparse)), _stored(np.concatenate(dense)) if dense else None, "images"
+    )
+
+
+def fused_scores(s: torch.Tensor, d: torch.Tensor | None, bank: ScoreBank, mode: str, k: int) -> torch.Tensor:
+    """(B, N) scores of texts against the bank as a query ranks them: lexical over the sparsified query,
+    fused with the dense cosine when both sides have dense vectors."""
+    lexical = kept(s, mode, k) @ bank.sparse.T
+    if d is None or bank.dense is None:
+        return lexical
+    return (1.0 - FUSED_DENSE_WEIGHT) * lexical + FUSED_DENSE_WEIGHT * (d @ bank.dense.T)
+
+
+def rank_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
+    """Listwise KL(teacher || student) of softmax(scores / tau) over the bank, mean over texts."""
+    log_p = F.log_softmax(teacher / tau, dim=-1)
+    log_q = F.log_softmax(student / tau, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def top_overlap(student: torch.Tensor, teacher: torch.Tensor, top: int = 10) -> float:
+    """Mean |top(student) & top(teacher)| / top over rows of (B, N) scores."""
+    top = min(top, teacher.shape[1])
+    a, b = student.topk(top, dim=1).indices, teacher.topk(top, dim=1).indices
+    return float((a[:, :, None] == b[:, None, :]).any(-1).float().mean())
+
+
 def distill(
     model_dir: str | Path,
     captions: Sequence[str],
     config: DistillConfig | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    images: Sequence[Callable[[], Any]] = (),
 ) -> DistillResult:
     """Train the student of the model in ``model_dir`` on ``captions`` and write it into that folder.
 
+    ``images``: loaders of images whose vectors make the ranking term's bank (e.g. ``read_images`` of the
+    caption folder); without them the bank is the teacher's vectors of some of the captions.
     ``progress(stage, done, total)`` is called as texts are labelled ("label") and steps run ("train").
     """
     from safetensors.numpy import save_file
@@ -292,7 +394,26 @@ def distill(
         d = F.normalize(dense_head(h), dim=-1) if dense_head is not None else None
         return s, d
 
-    def loss_of(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    mode, top_k = mcfg.sparsify, int(mcfg.top_k)
+    bank = None
+    if cfg.bank_size > 0 and images:
+        # The image side may take at most a quarter of what is left of the budget; fewer images if slower.
+        deadline = time.monotonic() + 0.25 * max(0.0, budget - (time.monotonic() - t0))
+        bank = image_bank(encoder, list(images)[: cfg.bank_size], deadline)
+    if cfg.bank_size > 0 and bank is None:
+        with torch.no_grad():
+            row = {t: i for i, t in enumerate(texts)}
+            idx = [row[c] for c in list(dict.fromkeys(captions))[: cfg.bank_size]]
+            s, d = targets(hidden[idx].to(device))
+            bank = ScoreBank(
+                _stored(kept(s, mode, top_k).cpu()), None if d is None else _stored(d.cpu()), "texts"
+            )
+    if bank is not None:
+        bank = ScoreBank(
+            bank.sparse.to(device), None if bank.dense is None else bank.dense.to(device), bank.source
+        )
+
+    def loss_of(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, float]:
         ids, mask = _pad([ids_all[i] for i in idx], device)
         h = hidden[torch.as_tensor(idx)].to(device)
         h_hat = net(ids, mask)
@@ -302,7 +423,19 @@ def distill(
         loss = ((s_hat - s) ** 2).sum(-1).mean() + cfg.hidden_weight * ((h_hat - h) ** 2).mean() / h_var
         if d is not None:
             loss = loss + ((d_hat - d) ** 2).sum(-1).mean()
-        return loss, (s_hat * s).sum(-1).mean()
+        overlap = float("nan")
+        measuring = not torch.is_grad_enabled()
+        if bank is not None and (measuring or cfg.rank_weight > 0 or cfg.score_weight > 0):
+            with torch.no_grad():
+                t = fused_scores(s, d, bank, mode, top_k)
+            t_hat = fused_scores(s_hat, d_hat, bank, mode, top_k)
+            if cfg.rank_weight > 0:
+                loss = loss + cfg.rank_weight * rank_loss(t_hat, t, cfg.rank_tau)
+            if cfg.score_weight > 0:
+                loss = loss + cfg.score_weight * ((t_hat - t) ** 2).mean()
+            if measuring:
+                overlap = top_overlap(t_hat, t)
+        return loss, (s_hat * s).sum(-1).mean(), overlap
 
     steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
     total = steps_per_epoch * cfg.max_epochs
@@ -318,7 +451,7 @@ def distill(
                 break
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac)) * min(1.0, (step + 1) / 50)
-            loss, _ = loss_of(perm[start : start + cfg.batch_size])
+            loss, _, _ = loss_of(perm[start : start + cfg.batch_size])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -329,8 +462,11 @@ def distill(
         break
 
     net.eval()
-    with torch.no_grad():
-        cos = float(loss_of(val_idx)[1]) if n_val else float("nan")
+    cos = overlap = float("nan")
+    if n_val:
+        with torch.no_grad():
+            _, c, overlap = loss_of(val_idx)
+            cos = float(c)
     out_dir = Path(model_dir)
     weights = net.export(z_txt, dense_head)
     minutes = (time.monotonic() - t0) / 60.0
@@ -346,6 +482,9 @@ def distill(
             "steps": step,
             "minutes": round(minutes, 2),
             "heldout_cosine": round(cos, 4),
+            "bank": bank.source if bank is not None else "",
+            "bank_vectors": int(bank.sparse.shape[0]) if bank is not None else 0,
+            "heldout_bank_top10_overlap": round(overlap, 4),
         },
     )
     # Weights first, JSON last: a student is only picked up once its JSON exists (an interrupted run leaves none).
@@ -354,5 +493,13 @@ def distill(
     tmp = out_dir / (STUDENT_CONFIG + ".tmp")
     tmp.write_text(record.to_json(arch))
     tmp.replace(out_dir / STUDENT_CONFIG)
-    logger.info("student written to %s (%d steps, held-out cosine %.4f)", out_dir, step, cos)
-    return DistillResult(out_dir, len(texts), step / steps_per_epoch, minutes, cos)
+    logger.info(
+        "student written to %s (%d steps, held-out cosine %.4f, bank top-10 overlap %.3f)",
+        out_dir,
+        step,
+        cos,
+        overlap,
+    )
+    return DistillResult(
+        out_dir, len(texts), step / steps_per_epoch, minutes, cos, bank.source if bank else "", overlap
+    )
