@@ -7,8 +7,7 @@ the store does not import Pillow and the build; FAISS and the model load on firs
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lexsearch.exports import lazy_exports
 
 _NAMES = {
     "Collection": "lexsearch.index.store",
@@ -24,7 +23,4 @@ _NAMES = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'lexsearch.index' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _NAMES)

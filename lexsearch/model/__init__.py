@@ -6,7 +6,7 @@ Names are imported on first use, so ``lexsearch.model.lazy`` and ``lexsearch.mod
 
 from __future__ import annotations
 
-import importlib
+from lexsearch.exports import lazy_exports
 
 _EXPORTS = {
     "build_model": "checkpoint",
@@ -27,7 +27,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"lexsearch.model.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, {name: f"lexsearch.model.{module}" for name, module in _EXPORTS.items()})

@@ -23,8 +23,7 @@ Stages (DESIGN.md, "Query path"), one module each:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lexsearch.exports import lazy_exports
 
 # Names load on first use (PEP 562): formatting a running server's answer (``output``, ``results``) must not
 # import numpy and the search stages.
@@ -45,7 +44,4 @@ _NAMES = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'lexsearch.search' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _NAMES)

@@ -100,7 +100,7 @@ def search(
     terms, weights = _strongest(q_sparse.indices, q_sparse.data, query_terms)
     index = index or PostingsIndex.from_collection(collection)
     cands = candidates(index, terms, weights, filters, k=max(n_candidates, top), prune=prune)
-    rows = dense = None
+    with_dense = None
     if not rerank_candidates:
         # The candidate scores cover only the strongest terms: explain (and show) exactly those.
         cands = Candidates(cands.ids[: top * 2], cands.scores[: top * 2])
@@ -108,18 +108,8 @@ def search(
     else:
         qvec = query_vector(q_sparse.indices, q_sparse.data, vocab)
         if dense_weight > 0 and _dense_head(collection, q_dense):
-            if hasattr(collection, "forward_block"):  # both from one read of the candidates' rows
-                block = collection.forward_block(cands.ids.tolist())
-                rows = ForwardRows(cands.ids, block.indptr, block.terms, block.weights)
-                dense = np.zeros(cands.ids.size, np.float32)
-                dense[block.has_dense] = block.dense[block.has_dense] @ np.asarray(q_dense, np.float32)
-            else:
-                dense = collection.dense_scores(q_dense, cands.ids)
-    if rows is None and hasattr(collection, "forward_block"):
-        block = collection.forward_block(cands.ids.tolist(), dense=False)
-        rows = ForwardRows(cands.ids, block.indptr, block.terms, block.weights)
-    elif rows is None:
-        rows = ForwardRows.from_mapping(cands.ids, collection.forward(cands.ids.tolist()))
+            with_dense = q_dense
+    rows, dense = _candidate_rows(collection, cands.ids, with_dense)
     ranked = rerank(rows, qvec, dense, dense_weight if dense is not None else 0.0, min_score)
     return _results(collection, encoder, ranked, qvec, top, explain_words)
 
@@ -144,7 +134,7 @@ def search_by_image(
     qvec = query_vector(q_sparse.indices, q_sparse.data, vocab)
     if _dense_head(collection, q_dense):
         ids, scores = collection.dense_search(q_dense, top)
-        rows = ForwardRows.from_mapping(ids, collection.forward(ids.tolist()))
+        rows, _ = _candidate_rows(collection, ids)
         lexical = lexical_scores(rows, qvec)
         keep = np.ones(ids.size, bool) if min_score is None else scores >= min_score
         pos = np.flatnonzero(keep)
@@ -155,9 +145,26 @@ def search_by_image(
         terms, weights = _strongest(q_sparse.indices, q_sparse.data, QUERY_TERMS)
         index = index or PostingsIndex.from_collection(collection)
         cands = candidates(index, terms, weights, k=max(CANDIDATES, top))
-        rows = ForwardRows.from_mapping(cands.ids, collection.forward(cands.ids.tolist()))
+        rows, _ = _candidate_rows(collection, cands.ids)
         ranked = rerank(rows, qvec, min_score=min_score)
     return _results(collection, encoder, ranked, qvec, top, explain_words)
+
+
+def _candidate_rows(
+    collection: Any, ids: np.ndarray, q_dense: np.ndarray | None = None
+) -> tuple[ForwardRows, np.ndarray | None]:
+    """The forward rows of ``ids`` in that order, and with ``q_dense`` their dense scores: from one read of
+    the rows where the store offers it (``forward_block``), else through ``forward`` / ``dense_scores``."""
+    if not hasattr(collection, "forward_block"):
+        rows = ForwardRows.from_mapping(ids, collection.forward(ids.tolist()))
+        return rows, None if q_dense is None else collection.dense_scores(q_dense, ids)
+    block = collection.forward_block(ids.tolist(), dense=q_dense is not None)
+    rows = ForwardRows(np.asarray(ids, np.intp), block.indptr, block.terms, block.weights)
+    if q_dense is None:
+        return rows, None
+    dense = np.zeros(len(ids), np.float32)
+    dense[block.has_dense] = block.dense[block.has_dense] @ np.asarray(q_dense, np.float32).ravel()
+    return rows, dense
 
 
 def _results(

@@ -77,20 +77,12 @@ def ask_server(
 
 
 def search_via_server(
-    collection: str | os.PathLike[str],
-    text: str,
-    top: int,
-    *,
-    rerank: bool = True,
-    min_score: float | None = None,
-    pruned: bool = False,
-    expand: bool = False,
+    collection: str | os.PathLike[str], text: str, top: int, **options: Any
 ) -> tuple[Any, discovery.ServerInfo] | None:
     """(``Results`` as ``search`` returns them, the server) from a running ``lexsearch serve`` of
-    ``collection``, or None when none answers (the caller searches itself)."""
-    answer = ask_server(
-        collection, text, top, rerank=rerank, min_score=min_score, pruned=pruned, expand=expand
-    )
+    ``collection``, or None when none answers (the caller searches itself). ``options``: those of
+    :func:`ask_server`."""
+    answer = ask_server(collection, text, top, **options)
     if answer is None:
         return None
     rows, stale, info = answer
