@@ -201,3 +201,29 @@ def test_codebook_logits_stay_float32_under_bf16_autocast(real_model, monkeypatc
     for got, ref in ((img, ref_img), (txt, ref_txt), (bf_patches, patches)):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_a_student_distilled_over_the_real_tokenizer_reads_what_it_was_taught(real_dir, tmp_path):
+    """The student's pieces come from the same SentencePiece model, for distillation and queries alike: a
+    first word gets its ``▁`` piece (as " horse" inside a caption), no bare ``▁`` piece, and the numpy
+    runtime gives the model's kind of vector."""
+    import shutil
+
+    from lexsearch.model.lazy import LazyEncoder
+    from lexsearch.model.student import StudentEncoder, token_ids
+    from lexsearch.train.distill import DistillConfig, distill
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(real_dir, model_dir)
+    texts = ["a white horse on a beach", "Two red apples.", "a dog next to a white horse"]
+    distill(model_dir, texts, DistillConfig(minutes=0.2, max_epochs=2, variants=1, device="cpu", width=32))
+    backend = LazyEncoder(model_dir, device="cpu").vocab.backend  # what a query's encoder reads with
+    tok = backend.get_vocab()
+    ids = token_ids(backend, ["horse", "white horse", "Horse!"], 32)
+    assert ids[0] == [tok["▁horse"]] and ids[1][-1] == tok["▁horse"]  # the caption word's own piece
+    assert all(tok.get("▁") not in row for row in ids)
+    student = StudentEncoder.load(model_dir, backend)
+    enc = student.encode_texts(["white horse", "Horse!"])
+    s = enc.sparse.toarray()
+    assert s.shape[1] == student.vocab_size and (s >= 0).all() and s.any(axis=1).all()
+    assert enc.dense.shape == (2, 8) and np.allclose(np.linalg.norm(enc.dense, axis=1), 1, atol=1e-5)
