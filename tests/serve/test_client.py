@@ -134,3 +134,92 @@ def test_the_plain_socket_client_reads_chunked_and_sized_answers_and_statuses():
     assert err.value.code == 400 and json.loads(err.value.body) == {"error": "nope"}
     with pytest.raises(ValueError, match="not an HTTP answer"):
         discovery._get_json(_one_answer_server(b"hello") + "/", 5.0)
+
+
+# The same fake server, but through the installed entry point's ``main`` with a real argv: a query it answers
+# never loads Click; one it declines runs the full command line, which asks the (fake) server itself.
+QUICK_CHILD = """
+import json, sys
+from lexsearch.serve import discovery
+ROWS = json.loads(sys.argv[1])
+def find(folder):
+    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder))
+def remote_search(info, params):
+    sys.stderr.write("asked " + json.dumps(params, sort_keys=True) + "\\n")
+    return ROWS, 0
+discovery.find, discovery.remote_search = find, remote_search
+import os
+real_exit = os._exit
+def quick_exit(code):  # both paths end with os._exit (the full one after a query): say what was loaded
+    sys.stderr.write("click " + str("click" in sys.modules) + "\\n")
+    sys.stderr.flush()
+    real_exit(code)
+os._exit = quick_exit
+import lexsearch.cli as entry
+sys.argv = ["lexsearch"] + json.loads(sys.argv[2])
+entry.main()
+"""
+
+
+@pytest.fixture()
+def one_image_collection(tmp_path):
+    with Collection.open(tmp_path / "col", readonly=False) as col:
+        col.bind_model({"model_id": "m", "vocab_hash": "v", "vocab_size": 50, "dense_dim": 0}, "rebuild")
+        (image_id,) = col.apply(
+            Changes(insert=[NewImage("/p/red.jpg", 1, 1, "h", np.array([1], np.uint32), np.array([0.5]))])
+        )
+    row = {"rank": 1, "id": image_id, "path": "/p/red.jpg", "score": 0.75, "lexical": 0.5, "dense": 0.25}
+    row["words"] = [{"word": "red", "weight": 0.4}]
+    return tmp_path / "col", [row]
+
+
+def _entry(rows, argv):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
+    out = subprocess.run(
+        [sys.executable, "-c", QUICK_CHILD, json.dumps(rows), json.dumps(argv)], capture_output=True, env=env
+    )
+    return out.returncode, out.stdout.decode(), out.stderr.decode().splitlines()
+
+
+@pytest.mark.parametrize("form", ["table", "--json", "--paths", "-0"])
+def test_a_plain_query_is_answered_without_click_and_prints_what_the_full_command_prints(
+    one_image_collection, form
+):
+    folder, rows = one_image_collection
+    extra = [] if form == "table" else [form]
+    argv = ["query", "red", "thing", "--collection", str(folder), "--top=3", *extra]
+    code, quick, err = _entry(rows, argv)
+    assert code == 0 and err[-1] == "click False", err
+    assert (
+        'asked {"expand": null, "min_score": null, "pruned": null, "q": "red thing", "rerank": null, "top": 3}'
+        in err
+    )
+    # The full command line over the same answer (an option only it reads: --device cpu).
+    code, full, err = _entry(rows, [*argv, "--device", "cpu"])
+    assert code == 0 and err[-1] == "click True", err
+    assert quick == full and "/p/red.jpg" in quick
+
+
+def test_the_quick_path_declines_what_only_the_full_command_line_knows():
+    from lexsearch.cli.quick import parse
+
+    ok = parse(
+        ["-v", "query", "white", "horse", "--collection=c", "--top", "5", "--min-score", "0.1", "--json"]
+    )
+    assert ok is not None and ok["words"] == ["white", "horse"] and ok["top"] == 5 and ok["verbose"]
+    assert ok["collection"] == "c" and ok["min_score"] == 0.1 and ok["as_json"]
+    for argv in (
+        ["query"],  # nothing to search for: the full command says so
+        ["query", "red", "--help"],
+        ["query", "red", "-night"],  # an exclude word given as its own argument
+        ["query", "red", "--top", "0"],
+        ["query", "red", "--top"],
+        ["query", "red", "--min-score", "nan"],
+        ["query", "red", "--collection", ""],
+        ["query", "red", "--json", "--paths"],
+        ["query", "red", "--text-encoder", "lm"],
+        ["query", "red", "--image", "x.jpg"],
+        ["index", "DIR"],
+        ["--version"],
+    ):
+        assert parse(argv) is None, argv
