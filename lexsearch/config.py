@@ -6,7 +6,6 @@ All user state (collections, cached tiny base models, the demo's model) lives un
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import typing
@@ -36,12 +35,19 @@ def cache_dir() -> Path:
     return path
 
 
+# dataclasses (and the inspect module under it) load on first use: a query through a server needs home() only.
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
+    import dataclasses
+
     return dataclasses.asdict(obj)
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build a (possibly nested) dataclass from a dict, ignoring unknown keys so older files still load."""
+    import dataclasses
+
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -56,6 +62,8 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 def save_json(obj: Any, path: Path) -> None:
     """Write JSON atomically (temp file + rename) so a crash never leaves half a file."""
+    import dataclasses
+
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj

@@ -3,7 +3,6 @@ collection lives. Standard library only: a query handed to a running server read
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -55,6 +54,8 @@ def folder_digest(entries: Iterable[tuple[str, int, int]]) -> bytes:
     The scan computes it over the files it lists in a folder, the collection over the rows it stores for
     that folder; equal digests mean an index run would find every file there unchanged and nothing gone.
     """
+    import hashlib  # only an index run needs it, not a query's path lookups
+
     h = hashlib.blake2b(digest_size=16)
     for name, size, mtime_ns in sorted((os.fsencode(n), s, m) for n, s, m in entries):
         h.update(b"%s\0%d\0%d\n" % (name, size, mtime_ns))

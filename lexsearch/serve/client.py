@@ -7,7 +7,6 @@ collection's ``images`` table with ``sqlite3``.
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 from collections.abc import Iterable
@@ -16,8 +15,6 @@ from typing import Any
 
 from lexsearch.index.paths import py_path, resolve
 from lexsearch.serve import discovery
-
-logger = logging.getLogger(__name__)
 
 DB_NAME = "index.db"  # the collection's database (``store.DB_NAME``; the store is not imported here)
 _CHUNK = 5000

@@ -9,18 +9,22 @@ removes it when it stops. A file is trusted only if its process is alive *and* t
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 import urllib.parse
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lexsearch import config
 from lexsearch.errors import LexsearchError, UsageError
 
-logger = logging.getLogger(__name__)
+
+def _debug(message: str, *args: Any) -> None:
+    # logging loads only when there is something to log: a query answered by a server never imports it.
+    import logging
+
+    logging.getLogger(__name__).debug(message, *args)
+
 
 # How long a liveness check may take: a live local server answers /api/info in a millisecond or two; a
 # process that holds the port but does not answer must not delay the query by more than this.
@@ -30,8 +34,7 @@ STALE_HEADER = "Lexsearch-Stale-Results"
 QUERY_TIMEOUT_S = 60.0
 
 
-@dataclass
-class ServerInfo:
+class ServerInfo(NamedTuple):
     host: str
     port: int
     pid: int
@@ -59,7 +62,7 @@ def register(host: str, port: int, collection: str | os.PathLike[str]) -> Path:
     info = ServerInfo(host, int(port), os.getpid(), str(Path(collection).absolute()), time.time())
     path = servers_dir() / f"{info.pid}-{info.port}.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(info)))
+    tmp.write_text(json.dumps(info._asdict()))
     os.replace(tmp, path)  # a reader never sees half a file
     return path
 
@@ -156,13 +159,13 @@ def find(collection: str | os.PathLike[str]) -> ServerInfo | None:
         if info.collection != want:
             continue
         if not _alive(info.pid):
-            logger.debug("removing the record of a stopped server: %s", path)
+            _debug("removing the record of a stopped server: %s", path)
             path.unlink(missing_ok=True)
             continue
         try:
             answer = _get_json(info.url + "/api/info", PROBE_TIMEOUT_S)
         except (OSError, ValueError) as exc:
-            logger.debug("server %s does not answer (%s)", info.url, exc)
+            _debug("server %s does not answer (%s)", info.url, exc)
             continue
         if isinstance(answer, dict) and answer.get("collection") == want:
             return info
@@ -190,5 +193,5 @@ def remote_search(info: ServerInfo, params: dict[str, Any]) -> tuple[list[dict[s
             raise UsageError(message) from None
         raise LexsearchError(f"the server at {info.url} failed: {message}") from None
     except (OSError, ValueError) as exc:
-        logger.debug("server %s went away (%s); searching here", info.url, exc)
+        _debug("server %s went away (%s); searching here", info.url, exc)
         return None
