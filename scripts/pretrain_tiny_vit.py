@@ -22,6 +22,27 @@ from pathlib import Path
 import lexsearch  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 
 
+def corpus_record(args, spec) -> dict:
+    """What the record says of the corpus the ViT was trained on."""
+    record = {
+        "seed": args.corpus_seed,
+        "n_train": args.n_train,
+        "eval_images": [args.n_train, args.n_train + args.n_eval],
+    }
+    if args.corpus == "contours":
+        return record | {
+            "generator": "lexsearch.tiny.contours.render_contour_image (surrogate outline classes, no labels)",
+            "classes": args.classes,
+            "sizes": args.sizes,
+            "max_objects": args.max_objects,
+            "geometry_weight": args.geometry_weight,
+        }
+    return record | {
+        "generator": "lexsearch.data.toyworld.render_scene (default ToyWorldConfig)",
+        "canonical_binding": spec.canonical_binding,
+    }
+
+
 def main() -> int:
     from lexsearch.tiny.vit_asset import ASSET_DIR, CorpusSpec
 
@@ -35,6 +56,16 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
     ap.add_argument("--vision", default="{}", help="TINY_VISION overrides (JSON), for experiments")
+    ap.add_argument(
+        "--corpus",
+        choices=["contours", "toy"],
+        default="toy",
+        help="contours: surrogate outline classes (lexsearch/tiny/contours.py); toy: the toy world's labels",
+    )
+    ap.add_argument("--classes", type=int, default=1000, help="outline classes of the contours corpus")
+    ap.add_argument("--sizes", default="0.12,0.42", help="contours: objects' half extent, shares of the side")
+    ap.add_argument("--max-objects", type=int, default=4, help="contours: objects per image, at most")
+    ap.add_argument("--geometry-weight", type=float, default=1.0, help="contours: weight of the descriptors")
     ap.add_argument("--out", default=str(ASSET_DIR))
     ap.add_argument("--print-every", type=int, default=250)
     args = ap.parse_args()
@@ -52,8 +83,27 @@ def main() -> int:
     config.vision_config = dict(config.vision_config, **json.loads(args.vision))
     patch = int(config.vision_config["patch_size"])
     t0 = time.time()
-    train_t = corpus_targets(range(args.n_train), args.corpus_seed, config, patch)
-    eval_t = corpus_targets(range(args.n_train, args.n_train + args.n_eval), args.corpus_seed, config, patch)
+    if args.corpus == "contours":
+        from lexsearch.tiny.contours import contour_targets
+
+        def targets(indices):
+            lo, hi = (float(x) for x in args.sizes.split(","))
+            return contour_targets(
+                indices,
+                args.corpus_seed,
+                args.classes,
+                config,
+                patch,
+                sizes=(lo, hi),
+                max_objects=args.max_objects,
+            )
+    else:
+
+        def targets(indices):
+            return corpus_targets(indices, args.corpus_seed, config, patch)
+
+    train_t = targets(range(args.n_train))
+    eval_t = targets(range(args.n_train, args.n_train + args.n_eval))
     t_render = time.time() - t0
     print(f"rendered {args.n_train} + {args.n_eval} corpus images in {t_render:.0f} s", flush=True)
 
@@ -70,29 +120,33 @@ def main() -> int:
             rate = step / (time.time() - t1)
             print(
                 f"step {step}/{total}  loss {mean['loss']:.3f}  shape {mean['shape_acc']:.3f}  "
-                f"colour {mean['colour_acc']:.3f}  ({rate:.1f} steps/s)",
+                f"colour {mean['colour_acc']:.3f}  "
+                + (f"geometry mse {mean['geometry_mse']:.3f}  " if "geometry_mse" in mean else "")
+                + f"({rate:.1f} steps/s)",
                 flush=True,
             )
             window.clear()
 
     torch.manual_seed(args.seed + 2)
-    report = pretrain_vision(vision, train_t, cfg, progress, eval_targets=eval_t, steps=args.steps)
+    report = pretrain_vision(
+        vision,
+        train_t,
+        cfg,
+        progress,
+        eval_targets=eval_t,
+        steps=args.steps,
+        geometry_weight=args.geometry_weight,
+    )
     minutes = (time.time() - t1) / 60
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # float16 halves the asset; the loader casts back to float32 (the accuracies below are of the fp32 model).
     vision.half().save_pretrained(out)
     record = {
-        "what": "tiny preset ViT (DINOv2 architecture) pretrained on a generic toy corpus; see "
+        "what": "tiny preset ViT (DINOv2 architecture) pretrained on a generated corpus; see "
         "lexsearch/tiny/vit_asset.py",
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "corpus": {
-            "generator": "lexsearch.data.toyworld.render_scene (default ToyWorldConfig)",
-            "seed": args.corpus_seed,
-            "n_train": args.n_train,
-            "eval_images": [args.n_train, args.n_train + args.n_eval],
-            "canonical_binding": spec.canonical_binding,
-        },
+        "corpus": corpus_record(args, spec),
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,

@@ -42,6 +42,9 @@ class VisionTargets:
     present: torch.Tensor  # (N, n_shapes + n_colours) float 0/1
     shapes: list[str]
     colours: list[str]
+    # (N, P, D) float: a regression target per patch (the object's shape descriptors), trained on
+    # foreground patches only; None = no such head (the toy-label recipe)
+    patch_geometry: torch.Tensor | None = None
 
 
 def patch_targets(
@@ -129,11 +132,12 @@ def load_vision_targets(
 class _VisionHeads(nn.Module):
     """Throw-away linear probes that carry the supervision into the backbone."""
 
-    def __init__(self, width: int, n_shapes: int, n_colours: int) -> None:
+    def __init__(self, width: int, n_shapes: int, n_colours: int, n_geometry: int = 0) -> None:
         super().__init__()
         self.patch_shape = nn.Linear(width, n_shapes + 1)
         self.patch_colour = nn.Linear(width, n_colours + 1)
         self.present = nn.Linear(width, n_shapes + n_colours)
+        self.geometry = nn.Linear(width, n_geometry) if n_geometry else None
 
 
 def pretrain_vision(
@@ -143,6 +147,7 @@ def pretrain_vision(
     progress: Progress | None = None,
     eval_targets: VisionTargets | None = None,
     steps: int | None = None,
+    geometry_weight: float = 1.0,
 ) -> dict:
     """Train the ViT ``vision`` in place on the dense + image-level toy supervision; returns accuracies
     (the last batch's, and on ``eval_targets`` when given).
@@ -152,7 +157,10 @@ def pretrain_vision(
     """
     width = int(vision.config.hidden_size)
     prefix = 1 + int(getattr(vision.config, "num_register_tokens", 0) or 0)
-    heads = _VisionHeads(width, len(targets.shapes), len(targets.colours))
+    geometry = targets.patch_geometry
+    heads = _VisionHeads(
+        width, len(targets.shapes), len(targets.colours), 0 if geometry is None else geometry.shape[-1]
+    )
     params = list(vision.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.vit_lr, weight_decay=0.05)
     n = targets.pixels.shape[0]
@@ -195,6 +203,17 @@ def pretrain_vision(
             loss_colour = F.cross_entropy(colour_logits.flatten(0, 1), pc.flatten())
             loss_present = F.binary_cross_entropy_with_logits(heads.present(cls), targets.present[idx])
             loss = loss_shape + loss_colour + loss_present
+            if geometry is not None:
+                pg = geometry[idx]
+                if flip:
+                    g = math.isqrt(pg.shape[1])
+                    pg = pg.view(pg.shape[0], g, g, -1).flip(2).reshape(pg.shape)
+                loss_geometry = (
+                    F.mse_loss(heads.geometry(patches)[fg_mask], pg[fg_mask])
+                    if fg_mask.any()
+                    else patches.sum() * 0
+                )
+                loss = loss + geometry_weight * loss_geometry
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -211,6 +230,8 @@ def pretrain_vision(
                     else 0.0,
                     "colour_acc": float((colour_logits.argmax(-1) == pc).float().mean()),
                 }
+                if geometry is not None:
+                    metrics["geometry_mse"] = float(loss_geometry.detach())
             if progress is not None:
                 progress("vit", step, total, metrics)
     vision.eval()
@@ -224,6 +245,7 @@ def pretrain_vision(
 def _vision_eval(vision, heads: _VisionHeads, targets: VisionTargets, prefix: int) -> dict:
     """Held-out accuracies of the probes: foreground patch shape / colour, and image-level presence."""
     shape_hits = colour_hits = fg_total = present_hits = 0
+    geometry_err = 0.0
     for start in range(0, targets.pixels.shape[0], 128):
         sl = slice(start, start + 128)
         tokens = vision(pixel_values=targets.pixels[sl]).last_hidden_state
@@ -232,9 +254,13 @@ def _vision_eval(vision, heads: _VisionHeads, targets: VisionTargets, prefix: in
         shape_hits += int((heads.patch_shape(tokens[:, prefix:]).argmax(-1)[fg] == ps[fg]).sum())
         colour_hits += int((heads.patch_colour(tokens[:, prefix:]).argmax(-1)[fg] == pc[fg]).sum())
         fg_total += int(fg.sum())
+        if heads.geometry is not None and targets.patch_geometry is not None:
+            err = (heads.geometry(tokens[:, prefix:])[fg] - targets.patch_geometry[sl][fg]) ** 2
+            geometry_err += float(err.mean(-1).sum())
         pred = heads.present(tokens[:, 0]) > 0
         present_hits += int((pred == targets.present[sl].bool()).all(1).sum())
-    return {
+    out = {} if heads.geometry is None else {"eval_geometry_mse": geometry_err / max(1, fg_total)}
+    return out | {
         "eval_shape_acc": shape_hits / max(1, fg_total),
         "eval_colour_acc": colour_hits / max(1, fg_total),
         "eval_present_exact": present_hits / max(1, targets.pixels.shape[0]),

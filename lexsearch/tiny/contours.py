@@ -1,0 +1,288 @@
+"""Surrogate contour classes: a label-free training signal for the tiny ViT, from the generator's own seeds.
+
+The tiny ViT has to read *shape* from patch tokens the way DINOv2's do, on shapes it was never shown. Pixel,
+edge and contrastive objectives at a CPU's budget did not get there (docs/toy-results.md). What does is the
+exemplar idea (Dosovitskiy et al. 2014: each seed is its own surrogate class, its transformed copies the
+instances) on formula-driven contours (Kataoka et al.: ViTs pretrained on random radial contours transfer
+like ones pretrained on natural images):
+
+- class ``c`` of a bank is a random closed outline drawn from seed ``(seed, c)``: a radial Fourier contour
+  (1-7 harmonics), optionally sampled at 3-8 vertices (corners), a second lobe joined to it (non-convex,
+  not star-shaped), an aspect stretch, and a hole that may break the outline (bites, rings);
+- an instance is that outline at any rotation, mirror, size and place, with its harmonics jittered, in any
+  colour and texture, on any background, among 1-4 objects that may overlap.
+
+No class has a name and none is chosen to look like a shape of any world the model is evaluated on; the
+targets a patch gets are "which of the bank's outlines covers me" and the coarse colour bin of the object's
+own pixels (so training does not wash colour out of the tokens). :func:`contour_targets` returns them in the
+:class:`~lexsearch.tiny.vision.VisionTargets` form :func:`~lexsearch.tiny.vision.pretrain_vision` trains on.
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from lexsearch.tiny.corpus import _background, _colour, _pattern
+
+N_HUES = 12  # hue bins of saturated colours, each in a light and a dark half
+N_GREYS = 5  # black .. white
+
+
+def colour_bin(rgb: np.ndarray) -> int:
+    """Coarse bin (0-based) of an RGB colour (0..255): a grey level for unsaturated ones, else hue x value."""
+    h, s, v = colorsys.rgb_to_hsv(*(np.asarray(rgb, dtype=float) / 255.0))
+    if s < 0.2 or v < 0.15:
+        return min(N_GREYS - 1, int(v * N_GREYS)) if v >= 0.15 else 0
+    return N_GREYS + 2 * (int(h * N_HUES) % N_HUES) + int(v >= 0.65)
+
+
+N_COLOUR_BINS = N_GREYS + 2 * N_HUES
+
+
+class ContourBank:
+    """``n_classes`` random outlines; :meth:`outline` gives one instance's polygons at unit size."""
+
+    def __init__(self, n_classes: int, seed: int) -> None:
+        self.n_classes = n_classes
+        self.params = [self._class_params(np.random.default_rng([seed, c, 11])) for c in range(n_classes)]
+        self._geometry: np.ndarray | None = None
+
+    def geometry(self) -> np.ndarray:
+        """(n_classes, N_GEOMETRY) descriptors of each class's outline (no jitter), standardised over the
+        bank and clipped at 3 standard deviations: the regression target of the class's patches."""
+        if self._geometry is None:
+            rng = np.random.default_rng(0)
+            g = np.stack([outline_geometry(*self.outline(c, rng, jitter=0.0)) for c in range(self.n_classes)])
+            g = (g - g.mean(0)) / (g.std(0) + 1e-6)
+            self._geometry = np.clip(g, -3.0, 3.0).astype(np.float32)
+        return self._geometry
+
+    @staticmethod
+    def _class_params(rng: np.random.Generator) -> dict:
+        def lobe() -> dict:
+            k = int(rng.integers(1, 8))
+            amp = rng.uniform(0, 1, size=k) / np.arange(1, k + 1) ** rng.uniform(0.3, 1.5)
+            amp *= rng.uniform(0.25, 0.9) / max(amp.sum(), 1e-6)
+            return {"amp": amp, "phase": rng.uniform(0, 2 * np.pi, size=k)}
+
+        p = {"main": lobe(), "stretch": rng.uniform(0.35, 1.0) if rng.random() < 0.5 else 1.0}
+        p["vertices"] = int(rng.integers(3, 9)) if rng.random() < 0.5 else 0
+        p["vertex_twist"] = rng.uniform(0, 2 * np.pi)
+        if rng.random() < 0.3:  # a second lobe joined on: crosses, arrows, dumbbells, L-like outlines
+            ang = rng.uniform(0, 2 * np.pi)
+            p["second"] = dict(lobe(), offset=rng.uniform(0.4, 0.9) * np.array([np.cos(ang), np.sin(ang)]))
+            p["second_scale"] = rng.uniform(0.4, 0.9)
+            p["second_stretch"] = rng.uniform(0.2, 1.0)
+        if rng.random() < 0.25:  # a hole: a ring when centred, a bite when it breaks the outline
+            ang = rng.uniform(0, 2 * np.pi)
+            p["hole_scale"] = rng.uniform(0.3, 0.75)
+            p["hole_offset"] = rng.uniform(0, 0.7) * np.array([np.cos(ang), np.sin(ang)])
+        return p
+
+    def outline(
+        self, c: int, rng: np.random.Generator, jitter: float = 0.08
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(filled parts, holes) of class ``c``, about unit radius, with this instance's small jitter."""
+        p = self.params[c]
+
+        def radial(lobe: dict, n_points: int, twist: float = 0.0) -> np.ndarray:
+            t = np.linspace(0, 2 * np.pi, n_points, endpoint=False) + twist
+            amp = lobe["amp"] * rng.normal(1.0, jitter, size=lobe["amp"].shape) if jitter else lobe["amp"]
+            k = np.arange(1, len(amp) + 1)
+            r = 1.0 + (amp[None] * np.cos(k[None] * t[:, None] + lobe["phase"][None])).sum(1)
+            r = np.maximum(r, 0.15)
+            return np.stack([r * np.cos(t), r * np.sin(t)], 1)
+
+        n = p["vertices"] or 72
+        main = radial(p["main"], n, p["vertex_twist"] if p["vertices"] else 0.0) * [1.0, p["stretch"]]
+        parts = [main]
+        if "second" in p:
+            s = p["second"]
+            pts = radial(s, 48) * [1.0, p["second_stretch"]] * p["second_scale"] + s["offset"]
+            parts.append(pts)
+        holes = []
+        if "hole_scale" in p:
+            holes.append(radial(p["main"], 48) * p["hole_scale"] + p["hole_offset"])
+        every = np.concatenate(parts)
+        centre = (every.max(0) + every.min(0)) / 2
+        extent = float(np.abs(every - centre).max())
+        return [(q - centre) / extent for q in parts], [(q - centre) / extent for q in holes]
+
+
+N_GEOMETRY = 20  # shape descriptors per object (see outline_geometry)
+
+
+def outline_geometry(parts, holes, size: int = 96) -> np.ndarray:
+    """Rotation-, mirror- and scale-invariant descriptors of one outline, measured on its own mask (drawn
+    alone at ``size`` px): circularity, solidity, hole share, elongation, extent, the radial profile's Fourier
+    magnitudes 1-8 and the 7 Hu moments (log-scaled). What a patch token should know of its object's shape,
+    without any name for it."""
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull
+
+    m = _draw(parts, holes, 0.0, False, size / 2, size / 2, size * 0.45, size)
+    area = float(m.sum())
+    if area < 16:
+        return np.zeros(N_GEOMETRY)
+    inner = ndimage.binary_erosion(m)
+    edge = m & ~inner
+    perimeter = float(edge.sum())
+    ys, xs = np.nonzero(m)
+    ey, ex = np.nonzero(edge)
+    hull = ConvexHull(np.stack([ex, ey], 1).astype(float)).volume
+    filled = ndimage.binary_fill_holes(m)
+    cy, cx = ys.mean(), xs.mean()
+    cov = np.cov(np.stack([xs - cx, ys - cy]))
+    lo, hi = np.linalg.eigvalsh(cov)
+    fy, fx = np.nonzero(filled)
+    ang = (np.arctan2(fy - cy, fx - cx) + np.pi) / (2 * np.pi) * 64
+    radius = np.hypot(fy - cy, fx - cx)
+    profile = np.zeros(64)
+    np.maximum.at(profile, np.minimum(ang.astype(int), 63), radius)
+    profile = profile / max(profile.mean(), 1e-6)
+    fourier = np.abs(np.fft.rfft(profile))[1:9] / 64
+    # Hu moments of the mask (normalised central moments).
+    dx, dy = xs - cx, ys - cy
+
+    def eta(p, q):
+        return float((dx**p * dy**q).sum()) / area ** (1 + (p + q) / 2)
+
+    n20, n02, n11 = eta(2, 0), eta(0, 2), eta(1, 1)
+    n30, n03, n21, n12 = eta(3, 0), eta(0, 3), eta(2, 1), eta(1, 2)
+    a, b = n30 + n12, n21 + n03
+    hu = np.array(
+        [
+            n20 + n02,
+            (n20 - n02) ** 2 + 4 * n11**2,
+            (n30 - 3 * n12) ** 2 + (3 * n21 - n03) ** 2,
+            a**2 + b**2,
+            (n30 - 3 * n12) * a * (a**2 - 3 * b**2) + (3 * n21 - n03) * b * (3 * a**2 - b**2),
+            (n20 - n02) * (a**2 - b**2) + 4 * n11 * a * b,
+            abs((3 * n21 - n03) * a * (a**2 - 3 * b**2) - (n30 - 3 * n12) * b * (3 * a**2 - b**2)),
+        ]
+    )
+    hu = -np.sign(hu) * np.log10(np.abs(hu) + 1e-12)
+    return np.concatenate(
+        [
+            [
+                4 * np.pi * area / max(perimeter, 1.0) ** 2,
+                area / max(hull, 1.0),
+                float(filled.sum() - area) / float(filled.sum()),
+                np.sqrt(max(lo, 0.0) / max(hi, 1e-6)),
+                area / float(size * size),
+            ],
+            fourier,
+            hu,
+        ]
+    )
+
+
+def _draw(parts, holes, angle: float, mirror: bool, cx: float, cy: float, r: float, size: int) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    rot = np.array([[c, s], [-s, c]])
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    for k, poly in enumerate(parts + holes):
+        q = poly * [-1.0, 1.0] if mirror else poly
+        pts = q @ rot * r + [cx, cy]
+        draw.polygon([(float(x), float(y)) for x, y in pts], fill=0 if k >= len(parts) else 1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def render_contour_image(
+    bank: ContourBank,
+    index: int,
+    seed: int,
+    size: int = 64,
+    sizes: tuple[float, float] = (0.12, 0.42),
+    max_objects: int = 4,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Image ``index``: (size, size, 3) uint8 pixels, (size, size) int mask (0 = background, c + 1 = class
+    ``c``, topmost object wins) and the visible objects' (class, colour bin). An object's half extent is
+    drawn from ``sizes`` (shares of the image side); 1 to ``max_objects`` objects."""
+    rng = np.random.default_rng([seed, index, 13])
+    image = _background(rng, size)
+    if rng.random() < 0.15:  # faint clutter of small outlines behind the objects
+        for _ in range(int(rng.integers(4, 10))):
+            parts, holes = bank.outline(int(rng.integers(bank.n_classes)), rng)
+            m = _draw(
+                parts, holes, rng.uniform(0, 2 * np.pi), False, *rng.uniform(0, size, 2), size * 0.06, size
+            )
+            image[m] = image[m] * 0.6 + _colour(rng) * 0.4
+    mask = np.zeros((size, size), dtype=np.int64)
+    objects: list[tuple[int, int]] = []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        c = int(rng.integers(bank.n_classes))
+        parts, holes = bank.outline(c, rng)
+        r = size * rng.uniform(*sizes)
+        cx, cy = rng.uniform(0.1, 0.9, size=2) * size
+        m = _draw(parts, holes, rng.uniform(0, 2 * np.pi), bool(rng.random() < 0.5), cx, cy, r, size)
+        if m.sum() < 8:
+            continue
+        colour = _colour(rng)
+        style = rng.random()
+        if style < 0.75:
+            image[m] = colour + rng.normal(0, 4, size=3)
+        elif style < 0.92:  # textured: its colour and a fainter second tone
+            p = (_pattern(rng, size)[m][:, None] + 1) / 2 * rng.uniform(0.15, 0.4)
+            image[m] = colour * (1 - p) + _colour(rng) * p
+        else:  # outline only
+            inner = np.asarray(
+                Image.fromarray(m.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3)), dtype=bool
+            )
+            image[m & ~inner] = colour
+        mask[m] = c + 1
+        objects.append((c, colour_bin(colour)))
+    pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+    if rng.random() < 0.4:
+        pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.9)))
+    out = np.asarray(pil).astype(float) + rng.normal(0, rng.uniform(0, 5), size=(size, size, 3))
+    visible = {int(v) for v in np.unique(mask) if v > 0}
+    return np.clip(out, 0, 255).astype(np.uint8), mask, [(c, b) for c, b in objects if c + 1 in visible]
+
+
+def contour_targets(indices, seed: int, n_classes: int, model_config, patch_size: int, **render):
+    """VisionTargets of contour images ``indices`` of corpus ``seed``, rendered in memory: per-patch surrogate
+    class (majority of the patch's pixels, 0 = background) and colour bin, image-level presence of both."""
+    import torch
+
+    from lexsearch.model.images import preprocess
+    from lexsearch.tiny.vision import VisionTargets
+
+    bank = ContourBank(n_classes, seed)
+    size = int(model_config.image_size)
+    grid = size // patch_size
+    pixels = np.empty((len(indices), 3, size, size), dtype=np.float32)
+    patch_shape = np.zeros((len(indices), grid * grid), dtype=np.int64)
+    patch_colour = np.zeros_like(patch_shape)
+    present = np.zeros((len(indices), n_classes + N_COLOUR_BINS), dtype=np.float32)
+    for row, index in enumerate(indices):
+        image, mask, objects = render_contour_image(bank, index, seed, size, **render)
+        pixels[row] = preprocess(
+            Image.fromarray(image), size, model_config.image_mean, model_config.image_std
+        )
+        cells = (
+            mask.reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+        )
+        bin_of = np.zeros(n_classes + 1, dtype=np.int64)
+        for c, b in objects:
+            bin_of[c + 1] = b + 1
+            present[row, c] = 1.0
+            present[row, n_classes + b] = 1.0
+        ids = np.array([np.bincount(cell, minlength=1).argmax() for cell in cells])
+        patch_shape[row] = ids
+        patch_colour[row] = bin_of[ids]
+    # Each foreground patch regresses its object's outline descriptors (background: zeros, not trained on).
+    geometry = np.concatenate([np.zeros((1, N_GEOMETRY), np.float32), bank.geometry()])[patch_shape]
+    return VisionTargets(
+        pixels=torch.from_numpy(pixels),
+        patch_shape=torch.from_numpy(patch_shape),
+        patch_colour=torch.from_numpy(patch_colour),
+        present=torch.from_numpy(present),
+        shapes=[f"outline{c}" for c in range(n_classes)],
+        colours=[f"bin{b}" for b in range(N_COLOUR_BINS)],
+        patch_geometry=torch.from_numpy(geometry),
+    )

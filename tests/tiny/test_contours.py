@@ -1,0 +1,138 @@
+"""Surrogate contour classes (lexsearch/tiny/contours.py): label-free targets for the tiny ViT."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pytest
+
+from lexsearch.tiny.contours import (
+    N_COLOUR_BINS,
+    ContourBank,
+    colour_bin,
+    contour_targets,
+    render_contour_image,
+)
+
+
+def _tiny():
+    from lexsearch.model.presets import preset_config
+
+    return preset_config("tiny")
+
+
+def test_rendering_is_deterministic_and_seeded():
+    bank = ContourBank(16, seed=4)
+    a, mask_a, obj_a = render_contour_image(bank, 7, seed=4)
+    b, mask_b, obj_b = render_contour_image(ContourBank(16, seed=4), 7, seed=4)
+    assert np.array_equal(a, b) and np.array_equal(mask_a, mask_b) and obj_a == obj_b
+    c, _, _ = render_contour_image(ContourBank(16, seed=5), 7, seed=5)
+    assert not np.array_equal(a, c)
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8
+
+
+def test_the_mask_names_only_visible_objects_and_their_classes():
+    bank = ContourBank(32, seed=1)
+    for i in range(20):
+        _, mask, objects = render_contour_image(bank, i, seed=1)
+        visible = set(np.unique(mask[mask > 0]) - 1)
+        assert visible == {c for c, _ in objects}
+        assert all(0 <= c < 32 and 0 <= b < N_COLOUR_BINS for c, b in objects)
+
+
+def _silhouette(bank: ContourBank, c: int, rng, angle: float) -> np.ndarray:
+    from lexsearch.tiny.contours import _draw
+
+    parts, holes = bank.outline(c, rng)
+    return _draw(parts, holes, angle, False, 32, 32, 24, 64)
+
+
+def test_a_class_is_one_outline_and_classes_differ():
+    """Two instances of a class (own jitter, same pose) overlap far more than instances of two classes."""
+    bank = ContourBank(40, seed=2)
+    rng = np.random.default_rng(0)
+
+    def iou(a, b):
+        return (a & b).sum() / max(1, (a | b).sum())
+
+    same = [iou(_silhouette(bank, c, rng, 0.0), _silhouette(bank, c, rng, 0.0)) for c in range(40)]
+    other = [iou(_silhouette(bank, c, rng, 0.0), _silhouette(bank, c + 1, rng, 0.0)) for c in range(39)]
+    assert np.median(same) > 0.85
+    assert np.median(other) < np.median(same) - 0.1
+
+
+@pytest.mark.parametrize(
+    "rgb,kind",
+    [((250, 250, 250), "grey"), ((5, 5, 5), "grey"), ((128, 128, 128), "grey"), ((230, 20, 20), "hue")],
+)
+def test_colour_bins_keep_greys_apart_from_hues(rgb, kind):
+    b = colour_bin(np.array(rgb))
+    assert 0 <= b < N_COLOUR_BINS
+    assert (b < 5) == (kind == "grey")
+
+
+def test_colour_bins_tell_hues_and_lightness_apart():
+    bins = {colour_bin(np.array(colorsys.hsv_to_rgb(h / 12 + 0.01, 0.9, 0.9)) * 255) for h in range(12)}
+    assert len(bins) == 12
+    assert colour_bin(np.array([250, 250, 250])) != colour_bin(np.array([5, 5, 5]))
+
+
+def test_targets_have_the_pretraining_form():
+    cfg = _tiny()
+    patch = int(cfg.vision_config["patch_size"])
+    t = contour_targets(range(6), seed=3, n_classes=24, model_config=cfg, patch_size=patch)
+    grid = (cfg.image_size // patch) ** 2
+    assert t.pixels.shape == (6, 3, cfg.image_size, cfg.image_size)
+    assert t.patch_shape.shape == (6, grid) and t.patch_colour.shape == (6, grid)
+    assert len(t.shapes) == 24 and len(t.colours) == N_COLOUR_BINS
+    assert t.present.shape == (6, 24 + N_COLOUR_BINS)
+    # A foreground patch has a colour bin, a background one none; presence agrees with the patches.
+    fg = t.patch_shape > 0
+    assert fg.any() and (t.patch_colour[fg] > 0).all() and (t.patch_colour[~fg] == 0).all()
+    for row in range(6):
+        for c in set(t.patch_shape[row][fg[row]].tolist()):
+            assert t.present[row, c - 1] == 1.0
+    # Nothing names a shape of any world: the classes are numbered outlines.
+    assert all(name.startswith("outline") for name in t.shapes)
+
+
+def test_outline_descriptors_tell_shapes_apart_and_ignore_pose():
+    from lexsearch.tiny.contours import N_GEOMETRY, outline_geometry
+    from lexsearch.tiny.corpus import _outline
+
+    rng = np.random.default_rng(0)
+    disc, ring, cross = (outline_geometry(*_outline(f, rng)) for f in ("ellipse", "ring", "cross"))
+    assert disc.shape == (N_GEOMETRY,)
+    # hole share: a ring has one, a cross and a disc none; solidity: a cross is far from convex
+    assert ring[2] > 0.1 and disc[2] < 0.02 and cross[2] < 0.02
+    assert cross[1] < 0.8 < disc[1]
+    # A rotated copy of an outline has (almost) the same descriptors.
+    parts, holes = _outline("arrow", rng)
+    turn = np.array([[0.0, 1.0], [-1.0, 0.0]])
+    a = outline_geometry(parts, holes)
+    b = outline_geometry([p @ turn for p in parts], [h @ turn for h in holes])
+    assert np.abs(a[:13] - b[:13]).max() < 0.05
+
+
+def test_pretraining_learns_the_descriptors():
+    from dataclasses import replace
+
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    from lexsearch.tiny.config import PretrainConfig
+    from lexsearch.tiny.vision import pretrain_vision
+
+    cfg = _tiny()
+    patch = int(cfg.vision_config["patch_size"])
+    t = contour_targets(range(24), seed=6, n_classes=4, model_config=cfg, patch_size=patch)
+    torch.manual_seed(0)
+    small = dict(cfg.vision_config, hidden_size=32, num_attention_heads=2, num_hidden_layers=1)
+    vision = Dinov2Model(Dinov2Config(**small))
+    fast = replace(PretrainConfig(), vit_batch_size=8, vit_lr=3e-3)
+    report = pretrain_vision(vision, t, fast, steps=60, eval_targets=t)
+    fg = t.patch_shape > 0
+    baseline = float(((t.patch_geometry[fg] - t.patch_geometry[fg].mean(0)) ** 2).mean())
+    # Better than the best constant guess (a fresh head is far worse than that).
+    assert report["vit_eval_geometry_mse"] < 0.97 * baseline
