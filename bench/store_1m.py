@@ -288,7 +288,8 @@ def server_queries(path: Path, texts: list[str]) -> list[dict]:
 # The floor of such a query: the interpreter and what lexsearch.cli.quick imports before it asks the server.
 FLOOR = "import lexsearch.cli.quick, lexsearch.serve.client, lexsearch.search.output"
 
-# Where a query handed to a server spends its time: the steps of ``lexsearch query`` (client.ask_server),
+# Where a query handed to a server spends its time: the steps of ``lexsearch query`` (client.ask_server:
+# the live servers' records, then the search sent to one),
 # each timed, in a fresh process; the last is the import the output formatting needs (lexsearch.search).
 SERVER_CHILD = r"""
 import json, sys, time
@@ -298,9 +299,9 @@ from lexsearch.serve import client, discovery
 from lexsearch.index.paths import resolve
 t1 = time.perf_counter()
 folder = resolve(sys.argv[1])
-info = discovery.find(folder)
+records = list(discovery._records(str(folder)))  # the records of live servers: ask's first step
 t2 = time.perf_counter()
-rows, stale = discovery.remote_search(info, {"q": sys.argv[2], "top": 10})
+info, rows, stale = discovery.ask(folder, {"q": sys.argv[2], "top": 10})
 t3 = time.perf_counter()
 paths = client.image_paths(folder, [r["id"] for r in rows])
 t4 = time.perf_counter()
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  the server's own answer {p50(rows, 'server'):.0f} ms")
         steps = ("imports", "find", "ask", "paths", "output_import")
         print(
-            "  in a query process, imports / find the server / ask it / read the paths / import for the output: "
+            "  in a query process, imports / read the server records / ask it / read the paths / import for the output: "
             + "/".join(f"{p50(rows, k):.0f}" for k in steps)
             + " ms (no numpy, no torch before the output import)"
         )

@@ -2,6 +2,7 @@
 
     GET  /                      the page (``/?q=white+horse`` runs that search on load)
     GET  /api/info              the collection's name, folder and image count
+    GET  /api/alive             the collection's folder, at once (no lock: the event loop alone answers)
     GET  /api/search?q=&top=    ``lexsearch query --json`` plus each result's ``id``
                                 (also ``expand=1``, ``rerank=0``, ``pruned=1``, ``min_score=X``)
     POST /api/search/image      the request body (an image file, at most MAX_UPLOAD_BYTES) as the query
@@ -11,7 +12,9 @@
     GET  /image/{id}, /thumb/{id}  the image (upright, at most 1600 px) and its cached thumbnail
 
 An id is a positive integer the collection holds; anything else (a path, ``..`` in any encoding, an id the
-collection does not hold) is a 404, and no file is ever opened from a path in the request.
+collection does not hold) is a 404, and no file is ever opened from a path in the request. Every answer names
+the collection's folder in a ``Lexsearch-Collection`` header (``discovery.collection_tag``), so a client
+that sent a search straight to a recorded port knows whose answer it got.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from lexsearch.errors import DataError, LexsearchError, UsageError
-from lexsearch.serve.discovery import STALE_HEADER
+from lexsearch.serve.discovery import COLLECTION_HEADER, STALE_HEADER, collection_tag
 from lexsearch.serve.service import NotFound, SearchService
 
 logger = logging.getLogger(__name__)
@@ -87,6 +90,12 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
 
     async def info(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(service.info))
+
+    folder = str(service.collection.path)
+
+    async def alive(request: Request) -> Response:
+        # A search in progress holds the service's lock: this answers without it (discovery.ask's check).
+        return JSONResponse({"collection": folder})
 
     async def api_search(request: Request) -> Response:
         params = request.query_params
@@ -165,6 +174,7 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
         Route("/", page),
         Route("/static/{name}", static_file),
         Route("/api/info", info),
+        Route("/api/alive", alive),
         Route("/api/search", api_search),
         Route("/api/search/image", api_search_image, methods=["POST"]),
         Route("/api/similar/{id}", similar),
@@ -173,7 +183,7 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
         Route("/image/{id}", image),
         Route("/thumb/{id}", thumb),
     ]
-    middleware = [Middleware(_SecurityHeaders)]
+    middleware = [Middleware(_SecurityHeaders, collection=collection_tag(folder))]
     if allowed_hosts:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
     return Starlette(
@@ -190,10 +200,11 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
 
 
 class _SecurityHeaders:
-    """Plain ASGI middleware: the CSP and nosniff headers on every response."""
+    """Plain ASGI middleware: the CSP and nosniff headers, and the collection's name, on every response."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, collection: str) -> None:
         self.app = app
+        self.collection = collection.encode("ascii")
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -207,6 +218,7 @@ class _SecurityHeaders:
                     (b"content-security-policy", _CSP.encode()),
                     (b"x-content-type-options", b"nosniff"),
                     (b"referrer-policy", b"no-referrer"),
+                    (COLLECTION_HEADER.lower().encode(), self.collection),
                 ]
                 message = {**message, "headers": headers}
             await send(message)

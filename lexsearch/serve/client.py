@@ -2,7 +2,8 @@
 
 Up to the answer this needs the standard library only (no numpy, no torch, not the store): the server is
 found through its discovery record, asked over HTTP, and the paths of the rows it returns are read from the
-collection's ``images`` table with ``sqlite3``.
+collection's ``images`` table with ``sqlite3``. The search is sent to the recorded server directly, its answer
+checked to name the collection (``discovery.ask``).
 """
 
 from __future__ import annotations
@@ -56,15 +57,12 @@ def ask_server(
     None when none answers. Each row is the API's (the ``--json`` row plus ``id``), with ``path`` the exact
     stored name. Standard library only."""
     folder = resolve(collection)
-    info = discovery.find(folder)
-    if info is None:
-        return None
     params = {"q": text, "top": top, "rerank": None if rerank else "0", "min_score": min_score}
     params.update(pruned="1" if pruned else None, expand="1" if expand else None)
-    answer = discovery.remote_search(info, params)
+    answer = discovery.ask(folder, params)
     if answer is None:
         return None
-    rows, stale = answer
+    info, rows, stale = answer
     # Paths by id from the collection itself: the JSON's text form of a non-UTF-8 name is not the file's
     # name, and --paths must print the very bytes (a read of a few rows, no model).
     paths = image_paths(folder, [r["id"] for r in rows])

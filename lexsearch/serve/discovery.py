@@ -1,9 +1,16 @@
 """Finding a running ``lexsearch serve`` for a collection, so ``lexsearch query`` can ask it.
 
 A server writes a small JSON file under ``LEXSEARCH_HOME/servers/`` (host, port, pid, collection folder) and
-removes it when it stops. A file is trusted only if its process is alive *and* the server answers
-``/api/info`` with the same collection; a file whose process is gone is deleted. Standard library only:
-``lexsearch query`` must stay light when it hands a query to the server.
+removes it when it stops. A file is trusted only if its process is alive *and* the server says it serves the
+same collection; a file whose process is gone is deleted. Standard library only: ``lexsearch query`` must
+stay light when it hands a query to the server.
+
+:func:`ask` sends the search straight to a recorded server, without asking ``/api/info`` first: every answer
+of the server names its collection (``COLLECTION_HEADER``), so the answer itself says whether it came from
+the right server. An answer slow to come is checked with ``/api/alive`` (answered without waiting for the
+search), so a server that holds its port but never answers costs no more than the liveness check of
+:func:`find` did. Anything unexpected (no such header: an older server; another collection) goes the way of
+:func:`find` and :func:`remote_search`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,13 @@ def _debug(message: str, *args: Any) -> None:
 # How long a liveness check may take: a live local server answers /api/info in a millisecond or two; a
 # process that holds the port but does not answer must not delay the query by more than this.
 PROBE_TIMEOUT_S = 1.0
+# :func:`ask`: how long the answer may take before the server is asked whether it is alive, and how long that
+# question may take (together no longer than PROBE_TIMEOUT_S: a silent server delays a query no more than
+# find's check of it does).
+ANSWER_WAIT_S = 0.5
+ALIVE_TIMEOUT_S = PROBE_TIMEOUT_S - ANSWER_WAIT_S
+# Every answer of a server names its collection folder here (percent-encoded bytes of the path).
+COLLECTION_HEADER = "Lexsearch-Collection"
 # Matches left out of an answer because their file is gone (a re-index is due); the JSON stays the --json list.
 STALE_HEADER = "Lexsearch-Stale-Results"
 QUERY_TIMEOUT_S = 60.0
@@ -99,25 +113,42 @@ def _get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -
     to a server; this is the one request shape our own server answers (no proxy: it is on this machine, and an
     ``http_proxy`` setting must not send the query elsewhere).
     """
+    with _send(url, timeout) as sock:
+        return _answer(_read(sock), url, headers)
+
+
+def _send(url: str, timeout: float):
+    """A socket with the GET request for ``url`` sent (its timeout: ``timeout``)."""
     import socket
 
     parts = urllib.parse.urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    with socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout) as sock:
-        host = parts.netloc
+    sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout)
+    try:
         sock.sendall(
-            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
+            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: application/json\r\n"
             "Connection: close\r\n\r\n".encode("ascii")
         )
-        chunks = []
-        while data := sock.recv(1 << 16):
-            chunks.append(data)
-    raw = b"".join(chunks)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _read(sock, first: bytes = b"") -> bytes:
+    chunks = [first] if first else []
+    while data := sock.recv(1 << 16):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def _answer(raw: bytes, url: str, headers: dict[str, str] | None = None) -> Any:
+    """The JSON of the HTTP answer ``raw``; ``headers`` receives its headers (names in lower case)."""
     head, sep, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = lines[0].split(" ", 2)
     if not sep or len(status) < 2 or not status[0].startswith("HTTP/") or not status[1].isdigit():
-        raise ValueError(f"not an HTTP answer from {parts.netloc}")
+        raise ValueError(f"not an HTTP answer from {urllib.parse.urlsplit(url).netloc}")
     got = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
@@ -145,12 +176,18 @@ def _unchunk(body: bytes) -> bytes:
         at = end + 2 + size + 2
 
 
-def find(collection: str | os.PathLike[str]) -> ServerInfo | None:
-    """A live server for ``collection`` (its folder), or None."""
-    want = str(Path(collection).absolute())
+def collection_tag(folder: str) -> str:
+    """How an answer names the collection ``folder`` (absolute) in ``COLLECTION_HEADER``: its path's bytes,
+    percent-encoded, so any name (not UTF-8, not Latin-1) fits a header and compares exactly."""
+    return urllib.parse.quote(os.fsencode(folder), safe="/")
+
+
+def _records(want: str):
+    """The recorded servers of the collection folder ``want`` whose process is alive (the records of stopped
+    servers are deleted on the way)."""
     folder = config.home() / "servers"
     if not folder.is_dir():
-        return None
+        return
     for path in sorted(folder.glob("*.json")):
         try:
             info = ServerInfo(**json.loads(path.read_text()))
@@ -162,6 +199,15 @@ def find(collection: str | os.PathLike[str]) -> ServerInfo | None:
             _debug("removing the record of a stopped server: %s", path)
             path.unlink(missing_ok=True)
             continue
+        yield info
+
+
+def find(collection: str | os.PathLike[str], skip: tuple[ServerInfo, ...] = ()) -> ServerInfo | None:
+    """A live server for ``collection`` (its folder), or None; the servers in ``skip`` are not asked."""
+    want = str(Path(collection).absolute())
+    for info in _records(want):
+        if info in skip:
+            continue
         try:
             answer = _get_json(info.url + "/api/info", PROBE_TIMEOUT_S)
         except (OSError, ValueError) as exc:
@@ -172,26 +218,104 @@ def find(collection: str | os.PathLike[str]) -> ServerInfo | None:
     return None
 
 
+def _search_target(params: dict[str, Any]) -> str:
+    return "/api/search?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+
+
+def _stale(headers: dict[str, str]) -> int:
+    stale = headers.get(STALE_HEADER.lower(), "0")
+    return int(stale) if stale.isdigit() else 0
+
+
+def _failed(info: ServerInfo, exc: HTTPStatusError) -> LexsearchError:
+    """The error a server's error answer stands for: a usage error (400) as a local search would raise it."""
+    try:
+        message = json.loads(exc.body.decode()).get("error") or str(exc)
+    except (ValueError, AttributeError):
+        message = str(exc)
+    if exc.code == 400:
+        return UsageError(message)
+    return LexsearchError(f"the server at {info.url} failed: {message}")
+
+
 def remote_search(info: ServerInfo, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int] | None:
     """``/api/search`` on a running server: (rows, stale matches left out), or None when it cannot be reached
     (the caller searches itself).
 
     A query the server rejects (a usage error) raises the same :class:`UsageError` a local search would.
     """
-    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
     headers: dict[str, str] = {}
     try:
-        rows = _get_json(f"{info.url}/api/search?{query}", QUERY_TIMEOUT_S, headers)
-        stale = {k.lower(): v for k, v in headers.items()}.get(STALE_HEADER.lower(), "0")
-        return rows, int(stale) if stale.isdigit() else 0
+        rows = _get_json(info.url + _search_target(params), QUERY_TIMEOUT_S, headers)
+        return rows, _stale(headers)
     except HTTPStatusError as exc:
-        try:
-            message = json.loads(exc.body.decode()).get("error") or str(exc)
-        except (ValueError, AttributeError):
-            message = str(exc)
-        if exc.code == 400:
-            raise UsageError(message) from None
-        raise LexsearchError(f"the server at {info.url} failed: {message}") from None
+        raise _failed(info, exc) from None
     except (OSError, ValueError) as exc:
         _debug("server %s went away (%s); searching here", info.url, exc)
         return None
+
+
+def ask(
+    collection: str | os.PathLike[str], params: dict[str, Any]
+) -> tuple[ServerInfo, list[dict[str, Any]], int] | None:
+    """(the server, rows, stale matches left out) of ``/api/search`` on a running server of ``collection``,
+    or None when none answers (the caller searches itself). As :func:`find` then :func:`remote_search`,
+    without the liveness check's round trip: the search goes straight to each recorded server whose process
+    is alive, and its answer counts only if it names this collection. A usage error raises as in
+    :func:`remote_search`."""
+    want = str(Path(collection).absolute())
+    tag, target = collection_tag(want), _search_target(params)
+    failed: list[ServerInfo] = []
+    for info in _records(want):
+        try:
+            raw = _ask_one(info, target, tag)
+        except (OSError, ValueError) as exc:  # refused, silent, gone mid-answer: what find's check finds
+            _debug("server %s does not answer (%s)", info.url, exc)
+            failed.append(info)
+            continue
+        headers: dict[str, str] = {}
+        try:
+            rows, error = _answer(raw, info.url, headers), None
+        except HTTPStatusError as exc:
+            rows, error = None, exc
+        except ValueError as exc:
+            _debug("server %s answered no JSON (%s)", info.url, exc)
+            failed.append(info)
+            continue
+        if headers.get(COLLECTION_HEADER.lower()) != tag:
+            break  # another collection's server on that port, or an older server: ask the way find does
+        if error is not None:
+            raise _failed(info, error) from None
+        return info, rows, _stale(headers)
+    info = find(want, skip=tuple(failed))
+    if info is None:
+        return None
+    answer = remote_search(info, params)
+    return None if answer is None else (info, *answer)
+
+
+def _ask_one(info: ServerInfo, target: str, tag: str) -> bytes:
+    """The raw HTTP answer of ``info`` to ``target``. An answer that has not begun after ANSWER_WAIT_S is
+    waited for (up to QUERY_TIMEOUT_S) only if the server says, within ALIVE_TIMEOUT_S, that it is alive and
+    serves the collection ``tag`` names; otherwise ``TimeoutError``."""
+    with _send(info.url + target, ANSWER_WAIT_S) as sock:
+        try:
+            first = sock.recv(1 << 16)
+        except TimeoutError:
+            if not _says_alive(info, tag):
+                raise TimeoutError(f"no answer in {ANSWER_WAIT_S} s and no sign of life") from None
+            sock.settimeout(QUERY_TIMEOUT_S)  # alive and searching (a cold page cache, a busy machine)
+            first = sock.recv(1 << 16)
+        sock.settimeout(QUERY_TIMEOUT_S)
+        return _read(sock, first)
+
+
+def _says_alive(info: ServerInfo, tag: str) -> bool:
+    """Whether the server answers ``/api/alive`` (no lock, no search: its event loop alone) for ``tag``'s
+    collection within ALIVE_TIMEOUT_S."""
+    headers: dict[str, str] = {}
+    try:
+        _get_json(info.url + "/api/alive", ALIVE_TIMEOUT_S, headers)
+    except (OSError, ValueError):
+        return False
+    return headers.get(COLLECTION_HEADER.lower()) == tag

@@ -21,16 +21,14 @@ CHILD = """
 import json, sys
 from lexsearch.serve import client, discovery
 at_answer = {}
-def find(folder):
-    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder))
-def remote_search(info, params):
-    return json.loads(sys.argv[2]), 0
+def ask(folder, params):
+    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder)), json.loads(sys.argv[2]), 0
 read_paths = client.image_paths
 def image_paths(folder, ids):
     out = read_paths(folder, ids)
     at_answer["heavy"] = [m for m in HEAVY if m in sys.modules]
     return out
-discovery.find, discovery.remote_search, client.image_paths = find, remote_search, image_paths
+discovery.ask, client.image_paths = ask, image_paths
 from lexsearch.cli import cli
 try:
     cli.main(["query", "red", "--collection", sys.argv[1], "--paths"], standalone_mode=False)
@@ -142,12 +140,10 @@ QUICK_CHILD = """
 import json, sys
 from lexsearch.serve import discovery
 ROWS = json.loads(sys.argv[1])
-def find(folder):
-    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder))
-def remote_search(info, params):
+def ask(folder, params):
     sys.stderr.write("asked " + json.dumps(params, sort_keys=True) + "\\n")
-    return ROWS, 0
-discovery.find, discovery.remote_search = find, remote_search
+    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder)), ROWS, 0
+discovery.ask = ask
 import os
 real_exit = os._exit
 def quick_exit(code):  # both paths end with os._exit (the full one after a query): say what was loaded
