@@ -35,7 +35,13 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from lexsearch.errors import DataError, LexsearchError, UsageError
-from lexsearch.serve.discovery import COLLECTION_HEADER, STALE_HEADER, collection_tag
+from lexsearch.serve.discovery import (
+    COLLECTION_HEADER,
+    EXACT_PATHS,
+    PATHS_HEADER,
+    STALE_HEADER,
+    collection_tag,
+)
 from lexsearch.serve.service import NotFound, SearchService
 
 logger = logging.getLogger(__name__)
@@ -111,8 +117,10 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
                 min_score=None if min_score in (None, "") else _float(min_score),
             )
         )
-        stale = getattr(results, "stale", 0)
-        return _timed(results, t0, {STALE_HEADER: str(stale)} if stale else None)
+        headers = {STALE_HEADER: str(results.stale)} if getattr(results, "stale", 0) else {}
+        if getattr(results, "exact_paths", False):
+            headers[PATHS_HEADER] = EXACT_PATHS
+        return _timed(results, t0, headers)
 
     async def api_search_image(request: Request) -> Response:
         declared = request.headers.get("content-length")

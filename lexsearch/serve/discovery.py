@@ -45,6 +45,9 @@ ALIVE_TIMEOUT_S = PROBE_TIMEOUT_S - ANSWER_WAIT_S
 COLLECTION_HEADER = "Lexsearch-Collection"
 # Matches left out of an answer because their file is gone (a re-index is due); the JSON stays the --json list.
 STALE_HEADER = "Lexsearch-Stale-Results"
+# An answer whose every ``path`` is the very name stored (all UTF-8) says so: the client need not read them.
+PATHS_HEADER = "Lexsearch-Paths"
+EXACT_PATHS = "exact"
 QUERY_TIMEOUT_S = 60.0
 
 
@@ -257,9 +260,10 @@ def remote_search(info: ServerInfo, params: dict[str, Any]) -> tuple[list[dict[s
 
 def ask(
     collection: str | os.PathLike[str], params: dict[str, Any]
-) -> tuple[ServerInfo, list[dict[str, Any]], int] | None:
-    """(the server, rows, stale matches left out) of ``/api/search`` on a running server of ``collection``,
-    or None when none answers (the caller searches itself). As :func:`find` then :func:`remote_search`,
+) -> tuple[ServerInfo, list[dict[str, Any]], int, bool] | None:
+    """(the server, rows, stale matches left out, whether the rows' paths are the stored names exactly) of
+    ``/api/search`` on a running server of ``collection``, or None when none answers (the caller searches
+    itself). As :func:`find` then :func:`remote_search`,
     without the liveness check's round trip: the search goes straight to each recorded server whose process
     is alive, and its answer counts only if it names this collection. A usage error raises as in
     :func:`remote_search`."""
@@ -286,12 +290,12 @@ def ask(
             break  # another collection's server on that port, or an older server: ask the way find does
         if error is not None:
             raise _failed(info, error) from None
-        return info, rows, _stale(headers)
+        return info, rows, _stale(headers), headers.get(PATHS_HEADER.lower()) == EXACT_PATHS
     info = find(want, skip=tuple(failed))
     if info is None:
         return None
     answer = remote_search(info, params)
-    return None if answer is None else (info, *answer)
+    return None if answer is None else (info, *answer, False)
 
 
 def _ask_one(info: ServerInfo, target: str, tag: str) -> bytes:

@@ -128,9 +128,11 @@ class WarmCollection:
 
 
 class Rows(list):
-    """JSON rows of results, and how many matches were left out because their file is gone."""
+    """JSON rows of results, how many matches were left out because their file is gone, and whether each
+    row's ``path`` is the very name stored (no byte of it outside UTF-8)."""
 
     stale: int = 0
+    exact_paths: bool = False
 
 
 class NotFound(Exception):
@@ -190,6 +192,7 @@ class SearchService:
             )
         rows = Rows(results_to_json(results, with_ids=True))
         rows.stale = int(getattr(results, "stale", 0))
+        rows.exact_paths = all(utf8_text(r.path) == r.path for r in results)
         return rows
 
     def search_image(self, data: bytes, top: int = 10) -> list[dict[str, Any]]:

@@ -74,8 +74,8 @@ def _record(folder: Path, port: int, claims: Path) -> Path:
 def test_a_search_goes_straight_to_the_server_without_a_liveness_check(tmp_path, serve):
     service = FakeService(tmp_path / "col")
     server = serve(service)
-    info, rows, stale = discovery.ask(tmp_path / "col", {"q": "red", "top": 3, "rerank": None})
-    assert (info.port, rows, stale) == (server.port, [dict(ROW, path="red 3")], 0)
+    info, rows, stale, exact = discovery.ask(tmp_path / "col", {"q": "red", "top": 3, "rerank": None})
+    assert (info.port, rows, stale, exact) == (server.port, [dict(ROW, path="red 3")], 0, False)
     assert service.calls == ["search"]  # no /api/info round trip first
     with pytest.raises(UsageError, match="only excludes"):  # the right server's error: raised as a local one
         discovery.ask(tmp_path / "col", {"q": "-red", "top": 3})
@@ -96,7 +96,7 @@ def test_a_slow_search_is_waited_for_when_the_server_says_it_is_alive(tmp_path, 
     # Longer than the answer wait and the alive check together; the search holds the lock /api/info needs.
     service = FakeService(tmp_path / "col", delay=discovery.PROBE_TIMEOUT_S + 0.3)
     serve(service)
-    _, rows, _ = discovery.ask(tmp_path / "col", {"q": "red", "top": 2})
+    _, rows, _, _ = discovery.ask(tmp_path / "col", {"q": "red", "top": 2})
     assert rows == [dict(ROW, path="red 2")] and service.calls == ["search"]
 
 
@@ -148,8 +148,8 @@ def test_an_older_server_without_the_header_is_asked_the_way_find_does(tmp_path,
     srv, seen = _old_server(col)
     try:
         _record(tmp_path, srv.getsockname()[1], col)
-        info, rows, _ = discovery.ask(col, {"q": "red", "top": 3})
-        assert rows == [ROW] and info.port == srv.getsockname()[1]
+        info, rows, _, exact = discovery.ask(col, {"q": "red", "top": 3})
+        assert rows == [ROW] and info.port == srv.getsockname()[1] and not exact
         assert seen == ["/api/search", "/api/info", "/api/search"]
     finally:
         srv.close()
@@ -163,3 +163,30 @@ def test_the_collection_tag_names_any_folder_exactly():
 
     assert urllib.parse.unquote_to_bytes(tag) == os.fsencode(odd)
     assert tag != discovery.collection_tag("/photos/cafe/col")
+
+
+def test_an_answer_says_whether_its_paths_are_the_stored_names(small_collection, lexsearch_home):
+    from lexsearch.index.store import Collection
+    from lexsearch.search import load_encoder
+    from lexsearch.serve.service import SearchService
+
+    _, col_path = small_collection
+    with Collection.open(col_path) as col:
+        service = SearchService(col, load_encoder(col, device="cpu"))
+        rows = service.search("a red circle", 3, expand=True)
+        assert rows and rows.exact_paths  # the test images' names are all UTF-8
+        server = Server(service, "127.0.0.1", 0)
+        server.start_in_thread()
+        try:
+            _, got, _, exact = discovery.ask(col_path, {"q": "a red circle", "top": 3, "expand": "1"})
+            assert exact and got == list(rows)
+            # A name that is not UTF-8 among the results: the JSON's text is not the name, so no promise.
+            odd = os.fsdecode(b"/photos/caf\xe9.jpg")
+            real = service.collection.image_paths
+            service.collection.image_paths = lambda ids: {i: odd for i in real(ids)}
+            service.collection.file_exists = lambda path: True  # (no such file: it would count as stale)
+            service.collection.clear()
+            _, got, _, exact = discovery.ask(col_path, {"q": "a red circle", "top": 3, "expand": "1"})
+            assert not exact and got[0]["path"] == "/photos/caf\\xe9.jpg"
+        finally:
+            server.stop()

@@ -22,7 +22,7 @@ import json, sys
 from lexsearch.serve import client, discovery
 at_answer = {}
 def ask(folder, params):
-    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder)), json.loads(sys.argv[2]), 0
+    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder)), json.loads(sys.argv[2]), 0, False
 read_paths = client.image_paths
 def image_paths(folder, ids):
     out = read_paths(folder, ids)
@@ -140,13 +140,15 @@ QUICK_CHILD = """
 import json, sys
 from lexsearch.serve import discovery
 ROWS = json.loads(sys.argv[1])
+EXACT = "exact" in sys.argv[3:]  # the server says its paths are the stored names: none is read here
 def ask(folder, params):
     sys.stderr.write("asked " + json.dumps(params, sort_keys=True) + "\\n")
-    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder)), ROWS, 0
+    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder)), ROWS, 0, EXACT
 discovery.ask = ask
 import os
 real_exit = os._exit
 def quick_exit(code):  # both paths end with os._exit (the full one after a query): say what was loaded
+    sys.stderr.write("sqlite3 " + str("sqlite3" in sys.modules) + "\\n")
     sys.stderr.write("click " + str("click" in sys.modules) + "\\n")
     sys.stderr.flush()
     real_exit(code)
@@ -169,10 +171,12 @@ def one_image_collection(tmp_path):
     return tmp_path / "col", [row]
 
 
-def _entry(rows, argv):
+def _entry(rows, argv, *flags):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
     out = subprocess.run(
-        [sys.executable, "-c", QUICK_CHILD, json.dumps(rows), json.dumps(argv)], capture_output=True, env=env
+        [sys.executable, "-c", QUICK_CHILD, json.dumps(rows), json.dumps(argv), *flags],
+        capture_output=True,
+        env=env,
     )
     return out.returncode, out.stdout.decode(), out.stderr.decode().splitlines()
 
@@ -194,6 +198,16 @@ def test_a_plain_query_is_answered_without_click_and_prints_what_the_full_comman
     code, full, err = _entry(rows, [*argv, "--device", "cpu"])
     assert code == 0 and err[-1] == "click True", err
     assert quick == full and "/p/red.jpg" in quick
+    assert (
+        "sqlite3 True" in err
+    )  # the paths were read from the collection (the answer did not vouch for them)
+    # A server that says its paths are the stored names: none is read, sqlite3 is never imported, same output.
+    code, exact, err = _entry(rows, argv, "exact")
+    assert code == 0 and err[-2:] == ["sqlite3 False", "click False"], err
+    assert exact == quick
+    # ... and it is believed: the path it sent is printed (the collection's own row is never read).
+    code, taken, err = _entry([dict(rows[0], path="/p/as-sent.jpg")], argv, "exact")
+    assert code == 0 and "/p/as-sent.jpg" in taken and "/p/red.jpg" not in taken, err
 
 
 def test_the_quick_path_declines_what_only_the_full_command_line_knows():
