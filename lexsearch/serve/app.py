@@ -4,7 +4,8 @@
     GET  /api/info              the collection's name, folder and image count
     GET  /api/alive             the collection's folder, at once (no lock: the event loop alone answers)
     GET  /api/search?q=&top=    ``lexsearch query --json`` plus each result's ``id``
-                                (also ``expand=1``, ``rerank=0``, ``pruned=1``, ``min_score=X``)
+                                (also ``expand=1``, ``rerank=0``, ``pruned=1``, ``min_score=X``; with
+                                ``format=table|json|paths|null`` the very bytes ``lexsearch query`` prints)
     POST /api/search/image      the request body (an image file, at most MAX_UPLOAD_BYTES) as the query
     GET  /api/similar/{id}      "more like this": the collection image as the query
     GET  /api/explain/{id}      the image's own words
@@ -106,16 +107,22 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
     async def api_search(request: Request) -> Response:
         params = request.query_params
         min_score = params.get("min_score")
+        options = {
+            "expand": _flag(request, "expand", False),
+            "rerank": _flag(request, "rerank", True),
+            "pruned": _flag(request, "pruned", False),
+            "min_score": None if min_score in (None, "") else _float(min_score),
+        }
         t0 = time.perf_counter()
+        form = params.get("format")
+        if form is not None:  # what `lexsearch query` prints, as bytes
+            q, top = params.get("q", ""), _top(request)
+            body, stale = await run_in_threadpool(lambda: service.search_output(q, top, form, **options))
+            ms = 1000 * (time.perf_counter() - t0)
+            headers = {"Server-Timing": f"search;dur={ms:.2f}", STALE_HEADER: str(stale)}
+            return Response(body, media_type="application/octet-stream", headers=headers)
         results = await run_in_threadpool(
-            lambda: service.search(
-                params.get("q", ""),
-                _top(request),
-                expand=_flag(request, "expand", False),
-                rerank=_flag(request, "rerank", True),
-                pruned=_flag(request, "pruned", False),
-                min_score=None if min_score in (None, "") else _float(min_score),
-            )
+            lambda: service.search(params.get("q", ""), _top(request), **options)
         )
         headers = {STALE_HEADER: str(results.stale)} if getattr(results, "stale", 0) else {}
         if getattr(results, "exact_paths", False):

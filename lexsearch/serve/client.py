@@ -83,10 +83,17 @@ def search_via_server(
     if answer is None:
         return None
     rows, stale, info = answer
+    results = results_from_rows(rows)
+    results.stale = stale
+    return results, info
+
+
+def results_from_rows(rows: list[dict[str, Any]]) -> Any:
+    """``Results`` of the API's rows (the --json rows plus an id; ``rest``, the unlisted words, is what the
+    listed words miss of the lexical score): what ``lexsearch query`` prints from a server's answer."""
     from lexsearch.search.results import Result, Results
 
-    # The API's rows are the --json rows plus an id; ``rest`` (the unlisted words) is what the words miss.
-    results = Results(
+    return Results(
         Result(
             rank=r["rank"],
             image_id=r["id"],
@@ -99,5 +106,3 @@ def search_via_server(
         )
         for r in rows
     )
-    results.stale = stale
-    return results, info

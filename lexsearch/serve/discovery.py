@@ -24,6 +24,18 @@ from typing import Any, NamedTuple
 
 from lexsearch import config
 from lexsearch.errors import LexsearchError, UsageError
+from lexsearch.serve import wire
+from lexsearch.serve.wire import (  # noqa: F401  (the names this module has always offered)
+    ALIVE_TIMEOUT_S,
+    ANSWER_WAIT_S,
+    COLLECTION_HEADER,
+    EXACT_PATHS,
+    PATHS_HEADER,
+    PROBE_TIMEOUT_S,
+    QUERY_TIMEOUT_S,
+    STALE_HEADER,
+    collection_tag,
+)
 
 
 def _debug(message: str, *args: Any) -> None:
@@ -31,24 +43,6 @@ def _debug(message: str, *args: Any) -> None:
     import logging
 
     logging.getLogger(__name__).debug(message, *args)
-
-
-# How long a liveness check may take: a live local server answers /api/info in a millisecond or two; a
-# process that holds the port but does not answer must not delay the query by more than this.
-PROBE_TIMEOUT_S = 1.0
-# :func:`ask`: how long the answer may take before the server is asked whether it is alive, and how long that
-# question may take (together no longer than PROBE_TIMEOUT_S: a silent server delays a query no more than
-# find's check of it does).
-ANSWER_WAIT_S = 0.5
-ALIVE_TIMEOUT_S = PROBE_TIMEOUT_S - ANSWER_WAIT_S
-# Every answer of a server names its collection folder here (percent-encoded bytes of the path).
-COLLECTION_HEADER = "Lexsearch-Collection"
-# Matches left out of an answer because their file is gone (a re-index is due); the JSON stays the --json list.
-STALE_HEADER = "Lexsearch-Stale-Results"
-# An answer whose every ``path`` is the very name stored (all UTF-8) says so: the client need not read them.
-PATHS_HEADER = "Lexsearch-Paths"
-EXACT_PATHS = "exact"
-QUERY_TIMEOUT_S = 60.0
 
 
 class ServerInfo(NamedTuple):
@@ -60,12 +54,7 @@ class ServerInfo(NamedTuple):
 
     @property
     def url(self) -> str:
-        host = self.host
-        if host in ("0.0.0.0", "", "::"):
-            host = "127.0.0.1"  # bound to every interface: loopback reaches it
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return wire.url(self.host, self.port)
 
 
 def servers_dir() -> Path:
@@ -88,16 +77,7 @@ def unregister(path: Path) -> None:
     Path(path).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    except OSError:
-        return False
-    return True
+_alive = wire.alive
 
 
 class HTTPStatusError(OSError):
@@ -111,98 +91,42 @@ class HTTPStatusError(OSError):
 def _get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -> Any:
     """GET ``url`` on the local server and parse its JSON; ``headers`` receives the response's headers.
 
-    HTTP/1.1 over a plain socket [choice, measured]: ``urllib.request`` (and the ``http.client`` under it,
-    which imports the ``email`` package) cost 40-60 ms to import in a fresh process, a fifth of a query handed
-    to a server; this is the one request shape our own server answers (no proxy: it is on this machine, and an
-    ``http_proxy`` setting must not send the query elsewhere).
+    HTTP/1.1 over a plain socket (``wire``) [choice, measured]: ``urllib.request`` (and the ``http.client``
+    under it, which imports the ``email`` package) cost 40-60 ms to import in a fresh process, a fifth of a
+    query handed to a server; this is the one request shape our own server answers (no proxy: it is on this
+    machine, and an ``http_proxy`` setting must not send the query elsewhere).
     """
-    with _send(url, timeout) as sock:
-        return _answer(_read(sock), url, headers)
-
-
-def _send(url: str, timeout: float):
-    """A socket with the GET request for ``url`` sent (its timeout: ``timeout``)."""
-    import socket
-
     parts = urllib.parse.urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout)
+    sock = wire.send(parts.hostname, parts.port or 80, target, timeout)
     try:
-        sock.sendall(
-            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: application/json\r\n"
-            "Connection: close\r\n\r\n".encode("ascii")
-        )
-    except BaseException:
+        raw = wire.read(sock)
+    finally:
         sock.close()
-        raise
-    return sock
-
-
-def _read(sock, first: bytes = b"") -> bytes:
-    chunks = [first] if first else []
-    while data := sock.recv(1 << 16):
-        chunks.append(data)
-    return b"".join(chunks)
+    return _answer(raw, url, headers)
 
 
 def _answer(raw: bytes, url: str, headers: dict[str, str] | None = None) -> Any:
     """The JSON of the HTTP answer ``raw``; ``headers`` receives its headers (names in lower case)."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = lines[0].split(" ", 2)
-    if not sep or len(status) < 2 or not status[0].startswith("HTTP/") or not status[1].isdigit():
-        raise ValueError(f"not an HTTP answer from {urllib.parse.urlsplit(url).netloc}")
-    got = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        got[name.strip().lower()] = value.strip()
-    if "chunked" in got.get("transfer-encoding", "").lower():
-        body = _unchunk(body)
-    elif "content-length" in got:
-        body = body[: int(got["content-length"])]
+    code, got, body = wire.split(raw, urllib.parse.urlsplit(url).netloc)
     if headers is not None:
         headers.update(got)
-    code = int(status[1])
     if code != 200:
         raise HTTPStatusError(code, body)
     return json.loads(body.decode())
 
 
-def _unchunk(body: bytes) -> bytes:
-    out, at = [], 0
-    while True:
-        end = body.index(b"\r\n", at)
-        size = int(body[at:end].split(b";")[0], 16)
-        if size == 0:
-            return b"".join(out)
-        out.append(body[end + 2 : end + 2 + size])
-        at = end + 2 + size + 2
-
-
-def collection_tag(folder: str) -> str:
-    """How an answer names the collection ``folder`` (absolute) in ``COLLECTION_HEADER``: its path's bytes,
-    percent-encoded, so any name (not UTF-8, not Latin-1) fits a header and compares exactly."""
-    return urllib.parse.quote(os.fsencode(folder), safe="/")
-
-
 def _records(want: str):
     """The recorded servers of the collection folder ``want`` whose process is alive (the records of stopped
     servers are deleted on the way)."""
-    folder = config.home() / "servers"
-    if not folder.is_dir():
-        return
-    for path in sorted(folder.glob("*.json")):
+    fields = ServerInfo._fields
+    for record in wire.records(
+        want, lambda path: _debug("removing the record of a stopped server: %s", path)
+    ):
         try:
-            info = ServerInfo(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            yield ServerInfo(**{k: v for k, v in record.items() if k in fields})
+        except TypeError:
             continue
-        if info.collection != want:
-            continue
-        if not _alive(info.pid):
-            _debug("removing the record of a stopped server: %s", path)
-            path.unlink(missing_ok=True)
-            continue
-        yield info
 
 
 def find(collection: str | os.PathLike[str], skip: tuple[ServerInfo, ...] = ()) -> ServerInfo | None:
@@ -219,6 +143,16 @@ def find(collection: str | os.PathLike[str], skip: tuple[ServerInfo, ...] = ()) 
         if isinstance(answer, dict) and answer.get("collection") == want:
             return info
     return None
+
+
+# Servers of a collection folder that did not answer ``lexsearch.cli.quick`` in this process (host, port, pid).
+_SILENT: dict[str, tuple[ServerInfo, ...]] = {}
+
+
+def mark_silent(folder: str, records: list[dict]) -> None:
+    """Tell :func:`ask` that these servers' records (``wire.records``) did not answer just now."""
+    fields = ServerInfo._fields
+    _SILENT[folder] = tuple(ServerInfo(**{k: v for k, v in r.items() if k in fields}) for r in records)
 
 
 def _search_target(params: dict[str, Any]) -> str:
@@ -269,8 +203,11 @@ def ask(
     :func:`remote_search`."""
     want = str(Path(collection).absolute())
     tag, target = collection_tag(want), _search_target(params)
+    silent = _SILENT.pop(want, ())  # found silent by lexsearch.cli.quick in this process: not asked again
     failed: list[ServerInfo] = []
     for info in _records(want):
+        if info in silent:
+            continue
         try:
             raw = _ask_one(info, target, tag)
         except (OSError, ValueError) as exc:  # refused, silent, gone mid-answer: what find's check finds
@@ -291,7 +228,7 @@ def ask(
         if error is not None:
             raise _failed(info, error) from None
         return info, rows, _stale(headers), headers.get(PATHS_HEADER.lower()) == EXACT_PATHS
-    info = find(want, skip=tuple(failed))
+    info = find(want, skip=(*failed, *silent))
     if info is None:
         return None
     answer = remote_search(info, params)
@@ -299,27 +236,4 @@ def ask(
 
 
 def _ask_one(info: ServerInfo, target: str, tag: str) -> bytes:
-    """The raw HTTP answer of ``info`` to ``target``. An answer that has not begun after ANSWER_WAIT_S is
-    waited for (up to QUERY_TIMEOUT_S) only if the server says, within ALIVE_TIMEOUT_S, that it is alive and
-    serves the collection ``tag`` names; otherwise ``TimeoutError``."""
-    with _send(info.url + target, ANSWER_WAIT_S) as sock:
-        try:
-            first = sock.recv(1 << 16)
-        except TimeoutError:
-            if not _says_alive(info, tag):
-                raise TimeoutError(f"no answer in {ANSWER_WAIT_S} s and no sign of life") from None
-            sock.settimeout(QUERY_TIMEOUT_S)  # alive and searching (a cold page cache, a busy machine)
-            first = sock.recv(1 << 16)
-        sock.settimeout(QUERY_TIMEOUT_S)
-        return _read(sock, first)
-
-
-def _says_alive(info: ServerInfo, tag: str) -> bool:
-    """Whether the server answers ``/api/alive`` (no lock, no search: its event loop alone) for ``tag``'s
-    collection within ALIVE_TIMEOUT_S."""
-    headers: dict[str, str] = {}
-    try:
-        _get_json(info.url + "/api/alive", ALIVE_TIMEOUT_S, headers)
-    except (OSError, ValueError):
-        return False
-    return headers.get(COLLECTION_HEADER.lower()) == tag
+    return wire.ask_one(info.host, info.port, target, tag)
