@@ -282,6 +282,15 @@ def test_segment_files_hold_common_terms_as_dense_columns(tmp_path):
     back = f.runs()  # what a merge reads: every posting, columns expanded
     assert np.array_equal(back.terms, runs.terms) and np.array_equal(back.ids, runs.ids)
     assert f.get(99) is None and f.part(99) is None
+    # Many terms at once (a query's): the same parts, the terms it lacks left out (below, between, above).
+    asked = [0, 3, 5, 7, 11, 12, 99]
+    many = f.parts(asked)
+    assert sorted(many) == sorted(per_term)
+    for t, p in many.items():
+        one = f.part(t)
+        assert (p.dense, p.start, p.df, p.max_weight) == (one.dense, one.start, one.df, one.max_weight)
+        assert np.array_equal(p.weights, one.weights)
+    assert f.parts([]) == {}
 
 
 def test_columns_are_uint16_codes_that_keep_every_weight_present(tmp_path):
