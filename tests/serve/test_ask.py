@@ -190,3 +190,22 @@ def test_an_answer_says_whether_its_paths_are_the_stored_names(small_collection,
             assert not exact and got[0]["path"] == "/photos/caf\\xe9.jpg"
         finally:
             server.stop()
+
+
+def test_a_server_silent_to_the_quick_path_is_not_waited_for_again(tmp_path, lexsearch_home):
+    from lexsearch.cli import quick
+
+    col = (tmp_path / "col").absolute()
+    with socket.socket() as silent:  # alive (our pid) and listening, but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        _record(tmp_path, silent.getsockname()[1], col)
+        t = time.perf_counter()
+        quick.answer_and_exit(["query", "--collection", str(col), "red"])  # declines: returns
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        assert discovery.ask(col, {"q": "red", "top": 10}) is None  # the full command's ask, right after
+        again = time.perf_counter() - t
+    assert discovery.ANSWER_WAIT_S <= first < discovery.PROBE_TIMEOUT_S + 0.4, first
+    assert again < discovery.ANSWER_WAIT_S, again  # not asked again (the record itself is kept)
+    assert discovery._SILENT == {}  # used once
