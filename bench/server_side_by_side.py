@@ -7,12 +7,17 @@ twice (the first pass is new to both servers, the second repeats it). Outputs ar
 
     git worktree add /tmp/old REF
     python bench/server_side_by_side.py /tmp/c1m/col --old /tmp/old
+
+Both versions' query processes start from the same `lexsearch` console script (``--bin``: the one on PATH by
+default, e.g. an editable install's; or a regular install's, whose start is shorter), with PYTHONPATH set to
+each version's tree, so only the code differs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -43,6 +48,11 @@ def main() -> None:
     ap.add_argument("collection", help="a synthetic collection written by bench/store_1m.py (read only)")
     ap.add_argument("--old", required=True, help="source tree of the version to compare with")
     ap.add_argument("--new", default=str(ROOT), help="source tree of the other version (default: this one)")
+    ap.add_argument(
+        "--bin",
+        help="folder of the `lexsearch` console script the query processes run (default: the one on PATH), "
+        "e.g. a venv's bin/ after a regular `pip install --no-deps .`",
+    )
     args = ap.parse_args()
     db = sqlite3.connect(str(Path(args.collection) / "index.db"))
     texts = [r[0] for r in db.execute("SELECT text FROM query_cache ORDER BY text")]
@@ -53,6 +63,7 @@ def main() -> None:
         v: dict(os.environ, PYTHONPATH=trees[v], LEXSEARCH_HOME=homes[v], OPENBLAS_NUM_THREADS="1")
         for v in trees
     }
+    script = str(Path(args.bin) / "lexsearch") if args.bin else (shutil.which("lexsearch") or "lexsearch")
     servers = {}
     try:
         for v in trees:
@@ -63,7 +74,7 @@ def main() -> None:
         time.sleep(1.0)  # the servers register themselves once listening
 
         def run(v: str, text: str) -> tuple[float, str]:
-            cmd = ["lexsearch", "-v", "query", "--collection", args.collection, "--paths", text]
+            cmd = [script, "-v", "query", "--collection", args.collection, "--paths", text]
             t = time.perf_counter()
             out = subprocess.run(cmd, capture_output=True, text=True, env=envs[v])
             wall = time.perf_counter() - t
@@ -71,7 +82,10 @@ def main() -> None:
                 raise SystemExit(f"{v}: not answered by its server: {out.stderr}")
             return wall, out.stdout
 
-        print(f"{len(texts)} queries, load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs")
+        print(
+            f"{len(texts)} queries, load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs, "
+            f"query processes: {script}"
+        )
         for phase in ("first query of each text", "the same texts again"):
             walls: dict[str, list[float]] = {"old": [], "new": []}
             for k, text in enumerate(texts):

@@ -270,7 +270,9 @@ def server_queries(path: Path, texts: list[str]) -> list[dict]:
             )
             if steps.returncode:
                 raise SystemExit(steps.stderr)
-            row.update(json.loads(steps.stdout))
+            row.update(json.loads(steps.stderr.strip().splitlines()[-1]))
+            if row["code"] != 200:
+                raise SystemExit(f"the server answered {row['code']}")
             if row["heavy"]:
                 raise SystemExit(f"the query imported {row['heavy']} before the answer")
             out.append(row)
@@ -286,29 +288,30 @@ def server_queries(path: Path, texts: list[str]) -> list[dict]:
 
 
 # The floor of such a query: the interpreter and what lexsearch.cli.quick imports before it asks the server.
-FLOOR = "import lexsearch.cli.quick, lexsearch.serve.client, lexsearch.search.output"
+FLOOR = "import lexsearch.cli.quick"
 
-# Where a query handed to a server spends its time: the steps of ``lexsearch query`` (client.ask_server),
-# each timed, in a fresh process; the last is the import the output formatting needs (lexsearch.search).
+# Where a query handed to a server spends its time: the steps of ``lexsearch query``'s quick path
+# (lexsearch.cli.quick: the live servers' records, then the search sent to one, answered with the bytes to
+# print), each timed, in a fresh process.
 SERVER_CHILD = r"""
-import json, sys, time
+import sys, time
 t0 = time.perf_counter()
-import lexsearch.cli
-from lexsearch.serve import client, discovery
-from lexsearch.index.paths import resolve
+import lexsearch.cli.quick
+from lexsearch.serve import wire
 t1 = time.perf_counter()
-folder = resolve(sys.argv[1])
-info = discovery.find(folder)
+folder = wire.collection_folder(sys.argv[1])
+(record,) = wire.records(folder)
 t2 = time.perf_counter()
-rows, stale = discovery.remote_search(info, {"q": sys.argv[2], "top": 10})
+target = "/api/search?" + wire.query_string({"q": sys.argv[2], "top": 10, "format": "paths"})
+code, headers, body = wire.split(wire.ask_one(record["host"], record["port"], target, wire.collection_tag(folder)))
 t3 = time.perf_counter()
-paths = client.image_paths(folder, [r["id"] for r in rows])
+sys.stdout.buffer.write(body)
+sys.stdout.flush()
 t4 = time.perf_counter()
-heavy = [m for m in ("numpy", "torch") if m in sys.modules]
-import lexsearch.search
-t5 = time.perf_counter()
-print(json.dumps({"imports": t1 - t0, "find": t2 - t1, "ask": t3 - t2, "paths": t4 - t3,
-                  "output_import": t5 - t4, "heavy": heavy}))
+heavy = [m for m in ("numpy", "torch", "typing", "sqlite3") if m in sys.modules]
+import json
+sys.stderr.write(json.dumps({"imports": t1 - t0, "find": t2 - t1, "ask": t3 - t2, "paths": t4 - t3,
+                             "output_import": 0.0, "heavy": heavy, "code": code}) + "\n")
 """
 
 
@@ -344,11 +347,11 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"  python + the quick path's imports alone {p50(rows, 'floor'):.0f} ms")
         print(f"  the server's own answer {p50(rows, 'server'):.0f} ms")
-        steps = ("imports", "find", "ask", "paths", "output_import")
+        steps = ("imports", "find", "ask", "paths")
         print(
-            "  in a query process, imports / find the server / ask it / read the paths / import for the output: "
-            + "/".join(f"{p50(rows, k):.0f}" for k in steps)
-            + " ms (no numpy, no torch before the output import)"
+            "  in a query process, imports / read the server records / ask it (HTTP + the server) / print: "
+            + "/".join(f"{p50(rows, k):.1f}" for k in steps)
+            + " ms (no numpy, torch, typing or sqlite3 before the answer)"
         )
         print(f"  load average at the end {os.getloadavg()[0]:.1f}")
         return
@@ -531,11 +534,8 @@ def main(argv: list[str] | None = None) -> None:
         ),
         ("  the server's own answer (in the server)", f"{p50(via_server, 'server'):.0f} ms", "", ""),
         (
-            "  imports / find / ask / paths / output import",
-            "/".join(
-                f"{p50(via_server, k):.0f}" for k in ("imports", "find", "ask", "paths", "output_import")
-            )
-            + " ms",
+            "  imports / server records / ask / print",
+            "/".join(f"{p50(via_server, k):.0f}" for k in ("imports", "find", "ask", "paths")) + " ms",
             "",
             "",
         ),

@@ -11,7 +11,6 @@ before Click and the commands load (``lexsearch.cli.quick``): that start is most
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 
 def main() -> None:
@@ -23,7 +22,7 @@ def main() -> None:
     run()
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "cli":  # the Click group, for tests and embedding: ``from lexsearch.cli import cli``
         from lexsearch.cli.app import cli
 

@@ -2,8 +2,8 @@
 
 A new ``lexsearch query`` process that a running ``lexsearch serve`` answers spends most of its time starting:
 Click and the command modules are ~60 ms of it, more than the server's own answer. This module reads the few
-options such a query can have with the standard library, asks the server (``lexsearch.serve.client``) and
-prints what ``lexsearch query`` prints. Whenever it is not sure (another option, an unusual token, a bad
+options such a query can have with the standard library, asks the server for what ``lexsearch query`` prints
+(``lexsearch.serve.wire``: no pathlib, typing or json to import) and writes it out. Whenever it is not sure (another option, an unusual token, a bad
 value, no server, a note to print) it declines, and the full command line runs as if this module did not
 exist: it alone validates, reports errors and searches.
 """
@@ -13,9 +13,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Any
 
-from lexsearch.errors import LexsearchError
+from lexsearch.serve import wire
 
 _FLAGS = {
     "--json": "as_json",
@@ -29,9 +28,9 @@ _FLAGS = {
 _VALUED = {"--collection", "--top", "--min-score", "--text-encoder"}
 
 
-def parse(argv: list[str]) -> dict[str, Any] | None:
+def parse(argv: list[str]) -> dict | None:
     """The options of a plain ``[-v] query TEXT...`` command line, or None for anything else."""
-    opts: dict[str, Any] = dict.fromkeys(_FLAGS.values(), False)
+    opts: dict = dict.fromkeys(_FLAGS.values(), False)
     opts.update(verbose=False, collection="default", top=10, min_score=None, words=[])
     i = 0
     while i < len(argv) and argv[i] in ("-v", "--verbose"):
@@ -90,48 +89,60 @@ def _write(data: str | bytes, stream) -> None:
         stream.write(data)
 
 
+def _form(opts: dict) -> str:
+    if opts["as_json"]:
+        return "json"
+    if opts["null"]:
+        return "null"
+    return "paths" if opts["as_paths"] else "table"
+
+
 def answer_and_exit(argv: list[str]) -> None:
-    """Print a running server's answer to the query ``argv`` names and end the process; return otherwise."""
+    """Print a running server's answer to the query ``argv`` names and end the process; return otherwise.
+
+    The server renders what ``lexsearch query`` prints (``/api/search?format=``), so this process imports
+    ``lexsearch.serve.wire`` alone (no pathlib, typing, json or socket module; see there). Anything but a
+    plain answer of the right collection (none, an error, an older server, stale matches to note) declines:
+    the full command asks again in its own words. A server found silent here is not waited for again."""
     opts = parse(argv)
     if opts is None:
         return
-    if opts["verbose"]:
-        import logging
-
-        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
-    from lexsearch.serve.client import search_via_server
-
-    try:
-        answer = search_via_server(
-            opts["collection"],
-            " ".join(opts["words"]),
-            opts["top"],
-            rerank=not opts["no_rerank"],
-            min_score=opts["min_score"],
-            pruned=opts["pruned"],
-            expand=opts["expand"],
-        )
-    except (LexsearchError, OSError):
-        return  # the full command reports it in its own words
-    if answer is None:
+    folder = wire.collection_folder(opts["collection"])
+    if folder is None:
         return
-    results, info = answer
-    if results.stale:
-        return  # the note on stale files reads the collection's roots: the full command prints it
-    from lexsearch.search import output
+    params = {
+        "q": " ".join(opts["words"]),
+        "top": opts["top"],
+        "rerank": "0" if opts["no_rerank"] else None,
+        "min_score": opts["min_score"],
+        "pruned": "1" if opts["pruned"] else None,
+        "expand": "1" if opts["expand"] else None,
+        "format": _form(opts),
+    }
+    tag, target = wire.collection_tag(folder), "/api/search?" + wire.query_string(params)
+    silent = []
+    for record in wire.records(folder):
+        try:
+            code, headers, body = wire.split(wire.ask_one(record["host"], record["port"], target, tag))
+        except (OSError, ValueError):  # refused, silent, gone mid-answer
+            silent.append(record)
+            continue
+        if code != 200 or headers.get(wire.COLLECTION_HEADER.lower()) != tag:
+            break  # an error to report, another collection's server, an older server: the full command
+        if headers.get(wire.STALE_HEADER.lower(), "0") != "0":
+            break  # the note on stale files reads the collection's roots: the full command prints it
+        _print(body, params["format"], record if opts["verbose"] else None)
+    if silent:
+        from lexsearch.serve import discovery
 
-    if opts["verbose"]:
-        _write(f"answered by the running server at {info.url} (pid {info.pid})\n", sys.stderr)
-    if opts["as_json"]:
-        import json
+        discovery.mark_silent(folder, silent)
 
-        text: str | bytes = json.dumps(output.results_to_json(results), indent=2) + "\n"
-    elif opts["as_paths"] or opts["null"]:
-        text = output.paths_bytes(results, end=b"\0" if opts["null"] else b"\n")
-    elif results:
-        text = output.format_table(results)
-    else:
-        text = "No image matches this query.\n"
+
+def _print(body: bytes, form: str, record: dict | None) -> None:
+    if record is not None:
+        url = wire.url(record["host"], record["port"])
+        _write(f"answered by the running server at {url} (pid {record['pid']})\n", sys.stderr)
+    text: str | bytes = body if form in ("paths", "null") else body.decode("utf-8", "surrogateescape")
     code = 0
     try:
         _write(text, sys.stdout)

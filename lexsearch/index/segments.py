@@ -286,11 +286,27 @@ class SegmentFile:
             return None
         return k
 
+    def _indices(self, terms: list[int]) -> list[int | None]:
+        """``_index`` of each of ``terms`` from one vectorised search (a query asks a dozen files for ~32
+        terms each, twice: one searchsorted call per term was ~7 ms of a server's first answer at 1M)."""
+        if not terms:
+            return []
+        ks = np.searchsorted(self.terms, np.asarray(terms, np.int64)).tolist()
+        found = self.terms[np.minimum(ks, self.terms.size - 1)].tolist() if self.terms.size else []
+        return [
+            k if k < self.terms.size and found[j] == t else None for j, (k, t) in enumerate(zip(ks, terms))
+        ]
+
+    def parts(self, terms: list[int]) -> dict[int, Part]:
+        """``part`` of each of ``terms`` this file holds."""
+        return {t: self._part_at(k) for t, k in zip(terms, self._indices(terms)) if k is not None}
+
     def part(self, term: int) -> Part | None:
         """One term's postings as stored (views into the mapping), or None."""
         k = self._index(term)
-        if k is None:
-            return None
+        return None if k is None else self._part_at(k)
+
+    def _part_at(self, k: int) -> Part:
         df, mw = int(self.df[k]), float(self.max_w[k])
         if self.slot[k] >= 0:
             return Part(self.dense[int(self.slot[k])], None, self.min_id, df, mw, self._scale(k))
@@ -311,8 +327,7 @@ class SegmentFile:
         if not hasattr(self._mm, "madvise") or not hasattr(mmap, "MADV_WILLNEED"):
             return
         page = mmap.PAGESIZE
-        for t in terms:
-            k = self._index(t)
+        for k in self._indices(list(terms)):
             if k is None:
                 continue
             if self.slot[k] >= 0:

@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,10 @@ BUSY_TIMEOUT_S = 60.0
 # A reader fetching at least this many rows by id spreads them over this many connections (threads).
 _PARALLEL_MIN_ROWS = 256
 _READERS = 4
+# Those connections read the database through a memory map of up to this many bytes (SQLite caps it at its
+# build's limit, 2 GB by default) instead of copying pages into their own caches: 1,000 random warm rows at
+# 1M images in 16-17 ms instead of 21-23 (a reader maps read-only; writes still go through the file).
+_READER_MMAP_BYTES = 1 << 31
 # SQLite's bound-parameter limit is 32766 on modern builds; stay well under it.
 _CHUNK = 5000
 
@@ -331,6 +336,10 @@ class Collection(TieredPostings, DenseSegments):
         self._faiss = None  # in-memory faiss.IndexIDMap2 (all dense files + repairs), loaded lazily
         self._faiss_gen = -1  # the DB generation the in-memory index reflects
         self._files: dict[str, sg.SegmentFile] = {}  # open posting files by name (mappings stay valid)
+        self._readers: Any = None  # the thread pool of _rows_by_id, and its threads' own connections
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_local = threading.local()
+        self._readers_lock = threading.Lock()
 
     # ---------------------------------------------------------------- opening and meta
     @classmethod
@@ -426,6 +435,12 @@ class Collection(TieredPostings, DenseSegments):
         return col
 
     def close(self) -> None:
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+            self._readers = None
+        for conn in self._reader_conns:
+            conn.close()
+        self._reader_conns.clear()
         self.db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
@@ -513,24 +528,39 @@ class Collection(TieredPostings, DenseSegments):
             for chunk in _chunks(ids):
                 out.extend(self.db.execute(f"{select} WHERE image_id IN ({_marks(chunk)})", chunk))
             return out
-        from concurrent.futures import ThreadPoolExecutor
-
         parts = [ids[k::_READERS] for k in range(_READERS)]
 
         def fetch(part: list[int]) -> list[tuple]:
             # Each thread its own connection (sqlite3 releases the GIL while it reads). Rows are immutable
             # once written, so separate snapshots can at most miss an image removed meanwhile, as one could.
-            conn = sqlite3.connect(str(self.path / DB_NAME), timeout=BUSY_TIMEOUT_S)
-            try:
-                out = []
-                for chunk in _chunks(part):
-                    out.extend(conn.execute(f"{select} WHERE image_id IN ({_marks(chunk)})", chunk))
-                return out
-            finally:
-                conn.close()
+            conn = self._reader_local.conn
+            out = []
+            for chunk in _chunks(part):
+                out.extend(conn.execute(f"{select} WHERE image_id IN ({_marks(chunk)})", chunk))
+            return out
 
-        with ThreadPoolExecutor(_READERS, thread_name_prefix="lexsearch-read") as pool:
-            return [r for rows in pool.map(fetch, parts) for r in rows]
+        return [r for rows in self._reader_pool().map(fetch, parts) for r in rows]
+
+    def _reader_pool(self) -> Any:
+        """The reader threads of ``_rows_by_id``, started on first use and kept until ``close`` (starting
+        four threads and opening their connections for every query was ~9 ms of a server's answer at 1M)."""
+        with self._readers_lock:
+            if self._readers is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                def connect() -> None:
+                    conn = sqlite3.connect(
+                        str(self.path / DB_NAME), timeout=BUSY_TIMEOUT_S, check_same_thread=False
+                    )
+                    conn.execute(f"PRAGMA mmap_size = {_READER_MMAP_BYTES}")
+                    self._reader_local.conn = conn
+                    with self._readers_lock:
+                        self._reader_conns.append(conn)
+
+                self._readers = ThreadPoolExecutor(
+                    _READERS, thread_name_prefix="lexsearch-read", initializer=connect
+                )
+            return self._readers
 
     def image_paths(self, image_ids: Iterable[int]) -> dict[int, str]:
         out = {}

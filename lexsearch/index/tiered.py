@@ -140,8 +140,9 @@ class TieredPostings:
             for f in files:
                 f.prefetch(terms)
         out: dict[int, list[sg.Part]] = {}
+        in_files = [f.parts(terms) for f in files]
         for t in terms:
-            parts = [p for f in files if (p := f.part(t)) is not None] + delta.get(t, [])
+            parts = [held[t] for held in in_files if t in held] + delta.get(t, [])
             if parts:
                 out[t] = parts
         dead.sort()

@@ -15,6 +15,9 @@ from lexsearch.search.postings import PostingsIndex, TermPostings
 CANDIDATES = 1000
 # Above this share of the images allowed by the filters, the rest are zeroed rather than listed (``top_k``).
 ALLOWED_AS_IDS = 0.05
+# Image ids scored at a time over the dense columns: the block's scores and temporary (2 x 256 KB) stay in
+# a core's cache (``_add_columns``).
+BLOCK = 65536
 
 
 @dataclass(frozen=True)
@@ -54,17 +57,33 @@ def _accumulate(index: PostingsIndex, pairs: list[tuple[TermPostings, float]]) -
     for tp, q in pairs:
         if tp.raw:  # as read from the store (a term's first query): score each part where it lies
             _accumulate_parts(scores, tmp, tp.parts, np.float32(q))
-    for tp, q in dense[1:]:
-        # Two passes over cache-resident arrays. BLAS saxpy does it in one, but OpenBLAS threads it and,
-        # on a busy machine, its spinning threads turn 0.1 ms into 100 ms at the tail; numpy stays steady.
-        np.multiply(tp.dense, q, out=tmp)
-        np.add(scores, tmp, out=scores)
+    _add_columns(scores, tmp, dense[1:])
     for tp, q in pairs:
         if tp.dense is None and not tp.raw:
             # ids are unique within a term, so fancy-index += is an exact scatter-add (np.add.at: 10x slower).
             # Pruned lists hold uint8 codes: the scale folds into the query weight.
             scores[tp.ids] += tp.weights * np.float32(q if tp.scale is None else q * tp.scale)
     return scores
+
+
+def _add_columns(scores: np.ndarray, tmp: np.ndarray, columns: list[tuple[TermPostings, np.float32]]) -> None:
+    """``scores += q * column`` for each (dense column, q), a block of ids at a time: all the columns over one
+    block while it stays in the core's cache, not each column over all the ids (at 1M images the score array
+    and its temporary are 8 MB, read and written again for every column; 14 columns: ~16 ms that way, ~9 ms
+    in 64k blocks on a 2-core EPYC). Each score sees the same additions in the same order: the same floats.
+
+    Two passes per column and block (multiply, add): BLAS saxpy does it in one, but OpenBLAS threads it and,
+    on a busy machine, its spinning threads turn 0.1 ms into 100 ms at the tail; numpy stays steady.
+    """
+    if not columns:
+        return
+    n = scores.size
+    for a in range(0, n, BLOCK):
+        b = min(a + BLOCK, n)
+        seg, part = scores[a:b], tmp[: b - a]
+        for tp, q in columns:
+            np.multiply(tp.dense[a:b], q, out=part)
+            np.add(seg, part, out=seg)
 
 
 def _accumulate_parts(scores: np.ndarray, tmp: np.ndarray, parts: list, q: np.float32) -> None:

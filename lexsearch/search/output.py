@@ -30,6 +30,25 @@ def results_to_json(results: Sequence[Result], with_ids: bool = False) -> list[d
     return out
 
 
+# What ``lexsearch query`` prints (``--json``, ``--paths``, ``-0``, or the table) for results: ``render``.
+FORMATS = ("table", "json", "paths", "null")
+
+
+def render(results: Sequence[Result], form: str) -> bytes:
+    """The very bytes ``lexsearch query`` prints for ``results`` in ``form`` (one of FORMATS); the text
+    forms UTF-8 encoded (a server renders them for a query process, which prints them as text)."""
+    if form == "json":
+        import json
+
+        return (json.dumps(results_to_json(results), indent=2) + "\n").encode("utf-8", "surrogateescape")
+    if form in ("paths", "null"):
+        return paths_bytes(results, end=b"\0" if form == "null" else b"\n")
+    if form != "table":
+        raise ValueError(f"no such output form: {form!r}")
+    text = format_table(results) if results else "No image matches this query.\n"
+    return text.encode("utf-8", "surrogateescape")
+
+
 def format_paths(results: Sequence[Result]) -> str:
     return "".join(f"{r.path}\n" for r in results)
 

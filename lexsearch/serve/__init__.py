@@ -13,15 +13,14 @@ Importing this package is light (its names load on first use, PEP 562): ``lexsea
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 _NAMES = {"NotFound": "lexsearch.serve.service", "SearchService": "lexsearch.serve.service"}
 
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _NAMES:
+        import importlib  # here: ``lexsearch query`` imports ``wire`` from this package, and nothing else
+
         return getattr(importlib.import_module(_NAMES[name]), name)
     raise AttributeError(f"module 'lexsearch.serve' has no attribute {name!r}")

@@ -2,8 +2,10 @@
 
     GET  /                      the page (``/?q=white+horse`` runs that search on load)
     GET  /api/info              the collection's name, folder and image count
+    GET  /api/alive             the collection's folder, at once (no lock: the event loop alone answers)
     GET  /api/search?q=&top=    ``lexsearch query --json`` plus each result's ``id``
-                                (also ``expand=1``, ``rerank=0``, ``pruned=1``, ``min_score=X``)
+                                (also ``expand=1``, ``rerank=0``, ``pruned=1``, ``min_score=X``; with
+                                ``format=table|json|paths|null`` the very bytes ``lexsearch query`` prints)
     POST /api/search/image      the request body (an image file, at most MAX_UPLOAD_BYTES) as the query
     GET  /api/similar/{id}      "more like this": the collection image as the query
     GET  /api/explain/{id}      the image's own words
@@ -11,7 +13,9 @@
     GET  /image/{id}, /thumb/{id}  the image (upright, at most 1600 px) and its cached thumbnail
 
 An id is a positive integer the collection holds; anything else (a path, ``..`` in any encoding, an id the
-collection does not hold) is a 404, and no file is ever opened from a path in the request.
+collection does not hold) is a 404, and no file is ever opened from a path in the request. Every answer names
+the collection's folder in a ``Lexsearch-Collection`` header (``discovery.collection_tag``), so a client
+that sent a search straight to a recorded port knows whose answer it got.
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from lexsearch.errors import DataError, LexsearchError, UsageError
-from lexsearch.serve.discovery import STALE_HEADER
+from lexsearch.serve.discovery import (
+    COLLECTION_HEADER,
+    EXACT_PATHS,
+    PATHS_HEADER,
+    STALE_HEADER,
+    collection_tag,
+)
 from lexsearch.serve.service import NotFound, SearchService
 
 logger = logging.getLogger(__name__)
@@ -88,22 +98,36 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
     async def info(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(service.info))
 
+    folder = str(service.collection.path)
+
+    async def alive(request: Request) -> Response:
+        # A search in progress holds the service's lock: this answers without it (discovery.ask's check).
+        return JSONResponse({"collection": folder})
+
     async def api_search(request: Request) -> Response:
         params = request.query_params
         min_score = params.get("min_score")
+        options = {
+            "expand": _flag(request, "expand", False),
+            "rerank": _flag(request, "rerank", True),
+            "pruned": _flag(request, "pruned", False),
+            "min_score": None if min_score in (None, "") else _float(min_score),
+        }
         t0 = time.perf_counter()
+        form = params.get("format")
+        if form is not None:  # what `lexsearch query` prints, as bytes
+            q, top = params.get("q", ""), _top(request)
+            body, stale = await run_in_threadpool(lambda: service.search_output(q, top, form, **options))
+            ms = 1000 * (time.perf_counter() - t0)
+            headers = {"Server-Timing": f"search;dur={ms:.2f}", STALE_HEADER: str(stale)}
+            return Response(body, media_type="application/octet-stream", headers=headers)
         results = await run_in_threadpool(
-            lambda: service.search(
-                params.get("q", ""),
-                _top(request),
-                expand=_flag(request, "expand", False),
-                rerank=_flag(request, "rerank", True),
-                pruned=_flag(request, "pruned", False),
-                min_score=None if min_score in (None, "") else _float(min_score),
-            )
+            lambda: service.search(params.get("q", ""), _top(request), **options)
         )
-        stale = getattr(results, "stale", 0)
-        return _timed(results, t0, {STALE_HEADER: str(stale)} if stale else None)
+        headers = {STALE_HEADER: str(results.stale)} if getattr(results, "stale", 0) else {}
+        if getattr(results, "exact_paths", False):
+            headers[PATHS_HEADER] = EXACT_PATHS
+        return _timed(results, t0, headers)
 
     async def api_search_image(request: Request) -> Response:
         declared = request.headers.get("content-length")
@@ -165,6 +189,7 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
         Route("/", page),
         Route("/static/{name}", static_file),
         Route("/api/info", info),
+        Route("/api/alive", alive),
         Route("/api/search", api_search),
         Route("/api/search/image", api_search_image, methods=["POST"]),
         Route("/api/similar/{id}", similar),
@@ -173,7 +198,7 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
         Route("/image/{id}", image),
         Route("/thumb/{id}", thumb),
     ]
-    middleware = [Middleware(_SecurityHeaders)]
+    middleware = [Middleware(_SecurityHeaders, collection=collection_tag(folder))]
     if allowed_hosts:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
     return Starlette(
@@ -190,10 +215,11 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
 
 
 class _SecurityHeaders:
-    """Plain ASGI middleware: the CSP and nosniff headers on every response."""
+    """Plain ASGI middleware: the CSP and nosniff headers, and the collection's name, on every response."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, collection: str) -> None:
         self.app = app
+        self.collection = collection.encode("ascii")
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -207,6 +233,7 @@ class _SecurityHeaders:
                     (b"content-security-policy", _CSP.encode()),
                     (b"x-content-type-options", b"nosniff"),
                     (b"referrer-policy", b"no-referrer"),
+                    (COLLECTION_HEADER.lower().encode(), self.collection),
                 ]
                 message = {**message, "headers": headers}
             await send(message)

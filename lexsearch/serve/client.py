@@ -2,13 +2,13 @@
 
 Up to the answer this needs the standard library only (no numpy, no torch, not the store): the server is
 found through its discovery record, asked over HTTP, and the paths of the rows it returns are read from the
-collection's ``images`` table with ``sqlite3``.
+collection's ``images`` table with ``sqlite3``. The search is sent to the recorded server directly, its answer
+checked to name the collection (``discovery.ask``).
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ def image_paths(folder: Path, image_ids: Iterable[int]) -> dict[int, str]:
     ids = sorted({int(i) for i in image_ids})
     if not ids or not db.is_file():
         return {}
+    import sqlite3  # only here: an answer whose paths are exact needs none of it (~8 ms to import)
+
     out: dict[int, str] = {}
     conn = sqlite3.connect(str(db), timeout=60.0)
     try:
@@ -56,20 +58,18 @@ def ask_server(
     None when none answers. Each row is the API's (the ``--json`` row plus ``id``), with ``path`` the exact
     stored name. Standard library only."""
     folder = resolve(collection)
-    info = discovery.find(folder)
-    if info is None:
-        return None
     params = {"q": text, "top": top, "rerank": None if rerank else "0", "min_score": min_score}
     params.update(pruned="1" if pruned else None, expand="1" if expand else None)
-    answer = discovery.remote_search(info, params)
+    answer = discovery.ask(folder, params)
     if answer is None:
         return None
-    rows, stale = answer
-    # Paths by id from the collection itself: the JSON's text form of a non-UTF-8 name is not the file's
-    # name, and --paths must print the very bytes (a read of a few rows, no model).
-    paths = image_paths(folder, [r["id"] for r in rows])
-    for r in rows:
-        r["path"] = paths.get(r["id"], r["path"])
+    info, rows, stale, exact = answer
+    if not exact:
+        # Paths by id from the collection itself: the JSON's text form of a non-UTF-8 name is not the file's
+        # name, and --paths must print the very bytes (a read of a few rows, no model).
+        paths = image_paths(folder, [r["id"] for r in rows])
+        for r in rows:
+            r["path"] = paths.get(r["id"], r["path"])
     return rows, stale, info
 
 
@@ -83,10 +83,17 @@ def search_via_server(
     if answer is None:
         return None
     rows, stale, info = answer
+    results = results_from_rows(rows)
+    results.stale = stale
+    return results, info
+
+
+def results_from_rows(rows: list[dict[str, Any]]) -> Any:
+    """``Results`` of the API's rows (the --json rows plus an id; ``rest``, the unlisted words, is what the
+    listed words miss of the lexical score): what ``lexsearch query`` prints from a server's answer."""
     from lexsearch.search.results import Result, Results
 
-    # The API's rows are the --json rows plus an id; ``rest`` (the unlisted words) is what the words miss.
-    results = Results(
+    return Results(
         Result(
             rank=r["rank"],
             image_id=r["id"],
@@ -99,5 +106,3 @@ def search_via_server(
         )
         for r in rows
     )
-    results.stale = stale
-    return results, info

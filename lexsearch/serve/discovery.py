@@ -1,9 +1,16 @@
 """Finding a running ``lexsearch serve`` for a collection, so ``lexsearch query`` can ask it.
 
 A server writes a small JSON file under ``LEXSEARCH_HOME/servers/`` (host, port, pid, collection folder) and
-removes it when it stops. A file is trusted only if its process is alive *and* the server answers
-``/api/info`` with the same collection; a file whose process is gone is deleted. Standard library only:
-``lexsearch query`` must stay light when it hands a query to the server.
+removes it when it stops. A file is trusted only if its process is alive *and* the server says it serves the
+same collection; a file whose process is gone is deleted. Standard library only: ``lexsearch query`` must
+stay light when it hands a query to the server.
+
+:func:`ask` sends the search straight to a recorded server, without asking ``/api/info`` first: every answer
+of the server names its collection (``COLLECTION_HEADER``), so the answer itself says whether it came from
+the right server. An answer slow to come is checked with ``/api/alive`` (answered without waiting for the
+search), so a server that holds its port but never answers costs no more than the liveness check of
+:func:`find` did. Anything unexpected (no such header: an older server; another collection) goes the way of
+:func:`find` and :func:`remote_search`.
 """
 
 from __future__ import annotations
@@ -17,6 +24,18 @@ from typing import Any, NamedTuple
 
 from lexsearch import config
 from lexsearch.errors import LexsearchError, UsageError
+from lexsearch.serve import wire
+from lexsearch.serve.wire import (  # noqa: F401  (the names this module has always offered)
+    ALIVE_TIMEOUT_S,
+    ANSWER_WAIT_S,
+    COLLECTION_HEADER,
+    EXACT_PATHS,
+    PATHS_HEADER,
+    PROBE_TIMEOUT_S,
+    QUERY_TIMEOUT_S,
+    STALE_HEADER,
+    collection_tag,
+)
 
 
 def _debug(message: str, *args: Any) -> None:
@@ -24,14 +43,6 @@ def _debug(message: str, *args: Any) -> None:
     import logging
 
     logging.getLogger(__name__).debug(message, *args)
-
-
-# How long a liveness check may take: a live local server answers /api/info in a millisecond or two; a
-# process that holds the port but does not answer must not delay the query by more than this.
-PROBE_TIMEOUT_S = 1.0
-# Matches left out of an answer because their file is gone (a re-index is due); the JSON stays the --json list.
-STALE_HEADER = "Lexsearch-Stale-Results"
-QUERY_TIMEOUT_S = 60.0
 
 
 class ServerInfo(NamedTuple):
@@ -43,12 +54,7 @@ class ServerInfo(NamedTuple):
 
     @property
     def url(self) -> str:
-        host = self.host
-        if host in ("0.0.0.0", "", "::"):
-            host = "127.0.0.1"  # bound to every interface: loopback reaches it
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return wire.url(self.host, self.port)
 
 
 def servers_dir() -> Path:
@@ -71,16 +77,7 @@ def unregister(path: Path) -> None:
     Path(path).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    except OSError:
-        return False
-    return True
+_alive = wire.alive
 
 
 class HTTPStatusError(OSError):
@@ -94,73 +91,49 @@ class HTTPStatusError(OSError):
 def _get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -> Any:
     """GET ``url`` on the local server and parse its JSON; ``headers`` receives the response's headers.
 
-    HTTP/1.1 over a plain socket [choice, measured]: ``urllib.request`` (and the ``http.client`` under it,
-    which imports the ``email`` package) cost 40-60 ms to import in a fresh process, a fifth of a query handed
-    to a server; this is the one request shape our own server answers (no proxy: it is on this machine, and an
-    ``http_proxy`` setting must not send the query elsewhere).
+    HTTP/1.1 over a plain socket (``wire``) [choice, measured]: ``urllib.request`` (and the ``http.client``
+    under it, which imports the ``email`` package) cost 40-60 ms to import in a fresh process, a fifth of a
+    query handed to a server; this is the one request shape our own server answers (no proxy: it is on this
+    machine, and an ``http_proxy`` setting must not send the query elsewhere).
     """
-    import socket
-
     parts = urllib.parse.urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    with socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout) as sock:
-        host = parts.netloc
-        sock.sendall(
-            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
-            "Connection: close\r\n\r\n".encode("ascii")
-        )
-        chunks = []
-        while data := sock.recv(1 << 16):
-            chunks.append(data)
-    raw = b"".join(chunks)
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = lines[0].split(" ", 2)
-    if not sep or len(status) < 2 or not status[0].startswith("HTTP/") or not status[1].isdigit():
-        raise ValueError(f"not an HTTP answer from {parts.netloc}")
-    got = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        got[name.strip().lower()] = value.strip()
-    if "chunked" in got.get("transfer-encoding", "").lower():
-        body = _unchunk(body)
-    elif "content-length" in got:
-        body = body[: int(got["content-length"])]
+    sock = wire.send(parts.hostname, parts.port or 80, target, timeout)
+    try:
+        raw = wire.read(sock)
+    finally:
+        sock.close()
+    return _answer(raw, url, headers)
+
+
+def _answer(raw: bytes, url: str, headers: dict[str, str] | None = None) -> Any:
+    """The JSON of the HTTP answer ``raw``; ``headers`` receives its headers (names in lower case)."""
+    code, got, body = wire.split(raw, urllib.parse.urlsplit(url).netloc)
     if headers is not None:
         headers.update(got)
-    code = int(status[1])
     if code != 200:
         raise HTTPStatusError(code, body)
     return json.loads(body.decode())
 
 
-def _unchunk(body: bytes) -> bytes:
-    out, at = [], 0
-    while True:
-        end = body.index(b"\r\n", at)
-        size = int(body[at:end].split(b";")[0], 16)
-        if size == 0:
-            return b"".join(out)
-        out.append(body[end + 2 : end + 2 + size])
-        at = end + 2 + size + 2
-
-
-def find(collection: str | os.PathLike[str]) -> ServerInfo | None:
-    """A live server for ``collection`` (its folder), or None."""
-    want = str(Path(collection).absolute())
-    folder = config.home() / "servers"
-    if not folder.is_dir():
-        return None
-    for path in sorted(folder.glob("*.json")):
+def _records(want: str):
+    """The recorded servers of the collection folder ``want`` whose process is alive (the records of stopped
+    servers are deleted on the way)."""
+    fields = ServerInfo._fields
+    for record in wire.records(
+        want, lambda path: _debug("removing the record of a stopped server: %s", path)
+    ):
         try:
-            info = ServerInfo(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            yield ServerInfo(**{k: v for k, v in record.items() if k in fields})
+        except TypeError:
             continue
-        if info.collection != want:
-            continue
-        if not _alive(info.pid):
-            _debug("removing the record of a stopped server: %s", path)
-            path.unlink(missing_ok=True)
+
+
+def find(collection: str | os.PathLike[str], skip: tuple[ServerInfo, ...] = ()) -> ServerInfo | None:
+    """A live server for ``collection`` (its folder), or None; the servers in ``skip`` are not asked."""
+    want = str(Path(collection).absolute())
+    for info in _records(want):
+        if info in skip:
             continue
         try:
             answer = _get_json(info.url + "/api/info", PROBE_TIMEOUT_S)
@@ -172,26 +145,95 @@ def find(collection: str | os.PathLike[str]) -> ServerInfo | None:
     return None
 
 
+# Servers of a collection folder that did not answer ``lexsearch.cli.quick`` in this process (host, port, pid).
+_SILENT: dict[str, tuple[ServerInfo, ...]] = {}
+
+
+def mark_silent(folder: str, records: list[dict]) -> None:
+    """Tell :func:`ask` that these servers' records (``wire.records``) did not answer just now."""
+    fields = ServerInfo._fields
+    _SILENT[folder] = tuple(ServerInfo(**{k: v for k, v in r.items() if k in fields}) for r in records)
+
+
+def _search_target(params: dict[str, Any]) -> str:
+    return "/api/search?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+
+
+def _stale(headers: dict[str, str]) -> int:
+    stale = headers.get(STALE_HEADER.lower(), "0")
+    return int(stale) if stale.isdigit() else 0
+
+
+def _failed(info: ServerInfo, exc: HTTPStatusError) -> LexsearchError:
+    """The error a server's error answer stands for: a usage error (400) as a local search would raise it."""
+    try:
+        message = json.loads(exc.body.decode()).get("error") or str(exc)
+    except (ValueError, AttributeError):
+        message = str(exc)
+    if exc.code == 400:
+        return UsageError(message)
+    return LexsearchError(f"the server at {info.url} failed: {message}")
+
+
 def remote_search(info: ServerInfo, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int] | None:
     """``/api/search`` on a running server: (rows, stale matches left out), or None when it cannot be reached
     (the caller searches itself).
 
     A query the server rejects (a usage error) raises the same :class:`UsageError` a local search would.
     """
-    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
     headers: dict[str, str] = {}
     try:
-        rows = _get_json(f"{info.url}/api/search?{query}", QUERY_TIMEOUT_S, headers)
-        stale = {k.lower(): v for k, v in headers.items()}.get(STALE_HEADER.lower(), "0")
-        return rows, int(stale) if stale.isdigit() else 0
+        rows = _get_json(info.url + _search_target(params), QUERY_TIMEOUT_S, headers)
+        return rows, _stale(headers)
     except HTTPStatusError as exc:
-        try:
-            message = json.loads(exc.body.decode()).get("error") or str(exc)
-        except (ValueError, AttributeError):
-            message = str(exc)
-        if exc.code == 400:
-            raise UsageError(message) from None
-        raise LexsearchError(f"the server at {info.url} failed: {message}") from None
+        raise _failed(info, exc) from None
     except (OSError, ValueError) as exc:
         _debug("server %s went away (%s); searching here", info.url, exc)
         return None
+
+
+def ask(
+    collection: str | os.PathLike[str], params: dict[str, Any]
+) -> tuple[ServerInfo, list[dict[str, Any]], int, bool] | None:
+    """(the server, rows, stale matches left out, whether the rows' paths are the stored names exactly) of
+    ``/api/search`` on a running server of ``collection``, or None when none answers (the caller searches
+    itself). As :func:`find` then :func:`remote_search`,
+    without the liveness check's round trip: the search goes straight to each recorded server whose process
+    is alive, and its answer counts only if it names this collection. A usage error raises as in
+    :func:`remote_search`."""
+    want = str(Path(collection).absolute())
+    tag, target = collection_tag(want), _search_target(params)
+    silent = _SILENT.pop(want, ())  # found silent by lexsearch.cli.quick in this process: not asked again
+    failed: list[ServerInfo] = []
+    for info in _records(want):
+        if info in silent:
+            continue
+        try:
+            raw = _ask_one(info, target, tag)
+        except (OSError, ValueError) as exc:  # refused, silent, gone mid-answer: what find's check finds
+            _debug("server %s does not answer (%s)", info.url, exc)
+            failed.append(info)
+            continue
+        headers: dict[str, str] = {}
+        try:
+            rows, error = _answer(raw, info.url, headers), None
+        except HTTPStatusError as exc:
+            rows, error = None, exc
+        except ValueError as exc:
+            _debug("server %s answered no JSON (%s)", info.url, exc)
+            failed.append(info)
+            continue
+        if headers.get(COLLECTION_HEADER.lower()) != tag:
+            break  # another collection's server on that port, or an older server: ask the way find does
+        if error is not None:
+            raise _failed(info, error) from None
+        return info, rows, _stale(headers), headers.get(PATHS_HEADER.lower()) == EXACT_PATHS
+    info = find(want, skip=(*failed, *silent))
+    if info is None:
+        return None
+    answer = remote_search(info, params)
+    return None if answer is None else (info, *answer, False)
+
+
+def _ask_one(info: ServerInfo, target: str, tag: str) -> bytes:
+    return wire.ask_one(info.host, info.port, target, tag)

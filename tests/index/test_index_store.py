@@ -179,6 +179,36 @@ def test_forward_block_reads_rows_and_vectors_in_the_order_asked(col):
     assert set(warm._rows) == set(ask)  # held in memory (the id with no row as "none")
 
 
+def test_a_readers_many_row_reads_share_threads_kept_until_close(col):
+    import threading
+
+    from lexsearch.index import store
+
+    rng = np.random.default_rng(9)
+    ids = col.apply(Changes(insert=[new_image(i, rng) for i in range(store._PARALLEL_MIN_ROWS + 40)]))
+    before = set(threading.enumerate())
+    reader = Collection.open(col.path)
+    first = reader.forward_block(ids[::-1])
+    threads = {t for t in threading.enumerate() if t.name.startswith("lexsearch-read")} - before
+    conns = list(reader._reader_conns)
+    assert 1 <= len(threads) <= store._READERS and len(conns) == len(threads)
+    assert all(c.execute("PRAGMA mmap_size").fetchone()[0] > 0 for c in conns)  # they read through a map
+    # More reads: the threads stay (up to _READERS of them, each with its own connection), and a row written
+    # since is seen (each read its own snapshot).
+    (new,) = col.apply(Changes(insert=[new_image(999, rng)]))
+    for _ in range(5):
+        again = reader.forward_block([*ids[::-1], new])
+    kept = {t for t in threading.enumerate() if t.name.startswith("lexsearch-read")} - before
+    assert threads <= kept and len(kept) <= store._READERS
+    assert reader._reader_conns[: len(conns)] == conns and len(reader._reader_conns) == len(kept)
+    assert (
+        np.array_equal(again.terms[: first.terms.size], first.terms) and again.indptr[-1] > first.indptr[-1]
+    )
+    assert np.array_equal(first.terms, col.forward_block(ids[::-1]).terms)  # as the writer's one connection
+    reader.close()
+    assert not any(t.is_alive() for t in kept) and reader._reader_conns == []
+
+
 def test_ids_are_never_reused(col):
     rng = np.random.default_rng(1)
     col.apply(Changes(insert=[new_image(0, rng), new_image(1, rng)]))
@@ -253,6 +283,15 @@ def test_segment_files_hold_common_terms_as_dense_columns(tmp_path):
     back = f.runs()  # what a merge reads: every posting, columns expanded
     assert np.array_equal(back.terms, runs.terms) and np.array_equal(back.ids, runs.ids)
     assert f.get(99) is None and f.part(99) is None
+    # Many terms at once (a query's): the same parts, the terms it lacks left out (below, between, above).
+    asked = [0, 3, 5, 7, 11, 12, 99]
+    many = f.parts(asked)
+    assert sorted(many) == sorted(per_term)
+    for t, p in many.items():
+        one = f.part(t)
+        assert (p.dense, p.start, p.df, p.max_weight) == (one.dense, one.start, one.df, one.max_weight)
+        assert np.array_equal(p.weights, one.weights)
+    assert f.parts([]) == {}
 
 
 def test_columns_are_uint16_codes_that_keep_every_weight_present(tmp_path):

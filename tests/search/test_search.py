@@ -377,6 +377,26 @@ def test_accumulate_equals_brute_force(synthetic, dense_fraction):
         assert cands.ids.tolist() == order.tolist()
 
 
+def test_dense_columns_are_added_block_by_block_to_the_very_floats_of_one_pass(synthetic, monkeypatch):
+    from lexsearch.search import candidates as cand
+
+    x, queries = synthetic
+    index = PostingsIndex.from_csc(x, dense_min_fraction=0.0)  # every term a dense column
+    terms, w = queries[0]
+    index.get(terms.tolist())
+    index.begin_query()
+    postings = index.get(terms.tolist())  # converted on their second use
+    pairs = [(postings[t], np.float32(q)) for t, q in zip(terms.tolist(), w.tolist()) if t in postings]
+    assert len(pairs) > 3 and all(tp.dense is not None for tp, _ in pairs)
+    expected = pairs[0][0].dense * pairs[0][1]
+    for tp, q in pairs[1:]:
+        expected = expected + tp.dense * q  # term at a time over every id, in the query's order
+    for block in (256, 1000, x.shape[0] - 1, 1 << 16):  # several blocks, a short last one, a single block
+        monkeypatch.setattr(cand, "BLOCK", block)
+        got = cand._accumulate(index, pairs)
+        assert np.array_equal(got, expected), block
+
+
 def test_top_k_matches_argsort_with_ties():
     rng = np.random.default_rng(3)
     scores = np.round(rng.random(200_000), 3).astype(np.float32)  # many ties

@@ -21,16 +21,14 @@ CHILD = """
 import json, sys
 from lexsearch.serve import client, discovery
 at_answer = {}
-def find(folder):
-    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder))
-def remote_search(info, params):
-    return json.loads(sys.argv[2]), 0
+def ask(folder, params):
+    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder)), json.loads(sys.argv[2]), 0, False
 read_paths = client.image_paths
 def image_paths(folder, ids):
     out = read_paths(folder, ids)
     at_answer["heavy"] = [m for m in HEAVY if m in sys.modules]
     return out
-discovery.find, discovery.remote_search, client.image_paths = find, remote_search, image_paths
+discovery.ask, client.image_paths = ask, image_paths
 from lexsearch.cli import cli
 try:
     cli.main(["query", "red", "--collection", sys.argv[1], "--paths"], standalone_mode=False)
@@ -136,68 +134,167 @@ def test_the_plain_socket_client_reads_chunked_and_sized_answers_and_statuses():
         discovery._get_json(_one_answer_server(b"hello") + "/", 5.0)
 
 
-# The same fake server, but through the installed entry point's ``main`` with a real argv: a query it answers
-# never loads Click; one it declines runs the full command line, which asks the (fake) server itself.
+# Through the installed entry point's ``main`` with a real argv, against a real server (in this process's
+# thread) over a collection whose query vector is cached: a query it answers never loads Click (nor pathlib,
+# typing, socket, sqlite3 or numpy); one it declines runs the full command line, which asks the server too.
 QUICK_CHILD = """
-import json, sys
-from lexsearch.serve import discovery
-ROWS = json.loads(sys.argv[1])
-def find(folder):
-    return discovery.ServerInfo("127.0.0.1", 1, 1, str(folder))
-def remote_search(info, params):
-    sys.stderr.write("asked " + json.dumps(params, sort_keys=True) + "\\n")
-    return ROWS, 0
-discovery.find, discovery.remote_search = find, remote_search
-import os
+import os, sys
+before = set(sys.modules)
 real_exit = os._exit
 def quick_exit(code):  # both paths end with os._exit (the full one after a query): say what was loaded
+    new = sorted(set(sys.modules) - before)
+    sys.stderr.write("loaded " + " ".join(new) + "\\n")
     sys.stderr.write("click " + str("click" in sys.modules) + "\\n")
     sys.stderr.flush()
     real_exit(code)
 os._exit = quick_exit
 import lexsearch.cli as entry
-sys.argv = ["lexsearch"] + json.loads(sys.argv[2])
+sys.argv = ["lexsearch"] + sys.argv[1:]
 entry.main()
 """
+NOT_ON_THE_QUICK_PATH = {
+    "click",
+    "typing",
+    "socket",
+    "sqlite3",
+    "numpy",
+    "pathlib",
+    "urllib.parse",
+    "logging",
+}
+ODD = os.fsdecode(b"/photos/caf\xe9.jpg")  # not UTF-8: --paths prints the very bytes
+
+
+class Vocabulary:
+    """The vocabulary side of an encoder: word "w3" is term 3 (queries come from the collection's cache)."""
+
+    vocab_size, dense_dim = 50, 0
+
+    def words(self, ids):
+        return ["w" + str(int(i)) for i in ids]
+
+    def word_terms(self, w):
+        return [int(w[1:])] if w[:1] == "w" and w[1:].isdigit() else []
+
+    def encode_texts(self, texts):
+        raise RuntimeError("query vector not cached")
 
 
 @pytest.fixture()
-def one_image_collection(tmp_path):
-    with Collection.open(tmp_path / "col", readonly=False) as col:
+def running_server(tmp_path, lexsearch_home):
+    from lexsearch.serve.server import Server
+    from lexsearch.serve.service import SearchService
+
+    folder = tmp_path / "col"
+    names = ["/p/red.jpg", ODD, "/p/new\nline.jpg", "/p/blue.jpg"]
+    with Collection.open(folder, readonly=False) as col:
         col.bind_model({"model_id": "m", "vocab_hash": "v", "vocab_size": 50, "dense_dim": 0}, "rebuild")
-        (image_id,) = col.apply(
-            Changes(insert=[NewImage("/p/red.jpg", 1, 1, "h", np.array([1], np.uint32), np.array([0.5]))])
+        col.apply(
+            Changes(
+                insert=[
+                    NewImage(
+                        p,
+                        1,
+                        1,
+                        "h",
+                        terms=np.array([1, 7, 9 + k], np.uint32),
+                        weights=np.array([0.5, 0.3 + k / 10, 0.2]),
+                    )
+                    for k, p in enumerate(names)
+                ]
+            )
         )
-    row = {"rank": 1, "id": image_id, "path": "/p/red.jpg", "score": 0.75, "lexical": 0.5, "dense": 0.25}
-    row["words"] = [{"word": "red", "weight": 0.4}]
-    return tmp_path / "col", [row]
+        for text, terms in (("w1 w7", [1, 7]), ("w1", [1]), ("w11", [11]), ("w9", [9])):
+            col.cache_query(text, np.bincount(terms, weights=[0.8, 0.6][: len(terms)], minlength=50), None)
+    col = Collection.open(folder)
+    col.file_exists = lambda path: True  # the names are made up
+    service = SearchService(col, Vocabulary())
+    server = Server(service, "127.0.0.1", 0)
+    server.start_in_thread()
+    yield folder, service
+    server.stop()
+    col.close()
 
 
-def _entry(rows, argv):
+def _entry(argv):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
-    out = subprocess.run(
-        [sys.executable, "-c", QUICK_CHILD, json.dumps(rows), json.dumps(argv)], capture_output=True, env=env
-    )
-    return out.returncode, out.stdout.decode(), out.stderr.decode().splitlines()
+    out = subprocess.run([sys.executable, "-c", QUICK_CHILD, *argv], capture_output=True, env=env)
+    err = out.stderr.decode(errors="replace").splitlines()
+    return out.returncode, out.stdout, err
 
 
-@pytest.mark.parametrize("form", ["table", "--json", "--paths", "-0"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["w1", "w7"],
+        ["--json", "w1", "w7"],
+        ["--paths", "w1", "w7"],
+        ["-0", "w1", "--top=2"],
+        ["w11", "--no-rerank"],  # one image
+        ["w9", "--min-score", "0.99"],  # none: the honest empty answer
+        ["--json", "w9", "--min-score=0.99"],
+    ],
+)
 def test_a_plain_query_is_answered_without_click_and_prints_what_the_full_command_prints(
-    one_image_collection, form
+    running_server, args
 ):
-    folder, rows = one_image_collection
-    extra = [] if form == "table" else [form]
-    argv = ["query", "red", "thing", "--collection", str(folder), "--top=3", *extra]
-    code, quick, err = _entry(rows, argv)
+    folder, _ = running_server
+    argv = ["-v", "query", "--collection", str(folder), *args]
+    code, quick, err = _entry(argv)
     assert code == 0 and err[-1] == "click False", err
-    assert (
-        'asked {"expand": null, "min_score": null, "pruned": null, "q": "red thing", "rerank": null, "top": 3}'
-        in err
-    )
-    # The full command line over the same answer (an option only it reads: --device cpu).
-    code, full, err = _entry(rows, [*argv, "--device", "cpu"])
+    assert "answered by the running server at http://127.0.0.1:" in err[0]
+    loaded = set(err[-2].split()[1:])
+    assert not loaded & NOT_ON_THE_QUICK_PATH, loaded
+    # The full command line over the same server (an option only it reads: --device cpu).
+    code, full, err = _entry([*argv, "--device", "cpu"])
     assert code == 0 and err[-1] == "click True", err
-    assert quick == full and "/p/red.jpg" in quick
+    assert "answered by the running server" in "".join(err)
+    assert quick == full
+    if "--paths" in args:
+        assert os.fsencode(ODD) + b"\n" in quick
+
+
+def test_the_quick_path_declines_what_the_server_will_not_answer_plainly(running_server):
+    folder, service = running_server
+    # A usage error of the server's: the full command reports it in its own words.
+    code, out, err = _entry(
+        ["query", "--collection", str(folder), " -w1"]
+    )  # one argument: the server parses it
+    assert code != 0 and err[-1] == "click True" and "only excludes" in " ".join(err), err
+    # Stale matches to note (a file gone): the full command prints the note.
+    service.collection.file_exists = lambda path: path != "/p/red.jpg"
+    code, out, err = _entry(["query", "--collection", str(folder), "--paths", "w1", "w7"])
+    assert err[-1] == "click True" and "no longer exist" in " ".join(err), err
+    assert b"/p/red.jpg" not in out and b"/p/blue.jpg" in out
+
+
+def test_the_lean_helpers_agree_with_pathlib_and_urllib(tmp_path, monkeypatch, lexsearch_home):
+    import urllib.parse
+
+    from lexsearch.index.paths import resolve
+    from lexsearch.serve import wire
+
+    monkeypatch.chdir(tmp_path)
+    for name in (
+        "photos",
+        "./col",
+        "../x/./y//",
+        "~/c",
+        "/a//b/./c/",
+        "//net/c",
+        "///a",
+        "a/b",
+        "~x",
+        "c\xe9",
+    ):
+        assert wire.collection_folder(name) == str(Path(resolve(name)).absolute()), name
+    assert wire.collection_folder(" ") is None
+    for raw in (b"/photos/caf\xe9 50%/x", "/ü/a b/~_.-".encode(), b"/plain/path"):
+        assert wire.quote(raw) == urllib.parse.quote(raw, safe="/")
+    params = {"q": 'white  horse +beach -night "a b" &=?', "top": 3, "rerank": None, "min_score": 0.25}
+    parsed = urllib.parse.parse_qs(wire.query_string(params), keep_blank_values=True)
+    assert parsed == {"q": [params["q"]], "top": ["3"], "min_score": ["0.25"]}
+    assert wire.url("0.0.0.0", 5) == "http://127.0.0.1:5" and wire.url("::1", 5) == "http://[::1]:5"
 
 
 def test_the_quick_path_declines_what_only_the_full_command_line_knows():
