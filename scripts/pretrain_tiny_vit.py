@@ -1,10 +1,14 @@
-"""Pretrain the tiny preset's ViT once on a generic toy corpus and save it as the shipped asset.
+"""Pretrain the tiny preset's ViT once on a generated corpus and save it as the shipped asset.
 
     python scripts/pretrain_tiny_vit.py --steps 12000 [--n-train 16000 --n-eval 1000 --out DIR]
+    python scripts/pretrain_tiny_vit.py --corpus contours --classes 512 --steps 3500 --out DIR
 
-The corpus is rendered in memory from the toy world's generator with its own fixed seed (CorpusSpec), never
-from a user's data; training is :func:`lexsearch.tiny.vision.pretrain_vision` (dense per-patch shape and
-colour heads + image-level presence head); the held-out part of the corpus gives the recorded accuracies.
+The corpus is rendered in memory with its own fixed seed (CorpusSpec), never from a user's data: the toy
+world's generator and labels (``--corpus toy``, what the shipped asset was made with), or surrogate outline
+classes with no names (``--corpus contours``, :mod:`lexsearch.tiny.contours`). Training is
+:func:`lexsearch.tiny.vision.pretrain_vision` (dense per-patch shape and colour heads + image-level presence
+head, plus the outline descriptors' regression head for contours); the held-out part of the corpus gives
+the recorded accuracies.
 Writes ``model.safetensors`` (float16) + ``config.json`` + ``pretrain_record.json`` into ``--out``
 (default: lexsearch/tiny/assets/tiny_vit).
 """
@@ -36,6 +40,7 @@ def corpus_record(args, spec) -> dict:
             "sizes": args.sizes,
             "max_objects": args.max_objects,
             "geometry_weight": args.geometry_weight,
+            "shape_weight": args.shape_weight,
         }
     return record | {
         "generator": "lexsearch.data.toyworld.render_scene (default ToyWorldConfig)",
@@ -66,6 +71,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="0.12,0.42", help="contours: objects' half extent, shares of the side")
     ap.add_argument("--max-objects", type=int, default=4, help="contours: objects per image, at most")
     ap.add_argument("--geometry-weight", type=float, default=1.0, help="contours: weight of the descriptors")
+    ap.add_argument("--shape-weight", type=float, default=1.0, help="weight of the per-patch class loss")
     ap.add_argument("--out", default=str(ASSET_DIR))
     ap.add_argument("--print-every", type=int, default=250)
     args = ap.parse_args()

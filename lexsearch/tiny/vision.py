@@ -148,6 +148,7 @@ def pretrain_vision(
     eval_targets: VisionTargets | None = None,
     steps: int | None = None,
     geometry_weight: float = 1.0,
+    shape_weight: float = 1.0,
 ) -> dict:
     """Train the ViT ``vision`` in place on the dense + image-level toy supervision; returns accuracies
     (the last batch's, and on ``eval_targets`` when given).
@@ -202,7 +203,7 @@ def pretrain_vision(
             )
             loss_colour = F.cross_entropy(colour_logits.flatten(0, 1), pc.flatten())
             loss_present = F.binary_cross_entropy_with_logits(heads.present(cls), targets.present[idx])
-            loss = loss_shape + loss_colour + loss_present
+            loss = shape_weight * loss_shape + loss_colour + loss_present
             if geometry is not None:
                 pg = geometry[idx]
                 if flip:
