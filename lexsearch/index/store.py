@@ -88,10 +88,6 @@ BUSY_TIMEOUT_S = 60.0
 # A reader fetching at least this many rows by id spreads them over this many connections (threads).
 _PARALLEL_MIN_ROWS = 256
 _READERS = 4
-# Those connections read the database through a memory map of up to this many bytes (SQLite caps it at its
-# build's limit, 2 GB by default) instead of copying pages into their own caches: 1,000 random warm rows at
-# 1M images in 16-17 ms instead of 21-23 (a reader maps read-only; writes still go through the file).
-_READER_MMAP_BYTES = 1 << 31
 # SQLite's bound-parameter limit is 32766 on modern builds; stay well under it.
 _CHUNK = 5000
 
@@ -552,7 +548,6 @@ class Collection(TieredPostings, DenseSegments):
                     conn = sqlite3.connect(
                         str(self.path / DB_NAME), timeout=BUSY_TIMEOUT_S, check_same_thread=False
                     )
-                    conn.execute(f"PRAGMA mmap_size = {_READER_MMAP_BYTES}")
                     self._reader_local.conn = conn
                     with self._readers_lock:
                         self._reader_conns.append(conn)
