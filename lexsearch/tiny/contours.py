@@ -25,7 +25,7 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from lexsearch.tiny.corpus import _background, _colour, _pattern
+from lexsearch.tiny.corpus import _background, _colour, paint_object
 
 N_HUES = 12  # hue bins of saturated colours, each in a light and a dark half
 N_GREYS = 5  # black .. white
@@ -223,17 +223,7 @@ def render_contour_image(
         if m.sum() < 8:
             continue
         colour = _colour(rng)
-        style = rng.random()
-        if style < 0.75:
-            image[m] = colour + rng.normal(0, 4, size=3)
-        elif style < 0.92:  # textured: its colour and a fainter second tone
-            p = (_pattern(rng, size)[m][:, None] + 1) / 2 * rng.uniform(0.15, 0.4)
-            image[m] = colour * (1 - p) + _colour(rng) * p
-        else:  # outline only
-            inner = np.asarray(
-                Image.fromarray(m.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3)), dtype=bool
-            )
-            image[m & ~inner] = colour
+        paint_object(image, m, colour, rng, flat=0.75, textured=0.92, tone=(0.15, 0.4))
         mask[m] = c + 1
         objects.append((c, colour_bin(colour)))
     pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))

@@ -147,6 +147,30 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return a * (1 - p) + b * p
 
 
+def paint_object(
+    image: np.ndarray,
+    mask: np.ndarray,
+    colour: np.ndarray,
+    rng: np.random.Generator,
+    flat: float = 0.7,
+    textured: float = 0.85,
+    tone: tuple[float, float] = (0.2, 0.6),
+) -> None:
+    """Paint one object's ``mask`` on ``image`` in place: flat ``colour`` (share ``flat``), textured with a
+    second tone of strength ``tone`` (up to ``textured``), else its outline only."""
+    style = rng.random()
+    if style < flat:
+        image[mask] = colour + rng.normal(0, 4, size=3)
+    elif style < textured:  # textured object: its colour and a second tone
+        p = (_pattern(rng, image.shape[0])[mask][:, None] + 1) / 2 * rng.uniform(*tone)
+        image[mask] = colour * (1 - p) + _colour(rng) * p
+    else:  # outline only
+        inner = np.asarray(
+            Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3)), dtype=bool
+        )
+        image[mask & ~inner] = colour
+
+
 def render_corpus_image(index: int, seed: int, size: int = 64) -> np.ndarray:
     """Image ``index`` of corpus ``seed``: (size, size, 3) uint8."""
     rng = np.random.default_rng([seed, index, 7])
@@ -161,18 +185,7 @@ def render_corpus_image(index: int, seed: int, size: int = 64) -> np.ndarray:
         mask = _object_mask(size, family, rng)
         if not mask.any():
             continue
-        colour = _colour(rng)
-        style = rng.random()
-        if style < 0.7:
-            image[mask] = colour + rng.normal(0, 4, size=3)
-        elif style < 0.85:  # textured object: its colour and a second tone
-            p = (_pattern(rng, size)[mask][:, None] + 1) / 2 * rng.uniform(0.2, 0.6)
-            image[mask] = colour * (1 - p) + _colour(rng) * p
-        else:  # outline only
-            inner = np.asarray(
-                Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3)), dtype=bool
-            )
-            image[mask & ~inner] = colour
+        paint_object(image, mask, _colour(rng), rng)
     pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     if rng.random() < 0.5:
         pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 1.0)))

@@ -188,9 +188,7 @@ def pretrain_vision(
             patches, cls = tokens[:, prefix:], tokens[:, 0]
             ps, pc = targets.patch_shape[idx], targets.patch_colour[idx]
             if flip:
-                g = math.isqrt(ps.shape[1])
-                ps = ps.view(-1, g, g).flip(-1).reshape(ps.shape)
-                pc = pc.view(-1, g, g).flip(-1).reshape(pc.shape)
+                ps, pc = _mirror_patches(ps), _mirror_patches(pc)
             shape_logits = heads.patch_shape(patches)
             colour_logits = heads.patch_colour(patches)
             # Shape is learnt on foreground patches only: background is ~85% of the patches and is already
@@ -205,10 +203,7 @@ def pretrain_vision(
             loss_present = F.binary_cross_entropy_with_logits(heads.present(cls), targets.present[idx])
             loss = shape_weight * loss_shape + loss_colour + loss_present
             if geometry is not None:
-                pg = geometry[idx]
-                if flip:
-                    g = math.isqrt(pg.shape[1])
-                    pg = pg.view(pg.shape[0], g, g, -1).flip(2).reshape(pg.shape)
+                pg = _mirror_patches(geometry[idx]) if flip else geometry[idx]
                 loss_geometry = (
                     F.mse_loss(heads.geometry(patches)[fg_mask], pg[fg_mask])
                     if fg_mask.any()
@@ -240,6 +235,12 @@ def pretrain_vision(
         metrics.update(_vision_eval(vision, heads, eval_targets, prefix))
     log.info("tiny ViT pretraining: %s", ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return {f"vit_{k}": v for k, v in metrics.items()}
+
+
+def _mirror_patches(t: torch.Tensor) -> torch.Tensor:
+    """Per-patch targets (B, P, ...) of horizontally flipped images: each grid row reversed."""
+    g = math.isqrt(t.shape[1])
+    return t.view(t.shape[0], g, g, *t.shape[2:]).flip(2).reshape(t.shape)
 
 
 @torch.no_grad()
