@@ -2,6 +2,7 @@
 
     python scripts/pretrain_tiny_vit.py --steps 12000 [--n-train 16000 --n-eval 1000 --out DIR]
     python scripts/pretrain_tiny_vit.py --corpus contours --classes 512 --steps 3500 --out DIR
+    python scripts/pretrain_tiny_vit.py --corpus contours --classes 512 --silhouette-side 8 --out DIR
 
 The corpus is rendered in memory with its own fixed seed (CorpusSpec), never from a user's data: the toy
 world's generator and labels (``--corpus toy``, what the shipped asset was made with), or surrogate outline
@@ -41,6 +42,8 @@ def corpus_record(args, spec) -> dict:
             "max_objects": args.max_objects,
             "geometry_weight": args.geometry_weight,
             "shape_weight": args.shape_weight,
+            "silhouette_side": args.silhouette_side,
+            "family_share": args.family_share,
         }
     return record | {
         "generator": "lexsearch.data.toyworld.render_scene (default ToyWorldConfig)",
@@ -72,6 +75,18 @@ def main() -> int:
     ap.add_argument("--max-objects", type=int, default=4, help="contours: objects per image, at most")
     ap.add_argument("--geometry-weight", type=float, default=1.0, help="contours: weight of the descriptors")
     ap.add_argument("--shape-weight", type=float, default=1.0, help="weight of the per-patch class loss")
+    ap.add_argument(
+        "--silhouette-side",
+        type=int,
+        default=0,
+        help="contours: each patch also regresses its object's silhouette at this side (0 = off)",
+    )
+    ap.add_argument(
+        "--family-share",
+        type=float,
+        default=0.0,
+        help="contours: share of objects drawn from the broad corpus's parametric families, unnamed",
+    )
     ap.add_argument("--out", default=str(ASSET_DIR))
     ap.add_argument("--print-every", type=int, default=250)
     args = ap.parse_args()
@@ -102,6 +117,8 @@ def main() -> int:
                 patch,
                 sizes=(lo, hi),
                 max_objects=args.max_objects,
+                silhouette_side=args.silhouette_side,
+                family_share=args.family_share,
             )
     else:
 
@@ -142,6 +159,7 @@ def main() -> int:
         eval_targets=eval_t,
         steps=args.steps,
         geometry_weight=args.geometry_weight,
+        shape_weight=args.shape_weight,
     )
     minutes = (time.time() - t1) / 60
     out = Path(args.out)

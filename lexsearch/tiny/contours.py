@@ -25,7 +25,7 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from lexsearch.tiny.corpus import _background, _colour, paint_object
+from lexsearch.tiny.corpus import FAMILIES, _background, _colour, _outline, paint_object
 
 N_HUES = 12  # hue bins of saturated colours, each in a light and a dark half
 N_GREYS = 5  # black .. white
@@ -56,9 +56,18 @@ class ContourBank:
         if self._geometry is None:
             rng = np.random.default_rng(0)
             g = np.stack([outline_geometry(*self.outline(c, rng, jitter=0.0)) for c in range(self.n_classes)])
-            g = (g - g.mean(0)) / (g.std(0) + 1e-6)
-            self._geometry = np.clip(g, -3.0, 3.0).astype(np.float32)
+            self._stats = g.mean(0), g.std(0) + 1e-6
+            self._geometry = self._scaled(g)
         return self._geometry
+
+    def standardise(self, g: np.ndarray) -> np.ndarray:
+        """Descriptors ``g`` of any outline on the bank's scale (the bank's mean and spread, clipped at 3)."""
+        self.geometry()
+        return self._scaled(g)
+
+    def _scaled(self, g: np.ndarray) -> np.ndarray:
+        mean, std = self._stats
+        return np.clip((g - mean) / std, -3.0, 3.0).astype(np.float32)
 
     @staticmethod
     def _class_params(rng: np.random.Generator) -> dict:
@@ -106,13 +115,11 @@ class ContourBank:
         holes = []
         if "hole_scale" in p:
             holes.append(radial(p["main"], 48) * p["hole_scale"] + p["hole_offset"])
-        every = np.concatenate(parts)
-        centre = (every.max(0) + every.min(0)) / 2
-        extent = float(np.abs(every - centre).max())
-        return [(q - centre) / extent for q in parts], [(q - centre) / extent for q in holes]
+        return _unit(parts, holes)
 
 
 N_GEOMETRY = 20  # shape descriptors per object (see outline_geometry)
+SILHOUETTE_SIDE = 8  # a silhouette target is SILHOUETTE_SIDE x SILHOUETTE_SIDE (see silhouette)
 
 
 def outline_geometry(parts, holes, size: int = 96) -> np.ndarray:
@@ -180,6 +187,14 @@ def outline_geometry(parts, holes, size: int = 96) -> np.ndarray:
     )
 
 
+def _unit(parts, holes):
+    """Polygons centred on their bounding box and scaled to unit half extent, as the bank's are."""
+    every = np.concatenate(parts)
+    centre = (every.max(0) + every.min(0)) / 2
+    extent = float(np.abs(every - centre).max())
+    return [(q - centre) / extent for q in parts], [(q - centre) / extent for q in holes]
+
+
 def _draw(parts, holes, angle: float, mirror: bool, cx: float, cy: float, r: float, size: int) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     rot = np.array([[c, s], [-s, c]])
@@ -190,6 +205,24 @@ def _draw(parts, holes, angle: float, mirror: bool, cx: float, cy: float, r: flo
         pts = q @ rot * r + [cx, cy]
         draw.polygon([(float(x), float(y)) for x, y in pts], fill=0 if k >= len(parts) else 1)
     return np.asarray(canvas, dtype=bool)
+
+
+def silhouette(parts, holes, angle: float, mirror: bool, side: int = SILHOUETTE_SIDE) -> np.ndarray:
+    """(side * side,) float32 in [0, 1]: the object's mask as it lies in the image (its rotation and mirror
+    kept), cut to its bounding square and shrunk by area averaging. Translation and scale are gone, the
+    outline is not: a patch that regresses it must know its whole object's silhouette, whatever world the
+    shape comes from, and a linear read-out then tells any two outlines apart that differ in the picture."""
+    m = _draw(parts, holes, angle, mirror, 48.0, 48.0, 32.0, 96)
+    ys, xs = np.nonzero(m)
+    if len(ys) == 0:
+        return np.zeros(side * side, dtype=np.float32)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    extent = max(y1 - y0, x1 - x0)
+    square = np.zeros((extent, extent), dtype=np.uint8)
+    oy, ox = (extent - (y1 - y0)) // 2, (extent - (x1 - x0)) // 2
+    square[oy : oy + y1 - y0, ox : ox + x1 - x0] = m[y0:y1, x0:x1] * 255
+    small = Image.fromarray(square).resize((side, side), Image.Resampling.BOX)
+    return (np.asarray(small, dtype=np.float32) / 255.0).reshape(-1)
 
 
 def render_contour_image(
@@ -203,6 +236,18 @@ def render_contour_image(
     """Image ``index``: (size, size, 3) uint8 pixels, (size, size) int mask (0 = background, c + 1 = class
     ``c``, topmost object wins) and the visible objects' (class, colour bin). An object's half extent is
     drawn from ``sizes`` (shares of the image side); 1 to ``max_objects`` objects."""
+    image, mask, _, objects = _render(bank, index, seed, size, sizes, max_objects, silhouette_side=0)
+    return image, mask, [(o["class"], o["bin"]) for o in objects]
+
+
+def _render(bank, index, seed, size, sizes, max_objects, silhouette_side, family_share=0.0):
+    """render_contour_image's work, plus the instance mask (0 = background, k = objects[k - 1]) and, per
+    visible object, its silhouette (:func:`silhouette`) when ``silhouette_side`` > 0.
+
+    With ``family_share`` > 0 that share of the objects is drawn from the broad corpus's parametric shape
+    families (:data:`lexsearch.tiny.corpus.FAMILIES`: polygons, stars, bars, crosses, ...) instead of the
+    bank: class ``bank.n_classes`` for all of them (one marker, no family is named or told apart), their
+    descriptors measured per instance."""
     rng = np.random.default_rng([seed, index, 13])
     image = _background(rng, size)
     if rng.random() < 0.15:  # faint clutter of small outlines behind the objects
@@ -213,66 +258,112 @@ def render_contour_image(
             )
             image[m] = image[m] * 0.6 + _colour(rng) * 0.4
     mask = np.zeros((size, size), dtype=np.int64)
-    objects: list[tuple[int, int]] = []
+    instance = np.zeros((size, size), dtype=np.int64)
+    drawn: list[dict] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
-        c = int(rng.integers(bank.n_classes))
-        parts, holes = bank.outline(c, rng)
+        if family_share and rng.random() < family_share:
+            c = bank.n_classes
+            parts, holes = _unit(*_outline(FAMILIES[int(rng.integers(len(FAMILIES)))], rng))
+        else:
+            c = int(rng.integers(bank.n_classes))
+            parts, holes = bank.outline(c, rng)
         r = size * rng.uniform(*sizes)
         cx, cy = rng.uniform(0.1, 0.9, size=2) * size
-        m = _draw(parts, holes, rng.uniform(0, 2 * np.pi), bool(rng.random() < 0.5), cx, cy, r, size)
+        angle, mirror = rng.uniform(0, 2 * np.pi), bool(rng.random() < 0.5)
+        m = _draw(parts, holes, angle, mirror, cx, cy, r, size)
         if m.sum() < 8:
             continue
         colour = _colour(rng)
         paint_object(image, m, colour, rng, flat=0.75, textured=0.92, tone=(0.15, 0.4))
         mask[m] = c + 1
-        objects.append((c, colour_bin(colour)))
+        drawn.append({"class": c, "bin": colour_bin(colour)})
+        if c == bank.n_classes:
+            drawn[-1]["geometry"] = bank.standardise(outline_geometry(parts, holes))
+        instance[m] = len(drawn)
+        if silhouette_side:
+            drawn[-1]["silhouette"] = silhouette(parts, holes, angle, mirror, silhouette_side)
     pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     if rng.random() < 0.4:
         pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.9)))
     out = np.asarray(pil).astype(float) + rng.normal(0, rng.uniform(0, 5), size=(size, size, 3))
-    visible = {int(v) for v in np.unique(mask) if v > 0}
-    return np.clip(out, 0, 255).astype(np.uint8), mask, [(c, b) for c, b in objects if c + 1 in visible]
+    visible = {int(v) for v in np.unique(instance) if v > 0}
+    # Objects drawn over completely are dropped, and the instance mask renumbered to the kept ones.
+    keep = [k for k in range(1, len(drawn) + 1) if k in visible]
+    renumber = np.zeros(len(drawn) + 1, dtype=np.int64)
+    renumber[keep] = np.arange(1, len(keep) + 1)
+    objects = [drawn[k - 1] for k in keep]
+    return np.clip(out, 0, 255).astype(np.uint8), mask, renumber[instance], objects
 
 
-def contour_targets(indices, seed: int, n_classes: int, model_config, patch_size: int, **render):
+def contour_targets(
+    indices,
+    seed: int,
+    n_classes: int,
+    model_config,
+    patch_size: int,
+    silhouette_side: int = 0,
+    family_share: float = 0.0,
+    **render,
+):
     """VisionTargets of contour images ``indices`` of corpus ``seed``, rendered in memory: per-patch surrogate
-    class (majority of the patch's pixels, 0 = background) and colour bin, image-level presence of both."""
+    class (majority of the patch's pixels, 0 = background) and colour bin, image-level presence of both, and
+    per foreground patch a regression target: its outline's descriptors (:func:`outline_geometry`), followed,
+    when ``silhouette_side`` > 0, by its own object's silhouette (:func:`silhouette`, scaled to [-1, 1]).
+    ``family_share``: see :func:`_render` (the family objects are one more class, ``outline{n_classes}``)."""
     import torch
 
     from lexsearch.model.images import preprocess
     from lexsearch.tiny.vision import VisionTargets
 
     bank = ContourBank(n_classes, seed)
+    n_out = n_classes + (1 if family_share else 0)
     size = int(model_config.image_size)
     grid = size // patch_size
+    n_sil = silhouette_side * silhouette_side
+    n_geo = N_GEOMETRY + n_sil
     pixels = np.empty((len(indices), 3, size, size), dtype=np.float32)
     patch_shape = np.zeros((len(indices), grid * grid), dtype=np.int64)
     patch_colour = np.zeros_like(patch_shape)
-    present = np.zeros((len(indices), n_classes + N_COLOUR_BINS), dtype=np.float32)
+    geometry = np.zeros((len(indices), grid * grid, n_geo), dtype=np.float32)
+    present = np.zeros((len(indices), n_out + N_COLOUR_BINS), dtype=np.float32)
+    bank_geometry = bank.geometry()
+    defaults = {"sizes": (0.12, 0.42), "max_objects": 4} | render
     for row, index in enumerate(indices):
-        image, mask, objects = render_contour_image(bank, index, seed, size, **render)
+        image, mask, instance, objects = _render(
+            bank, index, seed, size, defaults["sizes"], defaults["max_objects"], silhouette_side, family_share
+        )
         pixels[row] = preprocess(
             Image.fromarray(image), size, model_config.image_mean, model_config.image_std
         )
+        bin_of = np.zeros(len(objects) + 1, dtype=np.int64)
+        class_of = np.zeros(len(objects) + 1, dtype=np.int64)
+        for k, o in enumerate(objects, start=1):
+            bin_of[k], class_of[k] = o["bin"] + 1, o["class"] + 1
+            present[row, o["class"]] = 1.0
+            present[row, n_out + o["bin"]] = 1.0
+        # The patch belongs to the object covering most of it (background when the background does).
         cells = (
-            mask.reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+            instance.reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3).reshape(grid**2, -1)
         )
-        bin_of = np.zeros(n_classes + 1, dtype=np.int64)
-        for c, b in objects:
-            bin_of[c + 1] = b + 1
-            present[row, c] = 1.0
-            present[row, n_classes + b] = 1.0
         ids = np.array([np.bincount(cell, minlength=1).argmax() for cell in cells])
-        patch_shape[row] = ids
+        patch_shape[row] = class_of[ids]
         patch_colour[row] = bin_of[ids]
-    # Each foreground patch regresses its object's outline descriptors (background: zeros, not trained on).
-    geometry = np.concatenate([np.zeros((1, N_GEOMETRY), np.float32), bank.geometry()])[patch_shape]
+        table = np.zeros((len(objects) + 1, n_geo), dtype=np.float32)
+        for k, o in enumerate(objects, start=1):
+            table[k, :N_GEOMETRY] = o["geometry"] if "geometry" in o else bank_geometry[o["class"]]
+            if n_sil:
+                table[k, N_GEOMETRY:] = o["silhouette"] * 2 - 1
+        geometry[row] = table[ids]  # each foreground patch regresses its object's (background: zeros)
+    flip = np.arange(n_geo)
+    if n_sil:
+        flip[N_GEOMETRY:] = N_GEOMETRY + np.arange(n_sil).reshape(silhouette_side, -1)[:, ::-1].reshape(-1)
     return VisionTargets(
         pixels=torch.from_numpy(pixels),
         patch_shape=torch.from_numpy(patch_shape),
         patch_colour=torch.from_numpy(patch_colour),
         present=torch.from_numpy(present),
-        shapes=[f"outline{c}" for c in range(n_classes)],
+        shapes=[f"outline{c}" for c in range(n_out)],
         colours=[f"bin{b}" for b in range(N_COLOUR_BINS)],
         patch_geometry=torch.from_numpy(geometry),
+        geometry_flip=torch.from_numpy(flip.copy()),
     )

@@ -45,6 +45,9 @@ class VisionTargets:
     # (N, P, D) float: a regression target per patch (the object's shape descriptors), trained on
     # foreground patches only; None = no such head (the toy-label recipe)
     patch_geometry: torch.Tensor | None = None
+    # (D,) long: where each of patch_geometry's dims goes in a horizontally flipped image (a silhouette's
+    # columns swap; descriptors stay); None = every dim stays
+    geometry_flip: torch.Tensor | None = None
 
 
 def patch_targets(
@@ -203,7 +206,11 @@ def pretrain_vision(
             loss_present = F.binary_cross_entropy_with_logits(heads.present(cls), targets.present[idx])
             loss = shape_weight * loss_shape + loss_colour + loss_present
             if geometry is not None:
-                pg = _mirror_patches(geometry[idx]) if flip else geometry[idx]
+                pg = geometry[idx]
+                if flip:
+                    pg = _mirror_patches(pg)
+                    if targets.geometry_flip is not None:
+                        pg = pg[..., targets.geometry_flip]
                 loss_geometry = (
                     F.mse_loss(heads.geometry(patches)[fg_mask], pg[fg_mask])
                     if fg_mask.any()

@@ -136,3 +136,68 @@ def test_pretraining_learns_the_descriptors():
     baseline = float(((t.patch_geometry[fg] - t.patch_geometry[fg].mean(0)) ** 2).mean())
     # Better than the best constant guess (a fresh head is far worse than that).
     assert report["vit_eval_geometry_mse"] < 0.97 * baseline
+
+
+def test_a_silhouette_keeps_the_outline_and_drops_place_and_size():
+    """The silhouette target tells a square from the same square turned 45 degrees (which rotation-invariant
+    descriptors cannot), is the column-reversed one for a mirrored object, and ignores where and how large
+    the object is drawn."""
+    from lexsearch.tiny.contours import SILHOUETTE_SIDE, silhouette
+
+    square = [np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])]
+    upright, turned = silhouette(square, [], 0.0, False), silhouette(square, [], np.pi / 4, False)
+    assert upright.shape == (SILHOUETTE_SIDE**2,)
+    assert upright.min() > 0.9  # a square fills its bounding square
+    assert np.abs(upright - turned).mean() > 0.2  # a diamond leaves its corners empty
+    arrow = [np.array([[-1, -0.2], [0.2, -0.2], [0.2, -0.6], [1, 0], [0.2, 0.6], [0.2, 0.2], [-1, 0.2]])]
+    a = silhouette(arrow, [], 0.7, False).reshape(SILHOUETTE_SIDE, -1)
+    m = silhouette(arrow, [], -0.7, True).reshape(SILHOUETTE_SIDE, -1)
+    assert np.abs(a[:, ::-1] - m).max() < 0.15
+    assert np.abs(a - m).mean() > 0.1
+
+
+def test_silhouette_targets_follow_their_object_and_a_flip():
+    import torch
+
+    cfg = _tiny()
+    patch = int(cfg.vision_config["patch_size"])
+    t = contour_targets(range(8), seed=3, n_classes=24, model_config=cfg, patch_size=patch, silhouette_side=8)
+    from lexsearch.tiny.contours import N_GEOMETRY
+
+    assert t.patch_geometry.shape[-1] == N_GEOMETRY + 64
+    sil = t.patch_geometry[..., N_GEOMETRY:]
+    fg = t.patch_shape > 0
+    assert sil[fg].min() >= -1 and sil[fg].max() <= 1 and (sil[~fg] == 0).all()
+    # Patches of one object share its silhouette (a class is one object here but for rare repeats).
+    for row in range(8):
+        per_class: dict[int, set] = {}
+        for p in torch.nonzero(fg[row]).flatten().tolist():
+            per_class.setdefault(int(t.patch_shape[row, p]), set()).add(tuple(sil[row, p].tolist()))
+        assert all(len(v) <= 2 for v in per_class.values())
+        assert sum(len(v) == 1 for v in per_class.values()) >= len(per_class) - 1
+    # Under a horizontal flip a silhouette's columns swap and the descriptors stay.
+    flip = t.geometry_flip
+    assert torch.equal(flip[flip], torch.arange(len(flip)))
+    assert torch.equal(flip[:N_GEOMETRY], torch.arange(N_GEOMETRY))
+    assert int(flip[N_GEOMETRY]) == N_GEOMETRY + 7
+
+
+def test_family_objects_are_one_unnamed_class_with_their_own_descriptors():
+    cfg = _tiny()
+    patch = int(cfg.vision_config["patch_size"])
+    t = contour_targets(
+        range(12),
+        seed=3,
+        n_classes=24,
+        model_config=cfg,
+        patch_size=patch,
+        silhouette_side=8,
+        family_share=1.0,
+    )
+    from lexsearch.tiny.contours import N_GEOMETRY
+
+    fg = t.patch_shape > 0
+    # Every object is a family object: one class past the bank's, never a family's name.
+    assert set(t.patch_shape[fg].tolist()) == {25} and t.shapes[-1] == "outline24" and len(t.shapes) == 25
+    descriptors = {tuple(v) for v in t.patch_geometry[fg][:, :N_GEOMETRY].tolist()}
+    assert len(descriptors) > 5  # measured per instance, not one row for the class
