@@ -44,6 +44,7 @@ def corpus_record(args, spec) -> dict:
             "shape_weight": args.shape_weight,
             "silhouette_side": args.silhouette_side,
             "family_share": args.family_share,
+            "clusters": args.clusters,
         }
     return record | {
         "generator": "lexsearch.data.toyworld.render_scene (default ToyWorldConfig)",
@@ -87,6 +88,12 @@ def main() -> int:
         default=0.0,
         help="contours: share of objects drawn from the broad corpus's parametric families, unnamed",
     )
+    ap.add_argument(
+        "--clusters",
+        type=int,
+        default=0,
+        help="contours: per-patch classes are k-means clusters of the objects' geometry (0 = the outline ids)",
+    )
     ap.add_argument("--out", default=str(ASSET_DIR))
     ap.add_argument("--print-every", type=int, default=250)
     args = ap.parse_args()
@@ -127,6 +134,10 @@ def main() -> int:
 
     train_t = targets(range(args.n_train))
     eval_t = targets(range(args.n_train, args.n_train + args.n_eval))
+    if args.corpus == "contours" and args.clusters:
+        from lexsearch.tiny.contours import cluster_targets
+
+        cluster_targets(train_t, [eval_t], k=args.clusters, seed=args.seed)
     t_render = time.time() - t0
     print(f"rendered {args.n_train} + {args.n_eval} corpus images in {t_render:.0f} s", flush=True)
 

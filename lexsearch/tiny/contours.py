@@ -367,3 +367,42 @@ def contour_targets(
         patch_geometry=torch.from_numpy(geometry),
         geometry_flip=torch.from_numpy(flip.copy()),
     )
+
+
+def cluster_targets(targets, others=(), k: int = 128, seed: int = 0, sample: int = 60000):
+    """Surrogate classes by clustering (DeepCluster's idea, on the generator's own geometry rather than on
+    features): k-means with ``k`` centres over the foreground patches' regression targets of ``targets``
+    (the outline descriptors and the silhouette made mirror-symmetric, so a flipped image keeps its
+    classes), then every foreground patch of ``targets`` and of each of ``others`` (held-out sets) gets its
+    nearest centre as its class. Rewrites ``patch_shape``, ``present`` and ``shapes`` in place; the classes
+    are numbered clusters, none named. Clusters are learnable from the pixels (unlike the bank's identities,
+    which the ViT could only memorise) and sharper than the regression alone."""
+    import torch
+    from scipy.cluster.vq import kmeans2
+
+    def features(t) -> torch.Tensor:
+        g = t.patch_geometry
+        flip = t.geometry_flip if t.geometry_flip is not None else torch.arange(g.shape[-1])
+        return (g + g[..., flip]) / 2
+
+    fg = targets.patch_shape > 0
+    points = features(targets)[fg].numpy().astype(np.float64)
+    rng = np.random.default_rng(seed)
+    fit = points[rng.choice(len(points), size=min(sample, len(points)), replace=False)]
+    centres, _ = kmeans2(fit, k, minit="++", seed=seed, iter=20)
+    centres_t = torch.from_numpy(centres.astype(np.float32))
+    n_colours = len(targets.colours)
+    for t in (targets, *others):
+        f, mask = features(t), t.patch_shape > 0
+        ids = torch.zeros_like(t.patch_shape)
+        flat = f[mask]
+        nearest = torch.cat(
+            [torch.cdist(flat[i : i + 65536], centres_t).argmin(1) for i in range(0, len(flat), 65536)]
+        )
+        ids[mask] = nearest + 1
+        present = torch.zeros(t.patch_shape.shape[0], k + n_colours)
+        present[:, :k] = torch.nn.functional.one_hot(ids, k + 1)[:, :, 1:].amax(1).float()
+        present[:, k:] = t.present[:, -n_colours:]
+        t.patch_shape, t.present = ids, present
+        t.shapes = [f"cluster{c}" for c in range(k)]
+    return centres

@@ -201,3 +201,32 @@ def test_family_objects_are_one_unnamed_class_with_their_own_descriptors():
     assert set(t.patch_shape[fg].tolist()) == {25} and t.shapes[-1] == "outline24" and len(t.shapes) == 25
     descriptors = {tuple(v) for v in t.patch_geometry[fg][:, :N_GEOMETRY].tolist()}
     assert len(descriptors) > 5  # measured per instance, not one row for the class
+
+
+def test_cluster_classes_are_shared_by_an_object_kept_under_a_flip_and_given_to_held_out_sets():
+    import torch
+
+    from lexsearch.tiny.contours import cluster_targets
+
+    cfg = _tiny()
+    patch = int(cfg.vision_config["patch_size"])
+    kw = dict(seed=3, n_classes=24, model_config=cfg, patch_size=patch, silhouette_side=8, family_share=0.5)
+    train, held = contour_targets(range(60), **kw), contour_targets(range(60, 80), **kw)
+    mirrored = contour_targets(range(60, 80), **kw)
+    mirrored.patch_geometry = mirrored.patch_geometry[..., mirrored.geometry_flip]  # every object flipped
+    geometry_before = train.patch_geometry.clone()
+    cluster_targets(train, [held, mirrored], k=12, seed=0)
+    assert torch.equal(held.patch_shape, mirrored.patch_shape)
+    assert train.shapes == held.shapes == [f"cluster{c}" for c in range(12)]
+    for t in (train, held):
+        fg = t.patch_shape > 0
+        assert fg.any() and t.patch_shape.max() <= 12 and (t.patch_shape[~fg] == 0).all()
+        # Same regression target (same object) -> same class.
+        for row in range(t.patch_shape.shape[0]):
+            seen: dict[tuple, int] = {}
+            for p in torch.nonzero(fg[row]).flatten().tolist():
+                key = tuple(t.patch_geometry[row, p].tolist())
+                assert seen.setdefault(key, int(t.patch_shape[row, p])) == int(t.patch_shape[row, p])
+        assert t.present.shape[1] == 12 + N_COLOUR_BINS
+    assert torch.equal(train.patch_geometry, geometry_before)  # the regression targets are untouched
+    assert len(set(train.patch_shape[train.patch_shape > 0].tolist())) > 6  # the classes are used
