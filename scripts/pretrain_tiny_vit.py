@@ -1,15 +1,15 @@
 """Pretrain the tiny preset's ViT once on a generated corpus and save it as the shipped asset.
 
-    python scripts/pretrain_tiny_vit.py --steps 12000 [--n-train 16000 --n-eval 1000 --out DIR]
-    python scripts/pretrain_tiny_vit.py --corpus contours --classes 512 --steps 3500 --out DIR
-    python scripts/pretrain_tiny_vit.py --corpus contours --classes 512 --silhouette-side 8 --out DIR
+    python scripts/pretrain_tiny_vit.py [--out DIR]          # the shipped asset's recipe (defaults)
+    python scripts/pretrain_tiny_vit.py --corpus toy --steps 3500 --n-train 20000 --n-eval 1000
 
-The corpus is rendered in memory with its own fixed seed (CorpusSpec), never from a user's data: the toy
-world's generator and labels (``--corpus toy``, what the shipped asset was made with), or surrogate outline
-classes with no names (``--corpus contours``, :mod:`lexsearch.tiny.contours`). Training is
-:func:`lexsearch.tiny.vision.pretrain_vision` (dense per-patch shape and colour heads + image-level presence
-head, plus the outline descriptors' regression head for contours); the held-out part of the corpus gives
-the recorded accuracies.
+The corpus is rendered in memory with its own fixed seed (CorpusSpec), never from a user's data. ``--corpus
+contours`` (the default, :mod:`lexsearch.tiny.contours`) is label-free: unnamed objects from the broad
+corpus's parametric shape families (``--family-share``) and random outlines, and per patch the targets its
+own object gives: its silhouette (``--silhouette-side``), shape descriptors, the k-means cluster of both
+(``--clusters``) and its colour bin. ``--corpus toy`` is the earlier recipe: the toy world's generator and
+its shape/colour labels. Training is :func:`lexsearch.tiny.vision.pretrain_vision`; the held-out part of the
+corpus gives the recorded figures.
 Writes ``model.safetensors`` (float16) + ``config.json`` + ``pretrain_record.json`` into ``--out``
 (default: lexsearch/tiny/assets/tiny_vit).
 """
@@ -68,30 +68,32 @@ def main() -> int:
     ap.add_argument(
         "--corpus",
         choices=["contours", "toy"],
-        default="toy",
-        help="contours: surrogate outline classes (lexsearch/tiny/contours.py); toy: the toy world's labels",
+        default="contours",
+        help="contours: label-free targets (lexsearch/tiny/contours.py); toy: the toy world's labels",
     )
-    ap.add_argument("--classes", type=int, default=1000, help="outline classes of the contours corpus")
-    ap.add_argument("--sizes", default="0.12,0.42", help="contours: objects' half extent, shares of the side")
+    ap.add_argument("--classes", type=int, default=512, help="outline classes of the contours corpus")
+    ap.add_argument("--sizes", default="0.08,0.42", help="contours: objects' half extent, shares of the side")
     ap.add_argument("--max-objects", type=int, default=4, help="contours: objects per image, at most")
-    ap.add_argument("--geometry-weight", type=float, default=1.0, help="contours: weight of the descriptors")
+    ap.add_argument(
+        "--geometry-weight", type=float, default=2.0, help="contours: weight of the silhouette + descriptors"
+    )
     ap.add_argument("--shape-weight", type=float, default=1.0, help="weight of the per-patch class loss")
     ap.add_argument(
         "--silhouette-side",
         type=int,
-        default=0,
+        default=8,
         help="contours: each patch also regresses its object's silhouette at this side (0 = off)",
     )
     ap.add_argument(
         "--family-share",
         type=float,
-        default=0.0,
+        default=1.0,
         help="contours: share of objects drawn from the broad corpus's parametric families, unnamed",
     )
     ap.add_argument(
         "--clusters",
         type=int,
-        default=0,
+        default=128,
         help="contours: per-patch classes are k-means clusters of the objects' geometry (0 = the outline ids)",
     )
     ap.add_argument("--out", default=str(ASSET_DIR))

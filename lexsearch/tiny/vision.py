@@ -255,6 +255,9 @@ def _vision_eval(vision, heads: _VisionHeads, targets: VisionTargets, prefix: in
     """Held-out accuracies of the probes: foreground patch shape / colour, and image-level presence."""
     shape_hits = colour_hits = fg_total = present_hits = 0
     geometry_err = 0.0
+    if targets.patch_geometry is not None:  # the best constant guess: the held-out targets' own mean
+        fg_geometry = targets.patch_geometry[targets.patch_shape > 0]
+        constant = float(((fg_geometry - fg_geometry.mean(0)) ** 2).mean())
     for start in range(0, targets.pixels.shape[0], 128):
         sl = slice(start, start + 128)
         tokens = vision(pixel_values=targets.pixels[sl]).last_hidden_state
@@ -268,7 +271,9 @@ def _vision_eval(vision, heads: _VisionHeads, targets: VisionTargets, prefix: in
             geometry_err += float(err.mean(-1).sum())
         pred = heads.present(tokens[:, 0]) > 0
         present_hits += int((pred == targets.present[sl].bool()).all(1).sum())
-    out = {} if heads.geometry is None else {"eval_geometry_mse": geometry_err / max(1, fg_total)}
+    out = {}
+    if heads.geometry is not None:
+        out = {"eval_geometry_mse": geometry_err / max(1, fg_total), "eval_geometry_mse_constant": constant}
     return out | {
         "eval_shape_acc": shape_hits / max(1, fg_total),
         "eval_colour_acc": colour_hits / max(1, fg_total),

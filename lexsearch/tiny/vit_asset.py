@@ -1,10 +1,16 @@
-"""The tiny preset's shipped ViT: pretrained once on a generic toy corpus, as DINOv2 is pretrained once.
+"""The tiny preset's shipped ViT: pretrained once on a generic, label-free corpus, as DINOv2 is pretrained once.
 
 The paper downloads DINOv2, pretrained on other data; the user's training set never shapes the backbone. The
-``tiny`` preset does the same: ``scripts/pretrain_tiny_vit.py`` renders a *generic* toy corpus with its own
-fixed seed (never the user's data), trains the ``TINY_VISION`` ViT on it with the dense toy supervision of
-:func:`lexsearch.tiny.vision.pretrain_vision` for far longer than a per-run budget allows, and saves it
-under ``lexsearch/tiny/assets/tiny_vit/`` (``save_pretrained`` folder + ``pretrain_record.json``).
+``tiny`` preset does the same: ``scripts/pretrain_tiny_vit.py`` renders a generic corpus with its own fixed
+seed (never the user's data, never an evaluated world), trains the ``TINY_VISION`` ViT on it for far longer
+than a per-run budget allows, and saves it under ``lexsearch/tiny/assets/tiny_vit/`` (``save_pretrained``
+folder + ``pretrain_record.json``, which holds the command).
+
+The shipped asset learnt from images alone (:mod:`lexsearch.tiny.contours`): unnamed objects of many shape
+families, colours, textures and sizes, and per patch its own object's silhouette, shape descriptors and
+k-means cluster of them, and its coarse colour bin. No world's shape or colour names are used. (Until this
+asset, the ViT was trained on the toy world's own shape and colour labels, ``--corpus toy``:
+:func:`corpus_targets` below; it knew that world's five shapes and little else, docs/toy-results.md.)
 
 :func:`shipped_vit_dir` says whether that asset fits a model config (same ViT config and image
 preprocessing); the tiny-base pretraining then loads it instead of pretraining a ViT on the training set.
@@ -34,11 +40,11 @@ CORPUS_SEED = 104729
 
 @dataclass
 class CorpusSpec:
-    """Which generic toy images the shipped ViT was trained (and evaluated) on."""
+    """Which generated images the shipped ViT was trained (and evaluated) on."""
 
     seed: int = CORPUS_SEED
-    n_train: int = 20000
-    n_eval: int = 1000  # images n_train .. n_train + n_eval - 1 of the same world, never trained on
+    n_train: int = 30000
+    n_eval: int = 500  # images n_train .. n_train + n_eval - 1 of the same corpus, never trained on
     # Colour and shape drawn independently (no canonical pairing), so colour never stands in for shape.
     canonical_binding: bool = False
 
