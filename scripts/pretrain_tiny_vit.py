@@ -36,7 +36,7 @@ def corpus_record(args, spec) -> dict:
     }
     if args.corpus == "contours":
         return record | {
-            "generator": "lexsearch.tiny.contours.render_contour_image (surrogate outline classes, no labels)",
+            "generator": "lexsearch.tiny.contours.contour_targets (unnamed objects, no labels)",
             "classes": args.classes,
             "sizes": args.sizes,
             "max_objects": args.max_objects,

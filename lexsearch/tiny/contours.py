@@ -120,6 +120,8 @@ class ContourBank:
 
 N_GEOMETRY = 20  # shape descriptors per object (see outline_geometry)
 SILHOUETTE_SIDE = 8  # a silhouette target is SILHOUETTE_SIDE x SILHOUETTE_SIDE (see silhouette)
+SIZES = (0.12, 0.42)  # an object's half extent, as shares of the image side
+MAX_OBJECTS = 4
 
 
 def outline_geometry(parts, holes, size: int = 96) -> np.ndarray:
@@ -230,17 +232,19 @@ def render_contour_image(
     index: int,
     seed: int,
     size: int = 64,
-    sizes: tuple[float, float] = (0.12, 0.42),
-    max_objects: int = 4,
+    sizes: tuple[float, float] = SIZES,
+    max_objects: int = MAX_OBJECTS,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """Image ``index``: (size, size, 3) uint8 pixels, (size, size) int mask (0 = background, c + 1 = class
     ``c``, topmost object wins) and the visible objects' (class, colour bin). An object's half extent is
     drawn from ``sizes`` (shares of the image side); 1 to ``max_objects`` objects."""
-    image, mask, _, objects = _render(bank, index, seed, size, sizes, max_objects, silhouette_side=0)
+    image, mask, _, objects = _render(bank, index, seed, size, sizes, max_objects)
     return image, mask, [(o["class"], o["bin"]) for o in objects]
 
 
-def _render(bank, index, seed, size, sizes, max_objects, silhouette_side, family_share=0.0):
+def _render(
+    bank, index, seed, size, sizes=SIZES, max_objects=MAX_OBJECTS, silhouette_side=0, family_share=0.0
+):
     """render_contour_image's work, plus the instance mask (0 = background, k = objects[k - 1]) and, per
     visible object, its silhouette (:func:`silhouette`) when ``silhouette_side`` > 0.
 
@@ -327,10 +331,9 @@ def contour_targets(
     geometry = np.zeros((len(indices), grid * grid, n_geo), dtype=np.float32)
     present = np.zeros((len(indices), n_out + N_COLOUR_BINS), dtype=np.float32)
     bank_geometry = bank.geometry()
-    defaults = {"sizes": (0.12, 0.42), "max_objects": 4} | render
     for row, index in enumerate(indices):
         image, mask, instance, objects = _render(
-            bank, index, seed, size, defaults["sizes"], defaults["max_objects"], silhouette_side, family_share
+            bank, index, seed, size, silhouette_side=silhouette_side, family_share=family_share, **render
         )
         pixels[row] = preprocess(
             Image.fromarray(image), size, model_config.image_mean, model_config.image_std
