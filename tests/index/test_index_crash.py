@@ -27,6 +27,7 @@ from lexsearch.index import Collection, IndexOptions, build_index
 Collection.flush_at = int(sys.argv[3])  # tiny posting files, so kills land in flushes and merges too
 Collection.fanout = 3
 with Collection.open(sys.argv[1], readonly=False) as col:
+    print("opened", flush=True)  # a parent may time its kill from here, not from the imports before it
     s = build_index([sys.argv[2]], FakeEncoder(delay_s=0.05), col,
                     IndexOptions(batch_size=4, workers=2, commit_every_s=0.05, commit_every_n=8))
 print(s.line())
@@ -160,7 +161,8 @@ def test_sigkill_never_leaves_a_folder_digest_that_hides_a_change(tmp_path):
         os.utime(files[1], ns=(files[1].stat().st_atime_ns, files[1].stat().st_mtime_ns + 10**9))
         before = check_consistent(collection)
         proc = child(collection, root)
-        time.sleep(rng.uniform(0.8, 1.8))
+        proc.stdout.readline()  # the child has its imports behind it (seconds on a loaded machine)
+        time.sleep(rng.uniform(0.1, 0.6))
         proc.send_signal(signal.SIGKILL)
         killed = proc.wait() == -signal.SIGKILL
         after = check_consistent(collection)  # verify() includes: a recorded digest is that of its rows
