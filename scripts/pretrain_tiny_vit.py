@@ -96,6 +96,12 @@ def main() -> int:
         default=128,
         help="contours: per-patch classes are k-means clusters of the objects' geometry (0 = the outline ids)",
     )
+    ap.add_argument(
+        "--init",
+        default=None,
+        help="start from this ViT (a directory holding model.safetensors + config.json) instead of random "
+        "weights; the heads start afresh",
+    )
     ap.add_argument("--out", default=str(ASSET_DIR))
     ap.add_argument("--print-every", type=int, default=250)
     args = ap.parse_args()
@@ -145,6 +151,12 @@ def main() -> int:
 
     torch.manual_seed(args.seed)
     vision = Dinov2Model(Dinov2Config(**config.vision_config))
+    init_record = None
+    if args.init:
+        start = Dinov2Model.from_pretrained(args.init, torch_dtype=torch.float32)
+        vision.load_state_dict(start.state_dict())
+        init_path = Path(args.init) / RECORD_FILE
+        init_record = json.loads(init_path.read_text(encoding="utf-8")) if init_path.exists() else None
     cfg = PretrainConfig(seed=args.seed, vit_batch_size=args.batch_size, vit_lr=args.lr)
     window: list[dict] = []
     t1 = time.time()
@@ -188,6 +200,7 @@ def main() -> int:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "init_seed": args.seed,
+        "init": {"from": args.init, "record": init_record} if args.init else None,
         "minutes_train": round(minutes, 1),
         "minutes_render": round(t_render / 60, 1),
         "heldout": {k.removeprefix("vit_eval_"): round(v, 4) for k, v in report.items() if "_eval_" in k},
