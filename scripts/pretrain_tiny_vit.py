@@ -113,7 +113,13 @@ def main() -> int:
     from lexsearch.model.presets import preset_config
     from lexsearch.tiny.config import PretrainConfig
     from lexsearch.tiny.vision import pretrain_vision
-    from lexsearch.tiny.vit_asset import RECORD_FILE, asset_fingerprint, corpus_targets
+    from lexsearch.tiny.vit_asset import (
+        RECORD_FILE,
+        asset_fingerprint,
+        corpus_targets,
+        load_shipped_vit,
+        read_record,
+    )
 
     config = preset_config("tiny")
     config.vision_config = dict(config.vision_config, **json.loads(args.vision))
@@ -151,12 +157,8 @@ def main() -> int:
 
     torch.manual_seed(args.seed)
     vision = Dinov2Model(Dinov2Config(**config.vision_config))
-    init_record = None
-    if args.init:
-        start = Dinov2Model.from_pretrained(args.init, torch_dtype=torch.float32)
-        vision.load_state_dict(start.state_dict())
-        init_path = Path(args.init) / RECORD_FILE
-        init_record = json.loads(init_path.read_text(encoding="utf-8")) if init_path.exists() else None
+    if args.init:  # loading into the configured model fails loudly on a ViT of another shape
+        vision.load_state_dict(load_shipped_vit(Path(args.init)).state_dict())
     cfg = PretrainConfig(seed=args.seed, vit_batch_size=args.batch_size, vit_lr=args.lr)
     window: list[dict] = []
     t1 = time.time()
@@ -200,7 +202,7 @@ def main() -> int:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "init_seed": args.seed,
-        "init": {"from": args.init, "record": init_record} if args.init else None,
+        "init": {"from": args.init, "record": read_record(Path(args.init))} if args.init else None,
         "minutes_train": round(minutes, 1),
         "minutes_render": round(t_render / 60, 1),
         "heldout": {k.removeprefix("vit_eval_"): round(v, 4) for k, v in report.items() if "_eval_" in k},
