@@ -28,7 +28,11 @@ from lexsearch.cli.common import handle_errors
 @click.option("--batch-size", type=click.IntRange(min=2), help="Global batch, all ranks (preset default).")
 @click.option("--micro-batch-size", type=click.IntRange(min=0), help="Per-rank forward size (exact loss).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate [paper: 5e-4].")
-@click.option("--reg", type=click.Choice(["overuse", "flops"]), help="Regulariser [paper: overuse].")
+@click.option(
+    "--reg",
+    type=click.Choice(["overuse", "flops"]),
+    help="Regulariser [paper: overuse; the tiny preset: flops].",
+)
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
