@@ -148,6 +148,12 @@ def format_val(v: dict) -> str:
                 f"{100 * t['query_words_top3']:.1f}% of {t['n_queries']}; images with a function or prompt "
                 f"word in their top-{t['k']}: {100 * t['stray_word_images']:.1f}% ({strays})"
             )
+        if "wrong_world_word_images" in t:
+            wrong = ", ".join(f"{w} {n}" for w, n in t["wrong_world_words"].items()) or "none"
+            lines.append(
+                f"  mistakes: images with a colour or shape in their top-{t['k']} that none of their objects "
+                f"has: {100 * t['wrong_world_word_images']:.1f}% ({wrong})"
+            )
         if "patchdis_miou" in t:
             lines.append(
                 f"  PatchDis (shape words): mIoU {t['patchdis_miou']:.1f} "

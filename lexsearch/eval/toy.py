@@ -15,7 +15,11 @@ recall with meaningless words), so every figure here comes with a control comput
   query words are among the query vector's top-3 words (a query vector that holds other words than the
   query's own explains its matches with words the user never typed);
 - **stray words**: how often an image's top-k words hold a function word (a generic English list, not the
-  tiny preset's own stop list) or a word of the prompt that is not in the image's captions;
+  tiny preset's own stop list) or a word of the prompt that is not in the image's captions. A prompt word
+  that is also one of the world's colour or shape words (the paper's prompt says "white", a colour of some
+  worlds) is graded as what it is there, a content word, by the next figure;
+- **wrong world words**: how often an image's top-k words hold a colour or shape word of the world that no
+  object of the image has (a colour or shape mistake, the same test for every such word);
 - **PatchDis on shape words** (via :mod:`lexsearch.eval.patchdis`) with its random-assignment baseline.
 
 :func:`toy_validation` runs them all on a model in memory; ``lexsearch train`` calls it in its final
@@ -122,24 +126,42 @@ def top_word_outside_caption(vectors, words: Sequence[str], captions: Sequence[s
     return float(np.mean(outside)) if outside else float("nan")
 
 
+def _share_and_counts(strays: Sequence[Sequence[str]]) -> tuple[float, dict[str, int]]:
+    counts: dict[str, int] = {}
+    for row in strays:
+        for w in row:
+            counts[w] = counts.get(w, 0) + 1
+    share = sum(bool(row) for row in strays) / len(strays) if len(strays) else float("nan")
+    return share, dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def stray_words(
-    tops: Sequence[Sequence[str]], captions: Sequence[Sequence[str]], prompt_words: Sequence[str]
+    tops: Sequence[Sequence[str]],
+    captions: Sequence[Sequence[str]],
+    prompt_words: Sequence[str],
+    world_words: Sequence[str] = (),
 ) -> tuple[float, dict[str, int]]:
     """(share of rows whose top words hold a function word or a prompt word absent from the row's captions,
-    count per stray word). ``tops`` are each row's top words, ``captions`` each row's caption texts."""
-    prompt = {w.lower() for w in prompt_words}
-    counts: dict[str, int] = {}
-    rows = 0
+    count per stray word). ``tops`` are each row's top words, ``captions`` each row's caption texts.
+    Prompt words among ``world_words`` are left to :func:`wrong_world_words`."""
+    prompt = {w.lower() for w in prompt_words} - {w.lower() for w in world_words}
+    strays = []
     for top, caps in zip(tops, captions):
         said = {w for c in caps for w in _WORD.findall(c.lower())}
-        stray = [
-            w for w in top if w.lower() in FUNCTION_WORDS or (w.lower() in prompt and w.lower() not in said)
-        ]
-        rows += bool(stray)
-        for w in stray:
-            counts[w] = counts.get(w, 0) + 1
-    return (rows / len(tops) if len(tops) else float("nan")), dict(
-        sorted(counts.items(), key=lambda kv: -kv[1])
+        strays.append(
+            [w for w in top if w.lower() in FUNCTION_WORDS or (w.lower() in prompt and w.lower() not in said)]
+        )
+    return _share_and_counts(strays)
+
+
+def wrong_world_words(
+    tops: Sequence[Sequence[str]], held: Sequence[set[str]], world_words: Sequence[str]
+) -> tuple[float, dict[str, int]]:
+    """(share of rows whose top words hold a world word (colour or shape) the row's image does not have,
+    count per word). ``held`` is each image's set of colour and shape words."""
+    world = {w.lower() for w in world_words}
+    return _share_and_counts(
+        [[w for w in top if w.lower() in world and w.lower() not in h] for top, h in zip(tops, held)]
     )
 
 
@@ -191,6 +213,14 @@ def toy_targets(root: Path, image_keys: Sequence[str]) -> list[tuple[str, str]] 
         )
         return None
     return [labels[k].largest() for k in image_keys]
+
+
+def _held_words(root: Path, image_keys: Sequence[str]) -> list[set[str]]:
+    """Each image's colour and shape words (every object, not only the largest)."""
+    from lexsearch.data.toyworld import read_labels
+
+    labels = read_labels(root)
+    return [{w for s in labels[k].shapes for w in (s.colour, s.shape)} for k in image_keys]
 
 
 def _image_vectors(model, root: Path, keys: Sequence[str], device, batch_size: int) -> np.ndarray:
@@ -246,8 +276,10 @@ def toy_validation(
         captions = [pairs.captions[pairs.image_captions[j][0]] for j in range(len(keys))]
         all_captions = [[pairs.captions[c] for c in pairs.image_captions[j]] for j in range(len(keys))]
         prefix, suffix = model.config.prompt_parts()
-        share, strays = stray_words(top_words(vecs, words, k), all_captions, _WORD.findall(prefix + suffix))
         colours, shapes = world_words(root)
+        tops = top_words(vecs, words, k)
+        share, strays = stray_words(tops, all_captions, _WORD.findall(prefix + suffix), colours + shapes)
+        wrong_share, wrong = wrong_world_words(tops, _held_words(root, keys), colours + shapes)
         queries = [(c, s) for c in colours for s in shapes]
         qvecs = _sparsify(
             _text_vectors(model, [f"{c} {s}" for c, s in queries], device, batch_size), model.vocab_size
@@ -268,6 +300,8 @@ def toy_validation(
             "top_word_outside_caption": top_word_outside_caption(vecs, words, captions),
             "stray_word_images": share,
             "stray_words": dict(list(strays.items())[:8]),
+            "wrong_world_word_images": wrong_share,
+            "wrong_world_words": dict(list(wrong.items())[:8]),
             "query_words_top3": float(q_hits.mean()),
             "query_misses": misses[:8],
             "n_queries": len(queries),

@@ -55,6 +55,18 @@ def test_stray_words_count_function_words_and_prompt_words_the_captions_do_not_s
     assert counts == {"the": 1, "white": 1, "important": 1}
 
 
+def test_a_prompt_word_that_is_a_world_word_is_graded_as_content_not_as_a_stray():
+    # The paper's prompt says "white"; in a world with white objects, "white" on an image without one is a
+    # colour mistake (wrong_world_words), exactly as "blue" would be, and not a prompt word leaking in.
+    tops = [["red", "circle", "white"], ["blue", "square", "horse"], ["red", "square", "blue"]]
+    captions = [["a red circle"], ["a blue square"], ["a red square"]]
+    share, counts = M.stray_words(tops, captions, ["white", "horse"], world_words=["white", "red", "blue"])
+    assert share == pytest.approx(1 / 3) and counts == {"horse": 1}
+    held = [{"red", "circle"}, {"blue", "square"}, {"red", "square"}]
+    share, counts = M.wrong_world_words(tops, held, ["white", "red", "blue", "circle", "square"])
+    assert share == pytest.approx(2 / 3) and counts == {"white": 1, "blue": 1}
+
+
 def test_query_word_hits_need_both_words_in_the_top_k():
     vecs = np.array([[0.9, 0.0, 0.8, 0.0, 0.1, 0.0], [0.0, 0.9, 0.0, 0.05, 0.8, 0.7]])
     hits = M.query_word_hits(vecs, WORDS, [("red", "circle"), ("blue", "square")], k=3)
