@@ -247,15 +247,21 @@ class LexVLA(nn.Module):
         return lexical(codebook_logits(self.z_txt[vocab_columns], self.z_txt))
 
     # ------------------------------------------------------------------------------------------- image
-    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Adapter tokens z (B, T, H) of images (B, 3, S, S); the backbone is frozen, so no graph through it."""
+    def backbone_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The frozen backbone's tokens (B, T, Hv) of images (B, 3, S, S); no graph (nothing there trains)."""
         with torch.no_grad():
-            feats = self.vision(pixel_values=pixels.to(self._vision_dtype())).last_hidden_state  # (B, T, Hv)
+            return self.vision(pixel_values=pixels.to(self._vision_dtype())).last_hidden_state
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Adapter tokens z (B, T, H) of images: pixels (B, 3, S, S), or their backbone tokens (B, T, Hv)
+        computed before (the backbone is frozen, so training may compute them once per image)."""
+        feats = images if images.dim() == 3 else self.backbone_tokens(images)
         return self.adapter(feats.float())
 
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """s_img (B, V) = L2norm(elu1p(max_t z_t @ Z_img^T)) and the dense image vector (B, D) or None.
 
+        ``pixels`` may also be backbone tokens (B, T, Hv), as :meth:`image_tokens` takes.
         elu1p is monotone, so max-then-elu1p equals elu1p-then-max and never materialises elu1p(B, T, V).
         CLS takes part in the max [choice].
         """

@@ -99,6 +99,7 @@ class Batches:
         if config.batch_size % info.world_size:
             raise UsageError(f"--batch-size {config.batch_size} is not divisible by {info.world_size} ranks")
         self.per_rank = config.batch_size // info.world_size
+        self.tokens: torch.Tensor | None = None  # backbone tokens per image (use_backbone_tokens)
         self.streaming = not hasattr(pairs, "__len__")
         if self.streaming:
             if any("://" in u for u in pairs.urls):
@@ -114,7 +115,23 @@ class Batches:
                 "lower --batch-size" + (" or give max_steps for remote shards" if self.streaming else "")
             )
 
+    def use_backbone_tokens(self, tokens: torch.Tensor) -> None:
+        """Yield rows of ``tokens`` (N_images, T, Hv: the frozen backbone's output for ``pairs.images``)
+        instead of decoded pixels; the batches (which pairs, in which order) stay the same."""
+        if self.streaming or tokens.shape[0] != len(self.pairs.images):
+            raise ValueError("backbone tokens need a caption folder and one row per image")
+        self.tokens = tokens
+        self.token_rows = torch.tensor(self.pairs.caption_image, dtype=torch.long, device=tokens.device)
+
+    def _cached(self, epoch: int, skip: int):
+        batches = D.rank_batches(len(self.pairs), self.config.batch_size, self.info, self.config.seed, epoch)
+        for batch in batches[skip:]:
+            rows = self.token_rows[torch.tensor(batch, dtype=torch.long, device=self.tokens.device)]
+            yield self.tokens[rows], [self.pairs.captions[i] for i in batch]
+
     def _loader(self, epoch: int, skip: int):
+        if self.tokens is not None:
+            return self._cached(epoch, skip), 0
         workers = self.config.num_workers
         if self.streaming:
             ds = ShardStream(self.pairs, *self.image, self.info, self.config.seed, epoch)
@@ -133,7 +150,8 @@ class Batches:
         return loader, 0
 
     def iterate(self, start_step: int):
-        """Yield (epoch, pixels, captions) from ``start_step`` on, epoch after epoch, forever."""
+        """Yield (epoch, pixels, captions) from ``start_step`` on, epoch after epoch, forever (backbone
+        tokens instead of pixels after :meth:`use_backbone_tokens`)."""
         spe = max(self.steps_per_epoch, 1)
         epoch, offset = divmod(start_step, spe) if self.steps_per_epoch else (0, start_step)
         while True:
@@ -161,6 +179,38 @@ class Batches:
                 offset += produced
                 continue
             epoch, offset = epoch + 1, 0
+
+
+@torch.no_grad()
+def backbone_tokens(model, pairs, device: torch.device, batch_size: int, num_workers: int, max_gb: float):
+    """The frozen backbone's tokens of every image of a caption folder (N_images, T, Hv) on ``device``, or
+    None (with a log line) for shard streams and folders whose tokens would take more than ``max_gb``."""
+    from lexsearch.model.encoder import autocast
+
+    if not hasattr(pairs, "images"):
+        log.info("backbone tokens are not cached for shard streams")
+        return None
+    cfg = model.config
+    with torch.no_grad():
+        probe = model.backbone_tokens(torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=device))
+    gb = len(pairs.images) * probe[0].numel() * 4 / 1e9
+    if gb > max_gb:
+        log.info(
+            "backbone tokens not cached: %d images would take %.1f GB (> %.1f)", len(pairs.images), gb, max_gb
+        )
+        return None
+    images = torch.utils.data.DataLoader(
+        ImageKeys(pairs, cfg.image_size, cfg.image_mean, cfg.image_std),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=lambda b: torch.from_numpy(np.stack(b)),
+    )
+    rows = []
+    for pixels in images:
+        with autocast(device):
+            rows.append(model.backbone_tokens(pixels.to(device)).float())
+    log.info("backbone tokens of %d images cached (%.2f GB)", len(pairs.images), gb)
+    return torch.cat(rows)
 
 
 def load_data(config: TrainConfig):

@@ -68,6 +68,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps; under torchrun each rank takes cuda:LOCAL_RANK
     num_workers: int = 2  # DataLoader processes decoding images ahead of the model
     grad_checkpointing: bool = False  # checkpoint the LM's layers (prefix sharing is then off: see LexVLA)
+    # [choice] Run the frozen backbone once per training image and train on its stored tokens. Exact (the
+    # backbone is frozen and images are not augmented); only for caption folders whose tokens fit in
+    # cache_backbone_gb of memory on the training device, else the run goes on without it (logged).
+    cache_backbone: bool = False
+    cache_backbone_gb: float = 4.0
     log_every: int = 10  # steps between train_log.jsonl lines
     val_every: int = 0  # steps between validations; 0 = only at the end
     save_every: int = 0  # steps between checkpoints; 0 = at each epoch's end and at the end
@@ -155,6 +160,7 @@ PRESET_DEFAULTS: dict[str, dict] = {
     "tiny": {
         "reg": "flops",
         "batch_size": 128,
+        "cache_backbone": True,  # 2,000 images at 96 px: 111 MB; a step takes ~35% less time
         "epochs": 40.0,
         "temperature_lr": 0.02,
         "ramp_steps": 100,

@@ -34,7 +34,7 @@ from torch import nn
 from lexsearch.errors import UsageError
 from lexsearch.model.encoder import autocast, sparsify_vectors
 from lexsearch.train import distributed as D
-from lexsearch.train.batches import Batches, ImageKeys, load_data
+from lexsearch.train.batches import Batches, ImageKeys, backbone_tokens, load_data
 from lexsearch.train.config import TrainConfig
 from lexsearch.train.losses import get_regulariser, info_nce_terms, quadratic_ramp
 from lexsearch.train.state import STATE_JSON, load_state, save_state
@@ -411,6 +411,17 @@ class _Trainer:
             )
         self.towers = D.wrap_ddp(Towers(self.model), info)
         self.batches = Batches(self.pairs, config, info, self.model.config)
+        if config.cache_backbone:
+            tokens = backbone_tokens(
+                self.model,
+                self.pairs,
+                info.device,
+                config.val_batch_size,
+                config.num_workers,
+                config.cache_backbone_gb,
+            )
+            if tokens is not None:
+                self.batches.use_backbone_tokens(tokens)
         if config.max_steps > 0:
             self.total_steps = config.max_steps
         else:

@@ -107,3 +107,31 @@ def test_cli_train_tiny_writes_a_loadable_model(toy, tmp_path):
     # A second run into the same folder is refused with a readable message, not a traceback.
     again = CliRunner().invoke(cli, [*args, "--quiet"])
     assert again.exit_code == 2 and "--resume" in again.output
+
+
+def test_cached_backbone_tokens_train_the_same_run_as_pixels(toy, tmp_path):
+    # The backbone is frozen and images are not augmented: its tokens computed once per image must give the
+    # very run that decoding and encoding every batch gives (same batches, losses and weights).
+    from safetensors.torch import load_file
+
+    cached = train(_config(toy, tmp_path / "a", cache_backbone=True))
+    plain = train(_config(toy, tmp_path / "b", cache_backbone=False))
+    assert cached.step == plain.step == 6
+    a, b = _steps(tmp_path / "a"), _steps(tmp_path / "b")
+    for step in a:
+        for key in ("loss", "i2t", "t2i", "reg_img", "active_img"):
+            assert a[step][key] == pytest.approx(b[step][key], rel=1e-4, abs=1e-6), (step, key)
+    wa = load_file(str(tmp_path / "a" / "lexvla.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "lexvla.safetensors"))
+    for name in wa:
+        assert (wa[name] - wb[name]).abs().max() < 1e-4, name
+    assert cached.val["t2i"] == pytest.approx(plain.val["t2i"])
+
+
+def test_backbone_tokens_over_the_memory_cap_are_not_cached(toy, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="lexsearch.train.batches"):
+        result = train(_config(toy, tmp_path / "a", cache_backbone=True, cache_backbone_gb=1e-6))
+    assert result.step == 6
+    assert any("not cached" in r.getMessage() for r in caplog.records)
