@@ -123,6 +123,7 @@ def main() -> int:
 
     config = preset_config("tiny")
     config.vision_config = dict(config.vision_config, **json.loads(args.vision))
+    config.image_size = int(config.vision_config["image_size"])  # pretrained at its own size, used at any
     patch = int(config.vision_config["patch_size"])
     t0 = time.time()
     if args.corpus == "contours":

@@ -88,13 +88,20 @@ def corpus_targets(
 
 
 def asset_fingerprint(model_config: ModelConfig) -> dict:
-    """What the shipped ViT must share with a model config to be usable by it."""
+    """What the shipped ViT was pretrained with: its config and the image preprocessing (size, mean, std)."""
     return {
         "vision_config": dict(model_config.vision_config or {}),
         "image_size": int(model_config.image_size),
         "image_mean": [float(x) for x in model_config.image_mean],
         "image_std": [float(x) for x in model_config.image_std],
     }
+
+
+def _usable_by(fingerprint: dict) -> dict:
+    """The part of a fingerprint a model must share to use the ViT. Not the input size: as DINOv2, the ViT
+    interpolates its position embeddings, so it runs at other sizes than it was pretrained at (the tiny
+    preset feeds it 96 px images; it was pretrained at 64)."""
+    return {k: v for k, v in fingerprint.items() if k != "image_size"}
 
 
 def read_record(asset_dir: Path = ASSET_DIR) -> dict | None:
@@ -106,11 +113,12 @@ def read_record(asset_dir: Path = ASSET_DIR) -> dict | None:
 
 
 def shipped_vit_dir(model_config: ModelConfig, asset_dir: Path = ASSET_DIR) -> Path | None:
-    """``asset_dir`` when its ViT was pretrained for exactly this ViT config and preprocessing, else None."""
+    """``asset_dir`` when its ViT was pretrained for this ViT config and pixel normalisation, else None."""
     record = read_record(asset_dir)
     if record is None:
         return None
-    if record.get("fingerprint") != json.loads(json.dumps(asset_fingerprint(model_config))):
+    wanted = _usable_by(json.loads(json.dumps(asset_fingerprint(model_config))))
+    if _usable_by(record.get("fingerprint") or {}) != wanted:
         log.info("shipped tiny ViT does not match this vision config: pretraining one instead")
         return None
     return Path(asset_dir)

@@ -66,10 +66,13 @@ def test_the_shipped_asset_matches_the_tiny_preset_and_its_record():
     assert next(vision.parameters()).dtype == torch.float32
     for key, value in TINY_VISION.items():
         assert getattr(vision.config, key) == value, key
-    size, patch = TINY_VISION["image_size"], TINY_VISION["patch_size"]
-    with torch.no_grad():
-        out = vision(pixel_values=torch.zeros(1, 3, size, size)).last_hidden_state
-    assert out.shape == (1, 1 + (size // patch) ** 2, TINY_VISION["hidden_size"])
+    # Pretrained at its own size, run at the preset's (larger) input size with interpolated positions.
+    assert record["fingerprint"]["image_size"] == TINY_VISION["image_size"] < cfg.image_size
+    patch = TINY_VISION["patch_size"]
+    for size in (TINY_VISION["image_size"], cfg.image_size):
+        with torch.no_grad():
+            out = vision(pixel_values=torch.zeros(1, 3, size, size)).last_hidden_state
+        assert out.shape == (1, 1 + (size // patch) ** 2, TINY_VISION["hidden_size"])
 
 
 def test_a_different_vision_config_falls_back_to_pretraining():
@@ -117,7 +120,7 @@ def test_prepare_tiny_bases_starts_from_the_shipped_vit(world, tmp_path, monkeyp
 
 
 def test_corpus_targets_are_deterministic_and_follow_the_scenes():
-    cfg = _tiny()
+    cfg = replace(_tiny(), image_size=64)  # the ViT's pretraining size, as scripts/pretrain_tiny_vit.py sets
     a = TV.corpus_targets(range(5, 9), seed=11, model_config=cfg, patch_size=8)
     b = TV.corpus_targets(range(5, 9), seed=11, model_config=cfg, patch_size=8)
     assert torch.equal(a.pixels, b.pixels) and torch.equal(a.patch_shape, b.patch_shape)
