@@ -25,9 +25,9 @@ TINY_VISION = dict(
     drop_path_rate=0.0,
 )
 # Images reach the ViT at 96 px (a 12 x 12 grid; its position embeddings are interpolated, as DINOv2's are
-# when run above its pretraining size): a small object then spans more patches. On the toy world, same seeds
-# and ViT, 96 px gave R@1 +2.4-2.8 / +1.0-1.8 over 64 px (docs/toy-results.md 0), at ~35% more time a step
-# with the backbone tokens cached (TrainConfig.cache_backbone).
+# when run above its pretraining size): a small object then spans more patches. On the toy world, same ViT
+# and seeds 0 / 1, 96 px gave R@1 +3.0 / +2.6 and +2.6 / +1.6 over 64 px (docs/toy-results.md 0), at ~35%
+# more time a step with the backbone tokens cached (TrainConfig.cache_backbone).
 TINY_INPUT_SIZE = 96
 # A 2-layer Llama; vocab_size is set from the tokenizer built on the training text.
 TINY_LM = dict(
