@@ -317,11 +317,11 @@ def contour_targets(
     import torch
 
     from lexsearch.model.images import preprocess
-    from lexsearch.tiny.vision import VisionTargets
+    from lexsearch.tiny.vision import VisionTargets, pretraining_size
 
     bank = ContourBank(n_classes, seed)
     n_out = n_classes + (1 if family_share else 0)
-    size = int(model_config.image_size)
+    size = pretraining_size(model_config)
     grid = size // patch_size
     n_sil = silhouette_side * silhouette_side
     n_geo = N_GEOMETRY + n_sil

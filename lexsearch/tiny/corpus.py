@@ -194,8 +194,10 @@ def render_corpus_image(index: int, seed: int, size: int = 64) -> np.ndarray:
 
 
 def corpus_pixels(indices, seed: int, model_config):
-    """(N, S, S, 3) uint8 torch tensor of corpus images ``indices`` at the model config's image size."""
+    """(N, S, S, 3) uint8 torch tensor of corpus images ``indices`` at the tiny ViT's pretraining size."""
     import torch
 
-    size = model_config.image_size
+    from lexsearch.tiny.vision import pretraining_size
+
+    size = pretraining_size(model_config)
     return torch.from_numpy(np.stack([render_corpus_image(i, seed, size) for i in indices]))

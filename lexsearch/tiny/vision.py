@@ -77,6 +77,12 @@ def patch_targets(
     return shape_ids, colour_of[shape_ids], row
 
 
+def pretraining_size(model_config: ModelConfig) -> int:
+    """The side the tiny ViT is pretrained at: its own config's ``image_size``. A model may feed it larger
+    images (the tiny preset: 96 px), its position embeddings interpolated as DINOv2's are."""
+    return int((model_config.vision_config or {}).get("image_size") or model_config.image_size)
+
+
 def load_vision_targets(
     data_root: Path,
     model_config: ModelConfig,
@@ -105,7 +111,7 @@ def load_vision_targets(
     keys = [k for k in (image_keys if image_keys is not None else sorted(labels)) if k in labels][:max_images]
     if not keys:
         return None
-    size = model_config.image_size
+    size = pretraining_size(model_config)
     pixels, patch_shape, patch_colour, present = [], [], [], []
     for key in keys:
         lab = labels[key]

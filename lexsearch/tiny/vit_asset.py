@@ -60,9 +60,9 @@ def corpus_targets(
 
     from lexsearch.data.toyworld import COLOUR_WORDS, SHAPE_WORDS, ToyWorldConfig, render_scene
     from lexsearch.model.images import preprocess
-    from lexsearch.tiny.vision import VisionTargets, patch_targets
+    from lexsearch.tiny.vision import VisionTargets, patch_targets, pretraining_size
 
-    toy = ToyWorldConfig(image_size=model_config.image_size, canonical_binding=canonical_binding)
+    toy = ToyWorldConfig(image_size=pretraining_size(model_config), canonical_binding=canonical_binding)
     shapes, colours = list(SHAPE_WORDS), list(COLOUR_WORDS)
     pixels = np.empty((len(indices), 3, toy.image_size, toy.image_size), dtype=np.float32)
     patch_shape, patch_colour, present = [], [], []

@@ -82,8 +82,9 @@ def test_targets_have_the_pretraining_form():
     cfg = _tiny()
     patch = int(cfg.vision_config["patch_size"])
     t = contour_targets(range(6), seed=3, n_classes=24, model_config=cfg, patch_size=patch)
-    grid = (cfg.image_size // patch) ** 2
-    assert t.pixels.shape == (6, 3, cfg.image_size, cfg.image_size)
+    size = cfg.vision_config["image_size"]  # the ViT's pretraining size, not the preset's input size
+    grid = (size // patch) ** 2
+    assert t.pixels.shape == (6, 3, size, size)
     assert t.patch_shape.shape == (6, grid) and t.patch_colour.shape == (6, grid)
     assert len(t.shapes) == 24 and len(t.colours) == N_COLOUR_BINS
     assert t.present.shape == (6, 24 + N_COLOUR_BINS)

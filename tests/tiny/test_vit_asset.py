@@ -120,7 +120,7 @@ def test_prepare_tiny_bases_starts_from_the_shipped_vit(world, tmp_path, monkeyp
 
 
 def test_corpus_targets_are_deterministic_and_follow_the_scenes():
-    cfg = replace(_tiny(), image_size=64)  # the ViT's pretraining size, as scripts/pretrain_tiny_vit.py sets
+    cfg = _tiny()  # rendered at the ViT's pretraining size (64), not the preset's input size
     a = TV.corpus_targets(range(5, 9), seed=11, model_config=cfg, patch_size=8)
     b = TV.corpus_targets(range(5, 9), seed=11, model_config=cfg, patch_size=8)
     assert torch.equal(a.pixels, b.pixels) and torch.equal(a.patch_shape, b.patch_shape)
