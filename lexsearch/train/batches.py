@@ -46,6 +46,16 @@ class ImageKeys(torch.utils.data.Dataset):
         return preprocess(self.pairs.load_image(self.pairs.images[j]), self.size, self.mean, self.std)
 
 
+def image_batches(pairs, model_config, batch_size: int, num_workers: int):
+    """Batches of preprocessed pixels (B, 3, S, S) of a FolderPairs' unique images, in order."""
+    return torch.utils.data.DataLoader(
+        ImageKeys(pairs, model_config.image_size, model_config.image_mean, model_config.image_std),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=lambda b: torch.from_numpy(np.stack(b)),
+    )
+
+
 class ShardStream(torch.utils.data.IterableDataset):
     """(pixels, caption) from this rank's share of WebDataset shards for one epoch."""
 
@@ -190,23 +200,16 @@ def backbone_tokens(model, pairs, device: torch.device, batch_size: int, num_wor
     if not hasattr(pairs, "images"):
         log.info("backbone tokens are not cached for shard streams")
         return None
-    cfg = model.config
-    with torch.no_grad():
-        probe = model.backbone_tokens(torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=device))
-    gb = len(pairs.images) * probe[0].numel() * 4 / 1e9
+    vision = model.vision.config
+    n_tokens = model.num_prefix_tokens + (model.config.image_size // model.patch_size) ** 2
+    gb = len(pairs.images) * n_tokens * int(vision.hidden_size) * 4 / 1e9
     if gb > max_gb:
         log.info(
             "backbone tokens not cached: %d images would take %.1f GB (> %.1f)", len(pairs.images), gb, max_gb
         )
         return None
-    images = torch.utils.data.DataLoader(
-        ImageKeys(pairs, cfg.image_size, cfg.image_mean, cfg.image_std),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=lambda b: torch.from_numpy(np.stack(b)),
-    )
     rows = []
-    for pixels in images:
+    for pixels in image_batches(pairs, model.config, batch_size, num_workers):
         with autocast(device):
             rows.append(model.backbone_tokens(pixels.to(device)).float())
     log.info("backbone tokens of %d images cached (%.2f GB)", len(pairs.images), gb)

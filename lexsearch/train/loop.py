@@ -27,14 +27,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from lexsearch.errors import UsageError
 from lexsearch.model.encoder import autocast, sparsify_vectors
 from lexsearch.train import distributed as D
-from lexsearch.train.batches import Batches, ImageKeys, backbone_tokens, load_data
+from lexsearch.train.batches import Batches, backbone_tokens, image_batches, load_data
 from lexsearch.train.config import TrainConfig
 from lexsearch.train.losses import get_regulariser, info_nce_terms, quadratic_ramp
 from lexsearch.train.state import STATE_JSON, load_state, save_state
@@ -245,16 +244,9 @@ def validate(model, pairs, device: torch.device, batch_size: int = 64, num_worke
 
     was_training = model.training
     model.eval()
-    cfg = model.config
     try:
-        images = torch.utils.data.DataLoader(
-            ImageKeys(pairs, cfg.image_size, cfg.image_mean, cfg.image_std),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=lambda b: torch.from_numpy(np.stack(b)),
-        )
         img_rows = []
-        for pixels in images:
+        for pixels in image_batches(pairs, model.config, batch_size, num_workers):
             with autocast(device):
                 img_rows.append(sparsify_vectors(model.encode_image(pixels.to(device))[0], "threshold", 0))
         txt_rows = []
