@@ -1,5 +1,7 @@
 """Does the pretrained tiny LM's read-out name a caption's words? Pretrain it with PretrainConfig overrides and
-count held-out captions whose important words are exactly the read-out's top-|words| tokens.
+count held-out captions whose important words are exactly the read-out's top-|words| tokens, and those whose
+first-named word is read out above their last-named one (the salience of order of mention), with the mean
+logit gap between the two.
 
     python bench/lm_readout_probe.py '{"lm_readout_weight": 100.0}' [--train DIR --val DIR]
 """
@@ -44,17 +46,23 @@ def main() -> int:
     report = pretrain_lm(lm, tokenizer, captions, model_config, cfg)
     seconds = time.time() - t0
     fmt = PromptFormat(tokenizer, model_config)
-    hits = []
+    hits, first_above, gaps = [], [], []
     with torch.no_grad():
         for caption in held_out:
             last = lm(input_ids=torch.tensor([fmt.query_ids(caption)])).logits[0, -1]
             words = important_words(caption, prompt_stop_words(model_config, cfg.stop_words))
-            target = {fmt.word_ids(w)[0] for w in words}
-            hits.append(set(last.topk(len(target)).indices.tolist()) == target)
+            ids = [fmt.word_ids(w)[0] for w in words]
+            hits.append(set(last.topk(len(set(ids))).indices.tolist()) == set(ids))
+            if len(words) > 1:
+                gap = float(last[ids[0]] - last[ids[-1]])
+                first_above.append(gap > 0)
+                gaps.append(gap)
     print(
         over,
         report,
-        f"caption words = top-|words| of the read-out: {100 * np.mean(hits):.1f}%",
+        f"caption words = top-|words| of the read-out: {100 * np.mean(hits):.1f}%;",
+        f"first-named word above the last-named: {100 * np.mean(first_above):.1f}%",
+        f"(mean logit gap {np.mean(gaps):+.2f})",
         f"({seconds:.0f} s)",
     )
     return 0

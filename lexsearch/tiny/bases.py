@@ -32,7 +32,7 @@ from lexsearch.tiny.vision import load_vision_targets, pretrain_vision
 log = logging.getLogger(__name__)
 
 # Bump when the pretraining procedure changes, so old cache entries are not reused.
-PRETRAIN_VERSION = 2  # 2: lowercasing, punctuation-splitting tokenizer; generic stop words; query-like texts
+PRETRAIN_VERSION = 3  # 2: lowercasing tokenizer, generic stop words, query-like texts; 3: answers in order
 MAX_TOKENIZER_CAPTIONS = 200_000  # enough text to train a small BPE vocabulary; shards are not read further
 
 

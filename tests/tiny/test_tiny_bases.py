@@ -93,6 +93,28 @@ def test_query_like_texts_are_some_of_the_captions_words(world):
         assert {t for t in text if t in content} == targets  # the text is exactly its answer words
 
 
+def test_answers_name_the_important_words_in_order_of_mention(world):
+    """As in the paper's demonstration ("man", "riding", "white", "horse"): what a text names first is
+    answered first, so the read-out learns that salience (shuffled answers left it to chance)."""
+    import numpy as np
+
+    from lexsearch.data.pairs import load_folder
+    from lexsearch.tiny.builder import build_tokenizer
+    from lexsearch.tiny.lm import _lm_batch
+
+    tok = build_tokenizer(load_folder(world.root).captions)
+    fmt = PromptFormat(tok, _tiny_config())
+    caption = "A picture of a blue star and a red circle."
+    words = ("blue", "star", "red", "circle")
+    content = [tok.convert_tokens_to_ids(f"\u2581{w}") for w in words]
+    ids, _mask, answer, _ = _lm_batch(
+        fmt, [caption] * 8, FAST.stop_words, np.random.default_rng(0), 0, query_share=0.0
+    )
+    for row, in_answer in zip(ids, answer):
+        said = [t for t in row[in_answer].tolist() if t in content]
+        assert said == content
+
+
 def test_prompt_sequence_matches_the_models_tokenisation(world):
     from lexsearch.data.pairs import load_folder
     from lexsearch.tiny.builder import build_tokenizer
