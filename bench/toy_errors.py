@@ -33,24 +33,14 @@ def main() -> int:
 
     from lexsearch.data.pairs import load_pairs
     from lexsearch.model.checkpoint import load_checkpoint
-    from lexsearch.train.batches import ImageKeys
+    from lexsearch.train.loop import encode_pairs
 
-    model = load_checkpoint(Path(args.model)).eval()
+    model = load_checkpoint(Path(args.model))
     pairs = load_pairs(args.val)
     rows = (json.loads(line) for line in (Path(args.val) / "labels.jsonl").read_text().splitlines())
     labels = {r["image"]: r for r in rows}
-    cfg = model.config
-    keys = ImageKeys(pairs, cfg.image_size, cfg.image_mean, cfg.image_std)
-    with torch.no_grad():
-        pixels = torch.from_numpy(np.stack([keys[i] for i in range(len(keys))]))
-        img = torch.cat([model.encode_image(pixels[a : a + 128])[0] for a in range(0, len(pixels), 128)])
-        txt = []
-        for a in range(0, len(pairs.captions), 128):
-            ids, mask = model.tokenize(pairs.captions[a : a + 128])
-            txt.append(model.encode_text(ids, mask)[0])
-        txt = torch.cat(txt)
-    thr = 1.0 / np.sqrt(img.shape[1])  # the paper's sparsification, as validation uses
-    scores = ((txt * (txt > thr)) @ (img * (img > thr)).T).numpy()  # (captions, images)
+    img, txt = encode_pairs(model, pairs, torch.device("cpu"), batch_size=128)  # as validation encodes
+    scores = (txt @ img.T).toarray()  # (captions, images)
 
     def objects(j: int) -> tuple:
         return tuple((s["colour"], s["shape"]) for s in labels[pairs.images[j]]["shapes"])  # largest first

@@ -238,9 +238,10 @@ def train_step(
 
 # ------------------------------------------------------------------------------------------ validation
 @torch.no_grad()
-def validate(model, pairs, device: torch.device, batch_size: int = 64, num_workers: int = 0) -> dict:
-    """R@1/5/10 both ways on a FolderPairs with the paper's 1/sqrt(V) sparsification, and active dims."""
-    from lexsearch.eval.retrieval import recall_from_vectors
+def encode_pairs(model, pairs, device: torch.device, batch_size: int = 64, num_workers: int = 0):
+    """(images (N_img, V), captions (N_txt, V)) of a FolderPairs as CSR rows, sparsified as the paper does
+    (entries above 1/sqrt(V)); rows in ``pairs.images`` / ``pairs.captions`` order."""
+    import scipy.sparse as sp
 
     was_training = model.training
     model.eval()
@@ -258,9 +259,14 @@ def validate(model, pairs, device: torch.device, batch_size: int = 64, num_worke
                 )
     finally:
         model.train(was_training)
-    import scipy.sparse as sp
+    return sp.vstack(img_rows, format="csr"), sp.vstack(txt_rows, format="csr")
 
-    img, txt = sp.vstack(img_rows, format="csr"), sp.vstack(txt_rows, format="csr")
+
+def validate(model, pairs, device: torch.device, batch_size: int = 64, num_workers: int = 0) -> dict:
+    """R@1/5/10 both ways on a FolderPairs with the paper's 1/sqrt(V) sparsification, and active dims."""
+    from lexsearch.eval.retrieval import recall_from_vectors
+
+    img, txt = encode_pairs(model, pairs, device, batch_size, num_workers)
     recall = recall_from_vectors(txt, img, pairs.caption_image)
     return {
         "t2i": {f"R@{k}": v for k, v in recall.t2i.items()},
