@@ -115,7 +115,9 @@ class WarmCollection:
         has = np.fromiter((i in vecs for i in ids), bool, len(ids))
         matrix = None
         if dense:
-            dim = next((v.size for v in vecs.values()), 0)
+            # The collection's width even when none of these images has a vector (or there are none): a
+            # (n, 0) matrix would make a query's (D,) dense product fail.
+            dim = next((v.size for v in vecs.values()), int(self._collection.meta.get("dense_dim") or 0))
             matrix = np.zeros((len(ids), dim), np.float32)
             if vecs:
                 matrix[has] = np.stack([vecs[i] for i in ids if i in vecs])

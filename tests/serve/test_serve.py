@@ -83,6 +83,25 @@ def test_no_match_is_an_empty_list(client):
     assert resp.status_code == 200 and resp.json() == []
 
 
+@pytest.mark.parametrize("q", ["zebra", "red -red"])
+def test_no_candidate_is_an_empty_list_not_a_failure(small_collection, client, q):
+    """Pieces of "zebra" are in the tiny vocabulary but in no image; "red -red" excludes every candidate:
+    the dense product over no candidate used to fail (HTTP 500) where the command said "No image matches"."""
+    _, col = small_collection
+    resp = client.get("/api/search", params={"q": q})
+    assert resp.status_code == 200 and resp.json() == []
+    res = CliRunner().invoke(cli, ["query", q, "--collection", str(col), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout) == []
+
+
+def test_warm_rows_keep_the_dense_width_without_vectors(service):
+    """Rows read for no image, or for images without a dense vector, still have the collection's width."""
+    width = int(service.collection.meta["dense_dim"])
+    assert width > 0
+    assert service.collection.forward_block([]).dense.shape == (0, width)
+    assert service.collection.forward_block([10**9]).dense.shape == (1, width)  # no such image
+
+
 def test_explain_similar_and_upload(small_collection, client, service):
     root, _ = small_collection
     ids = sorted(service.collection.image_paths(range(1, 100)))
