@@ -64,7 +64,9 @@ def parse(argv: list[str]) -> dict | None:
                 return None
             opts["collection"] = value
         elif name == "--top":
-            if not value.isdigit() or int(value) < 1:
+            # ASCII digits only ('²' is a digit to str.isdigit, not to int); a value over the limit goes to
+            # the server, whose refusal hands the query to the full parser (the limit lives there).
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:
                 return None
             opts["top"] = int(value)
         elif name == "--min-score":
@@ -119,7 +121,11 @@ def answer_and_exit(argv: list[str]) -> None:
         "expand": "1" if opts["expand"] else None,
         "format": _form(opts),
     }
-    tag, target = wire.collection_tag(folder), "/api/search?" + wire.query_string(params)
+    try:
+        target = "/api/search?" + wire.query_string(params)
+    except UnicodeEncodeError:  # bytes that are not UTF-8 in the query: the full command says so
+        return
+    tag = wire.collection_tag(folder)
     silent = []
     for record in wire.records(folder):
         try:

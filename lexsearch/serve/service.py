@@ -26,13 +26,14 @@ from lexsearch.display import utf8_text
 from lexsearch.errors import DataError, UsageError
 from lexsearch.index.dense import inner_products
 from lexsearch.index.postings import RowBlock
+from lexsearch.limits import MAX_TOP
 from lexsearch.search import PostingsIndex, PruneConfig, results_to_json, search, search_by_image
+from lexsearch.search.explain import heatmap_columns
 
 logger = logging.getLogger(__name__)
 
 THUMB_SIDE = 320  # long side of a grid thumbnail: sharp in a ~220 px card on a 1.5x screen
 LARGE_SIDE = 1600  # long side of the detail view's image (a 24 MP original is not sent whole)
-MAX_TOP = 1000  # results one request may ask for (the candidate stage keeps ~1000 anyway)
 EXPLAIN_TOP = 24  # an image's own words listed in the detail view
 PATCH_CACHE = 16  # images whose (P, V) patch vectors stay in memory: clicking through chips re-renders only
 
@@ -267,7 +268,12 @@ class SearchService:
             if self._count is None or self._count[0] != generation:
                 self._count = (generation, self.collection.count())
             count = self._count[1]
-        return {"collection": str(self.collection.path), "name": self.collection.path.name, "images": count}
+        return {
+            "collection": str(self.collection.path),
+            "name": self.collection.path.name,
+            "images": count,
+            "max_top": MAX_TOP,  # the page stops asking for more there
+        }
 
     # ------------------------------------------------------------------------------------- images by id
     def path_of(self, image_id: int) -> str:
@@ -323,17 +329,12 @@ class SearchService:
 
     # ------------------------------------------------------------------------------------- heat maps
     def word_columns(self, word: str) -> list[int]:
-        """Vocabulary columns of a word as the page shows it (``##piece`` forms included)."""
+        """The vocabulary column of a word to draw: ``heatmap_columns``, the rule of ``explain --word``."""
         if self._word_columns is None:
             self._word_columns = {}
             for col, w in enumerate(self.encoder.vocab.words):
                 self._word_columns.setdefault(w, col)
-        if word in self._word_columns:
-            return [self._word_columns[word]]
-        cols = self.encoder.word_terms(word)
-        if not cols:
-            raise UsageError(f"{word!r} is not in the model's vocabulary")
-        return cols
+        return heatmap_columns(word, self.encoder.word_terms, self.encoder.words, self._word_columns)
 
     def heatmap_png(self, image_id: int, word: str) -> bytes:
         """The one-word heat map of ``word`` over image ``image_id`` (lexsearch.explain), as PNG bytes."""
