@@ -126,6 +126,11 @@ def query(
                     prune=s.PruneConfig() if pruned else None,
                     expand=expand,
                 )
+    if results.notes:
+        from lexsearch.serve.wire import notes_text
+
+        # The same lines whether this process searched or a server did (its answer carries them).
+        click.echo(notes_text(results.notes), err=True, nl=False)
     if results.stale:
         from lexsearch.index.store import Collection
 

@@ -131,12 +131,13 @@ class WarmCollection:
 
 
 class Rows(list):
-    """JSON rows of results, how many matches were left out because their file is gone, and whether each
-    row's ``path`` is the very name stored (no byte of it outside UTF-8)."""
+    """JSON rows of results, how many matches were left out because their file is gone, whether each row's
+    ``path`` is the very name stored (no byte of it outside UTF-8), and the search's notes (``Results.notes``)."""
 
     stale: int = 0
     exact_paths: bool = False
     paths: list[str] = []  # each row's stored path (``path`` in a row is its UTF-8 text)
+    notes: list[str] = []  # replaced per answer, never appended to
 
 
 class NotFound(Exception):
@@ -198,10 +199,12 @@ class SearchService:
         rows.stale = int(getattr(results, "stale", 0))
         rows.exact_paths = all(utf8_text(r.path) == r.path for r in results)
         rows.paths = [r.path for r in results]
+        rows.notes = list(getattr(results, "notes", ()))
         return rows
 
-    def search_output(self, q: str, top: int, form: str, **options: Any) -> tuple[bytes, int]:
-        """(what ``lexsearch query`` prints for ``q`` in ``form``: ``output.FORMATS``, stale matches left out).
+    def search_output(self, q: str, top: int, form: str, **options: Any) -> tuple[bytes, Rows]:
+        """(what ``lexsearch query`` prints for ``q`` in ``form``: ``output.FORMATS``, the rows behind it:
+        their ``stale`` count and ``notes`` go in headers).
 
         The very bytes the command prints from this server's JSON answer (``client.results_from_rows`` over
         the rows, with their stored paths): a query process only writes them out.
@@ -213,7 +216,7 @@ class SearchService:
             raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {form!r}.")
         rows = self.search(q, top, **options)
         results = results_from_rows([dict(r, path=p) for r, p in zip(rows, rows.paths)])
-        return render(results, form), rows.stale
+        return render(results, form), rows
 
     def search_image(self, data: bytes, top: int = 10) -> list[dict[str, Any]]:
         """Images like the uploaded image ``data`` (any format the indexer reads)."""

@@ -459,3 +459,48 @@ def test_warm_up_merges_lora_without_changing_query_vectors(small_collection):
         merged, before = service.encoder.encode_texts(texts), plain.encode_texts(texts)
     assert np.abs((merged.sparse - before.sparse).toarray()).max() < 1e-5
     assert [sorted(r.indices) for r in merged.sparse] == [sorted(r.indices) for r in before.sparse]
+
+
+def test_notes_print_the_same_whoever_searched(small_collection, service, monkeypatch):
+    """A search's notes (``Results.notes``) reach stderr as the same lines from a search here, from a server
+    through the full command, and from a server through the quick path of a fresh process; the API sends
+    them in a header."""
+    import subprocess
+    import sys
+
+    from lexsearch.search import query as query_module
+    from lexsearch.serve import service as service_module
+
+    _, col = small_collection
+    real = query_module.search
+    note = "note: 'caf\u00e9' is new to the model \x1b[31m"  # a control character is shown escaped
+
+    def noted(*args, **kwargs):
+        results = real(*args, **kwargs)
+        results.notes.append(note)
+        return results
+
+    monkeypatch.setattr(query_module, "search", noted)
+    monkeypatch.setattr(service_module, "search", noted)
+    args = ["query", QUERY, "--collection", str(col), "--top", "2", "--expand"]
+    alone = CliRunner().invoke(cli, args)
+    assert alone.exit_code == 0 and alone.stderr == "note: 'caf\u00e9' is new to the model \\x1b[31m\n"
+    assert alone.stdout.count(".png") == 2
+    assert json.loads(
+        TestClient(create_app(service)).get("/api/search", params={"q": QUERY}).headers["lexsearch-notes"]
+    ) == [note]
+    server = Server(service, "127.0.0.1", 0)
+    server.start_in_thread()
+    try:
+        full = CliRunner().invoke(cli, ["-v", *args])
+        env = dict(os.environ, LC_ALL="C.UTF-8", PYTHONIOENCODING="")
+        quick = subprocess.run([sys.executable, "-m", "lexsearch", "-v", *args], capture_output=True, env=env)
+    finally:
+        server.stop()
+    said = re.compile(r"answered by the running server at http://127\.0\.0\.1:\d+ \(pid \d+\)\n")
+    for code, out, err in (
+        (full.exit_code, full.stdout, full.stderr),
+        (quick.returncode, quick.stdout.decode(), quick.stderr.decode()),
+    ):
+        assert said.search(err), err
+        assert (code, out, said.sub("", err)) == (0, alone.stdout, alone.stderr)
