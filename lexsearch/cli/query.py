@@ -10,12 +10,19 @@ import click
 from lexsearch.cli import common
 from lexsearch.cli.common import TEXT_ENCODER, FiniteFloat, decoder_noise_hidden, handle_errors
 from lexsearch.display import shown, utf8_text
+from lexsearch.limits import MAX_TOP
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("text", nargs=-1)
 @click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
-@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Results to show.")
+@click.option(
+    "--top",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, MAX_TOP),
+    help=f"Results to show (at most {MAX_TOP:,}; a running server takes the same).",
+)
 @click.option("--json", "as_json", is_flag=True, help='Print [{"rank", "path", "score", "words": [...]}].')
 @click.option("--paths", "as_paths", is_flag=True, help="Print only the paths, one a line (for xargs).")
 @click.option(
@@ -70,6 +77,7 @@ def query(
     import json
 
     from lexsearch.errors import UsageError
+    from lexsearch.limits import check_query_text
 
     unknown = [t for t in text if t.startswith("--")]
     if unknown:
@@ -81,6 +89,10 @@ def query(
         raise UsageError("Give a text or --image IMG, not both.")
     if not image and text is None:
         raise UsageError("Nothing to search for: give a text, e.g. lexsearch query 'white horse'.")
+    if text is not None:
+        # Refused here as the search would refuse it, before it is sent anywhere: text that is not UTF-8
+        # cannot go into a request, so a running server must not see it either.
+        check_query_text(text)
     results = None
     # An explicit --text-encoder is answered here, by that encoder; a server uses its model's default.
     if not image and model_dir is None and text_encoder == "auto":
@@ -114,6 +126,11 @@ def query(
                     prune=s.PruneConfig() if pruned else None,
                     expand=expand,
                 )
+    if results.notes:
+        from lexsearch.serve.wire import notes_text
+
+        # The same lines whether this process searched or a server did (its answer carries them).
+        click.echo(notes_text(results.notes), err=True, nl=False)
     if results.stale:
         from lexsearch.index.store import Collection
 

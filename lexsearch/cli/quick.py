@@ -4,7 +4,7 @@ A new ``lexsearch query`` process that a running ``lexsearch serve`` answers spe
 Click and the command modules are ~60 ms of it, more than the server's own answer. This module reads the few
 options such a query can have with the standard library, asks the server for what ``lexsearch query`` prints
 (``lexsearch.serve.wire``: no pathlib, typing or json to import) and writes it out. Whenever it is not sure (another option, an unusual token, a bad
-value, no server, a note to print) it declines, and the full command line runs as if this module did not
+value, no server, a note on stale files to print) it declines, and the full command line runs as if this module did not
 exist: it alone validates, reports errors and searches.
 """
 
@@ -64,7 +64,9 @@ def parse(argv: list[str]) -> dict | None:
                 return None
             opts["collection"] = value
         elif name == "--top":
-            if not value.isdigit() or int(value) < 1:
+            # ASCII digits only ('²' is a digit to str.isdigit, not to int); a value over the limit goes to
+            # the server, whose refusal hands the query to the full parser (the limit lives there).
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:
                 return None
             opts["top"] = int(value)
         elif name == "--min-score":
@@ -119,7 +121,11 @@ def answer_and_exit(argv: list[str]) -> None:
         "expand": "1" if opts["expand"] else None,
         "format": _form(opts),
     }
-    tag, target = wire.collection_tag(folder), "/api/search?" + wire.query_string(params)
+    try:
+        target = "/api/search?" + wire.query_string(params)
+    except UnicodeEncodeError:  # bytes that are not UTF-8 in the query: the full command says so
+        return
+    tag = wire.collection_tag(folder)
     silent = []
     for record in wire.records(folder):
         try:
@@ -131,17 +137,23 @@ def answer_and_exit(argv: list[str]) -> None:
             break  # an error to report, another collection's server, an older server: the full command
         if headers.get(wire.STALE_HEADER.lower(), "0") != "0":
             break  # the note on stale files reads the collection's roots: the full command prints it
-        _print(body, params["format"], record if opts["verbose"] else None)
+        notes = wire.decode_notes(headers.get(wire.NOTES_HEADER.lower()))
+        _print(body, params["format"], record if opts["verbose"] else None, notes)
     if silent:
         from lexsearch.serve import discovery
 
         discovery.mark_silent(folder, silent)
 
 
-def _print(body: bytes, form: str, record: dict | None) -> None:
+def _print(body: bytes, form: str, record: dict | None, notes: list[str]) -> None:
     if record is not None:
         url = wire.url(record["host"], record["port"])
         _write(f"answered by the running server at {url} (pid {record['pid']})\n", sys.stderr)
+    if notes:  # before the results, as the full command prints them (``wire.notes_text``)
+        try:
+            _write(wire.notes_text(notes), sys.stderr)
+        except (OSError, ValueError):
+            pass
     text: str | bytes = body if form in ("paths", "null") else body.decode("utf-8", "surrogateescape")
     code = 0
     try:

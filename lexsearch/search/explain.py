@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from lexsearch.errors import UsageError
 from lexsearch.model.vocab import word_key
 
 # Words shown per result (the rest is summed into ``Result.rest`` so words + rest == lexical).
@@ -43,3 +44,28 @@ def explain_row(
     """Every shared word of one image and its contribution (they sum to the lexical score), largest first."""
     t, c = contributions(terms, weights, qvec)
     return merge_words(words(t.tolist()), c.tolist())
+
+
+def heatmap_columns(
+    word: str,
+    word_terms: Callable[[str], Sequence[int]],
+    words: Callable[[Sequence[int]], list[str]],
+    entries: Mapping[str, int] | None = None,
+) -> list[int]:
+    """The one vocabulary column a heat map of ``word`` draws: the rule of ``lexsearch explain --word`` and
+    of the page's ``/api/heatmap/ID?word=``, so both draw the same word or refuse it with the same line.
+
+    A vocabulary entry as explanations show it (``entries``: shown form -> column, e.g. ``##board``) is
+    that column; any other word is what the tokenizer makes of it (``word_terms``), which must be one
+    column: a word of several pieces is refused with its pieces named, as one piece's map would pass for the
+    whole word's. Raises :class:`UsageError` for a word the vocabulary cannot represent.
+    """
+    if entries is not None and word in entries:
+        return [int(entries[word])]
+    cols = [int(c) for c in word_terms(word)]
+    if not cols:
+        raise UsageError(f"{word!r} is not in the model's vocabulary")
+    if len(cols) > 1:
+        pieces = ", ".join(words(cols))
+        raise UsageError(f"{word!r} is not one vocabulary word (pieces: {pieces}); pass one of them")
+    return cols

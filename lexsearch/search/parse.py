@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from lexsearch.errors import UsageError
+from lexsearch.limits import check_query_text
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ def parse_query(text: str) -> ParsedQuery:
     """Split ``white horse "red car" +beach -night`` into words, phrases, must and exclude parts.
 
     Only a leading ``+``/``-`` is an operator (``t-shirt`` stays one word); a lone ``+`` or ``-`` is ignored.
-    Raises :class:`UsageError` for an empty query or one that only excludes.
+    Raises :class:`UsageError` for an empty query, one that only excludes, and text
+    :func:`lexsearch.limits.check_query_text` refuses.
     """
+    check_query_text(text or "")
     parsed = ParsedQuery(text="")
     for match in _TOKEN.finditer(text or ""):
         op, phrase, word = match.group(1), match.group(2), match.group(3)

@@ -163,7 +163,10 @@ def _candidate_rows(
     if q_dense is None:
         return rows, None
     dense = np.zeros(len(ids), np.float32)
-    dense[block.has_dense] = block.dense[block.has_dense] @ np.asarray(q_dense, np.float32).ravel()
+    # No candidate, or none with a dense vector: the block's matrix may then be (n, 0), which the product
+    # with a (D,) query refuses; their dense scores are 0 as for any image without a vector.
+    if block.has_dense.any():
+        dense[block.has_dense] = block.dense[block.has_dense] @ np.asarray(q_dense, np.float32).ravel()
     return rows, dense
 
 

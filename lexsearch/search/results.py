@@ -21,8 +21,19 @@ class Result(NamedTuple):
 
 
 class Results(list):
-    """The ranked results (a list of :class:`Result`), and how many matches were left out as stale."""
+    """The ranked results (a list of :class:`Result`), how many matches were left out as stale, and notes
+    for the reader.
+
+    ``notes`` are whole lines about the query as a whole (not about one result), e.g. a query word the model
+    never saw. ``lexsearch query`` prints each on stderr, the same whether it searched itself or a running
+    server did: the server sends them with its answer (``Lexsearch-Notes``, ``lexsearch.serve.wire``) and the
+    page shows them.
+    """
 
     # Matching images whose file no longer exists (deleted or moved since the last index run): left out,
     # so nothing shown points nowhere; the caller says that a re-index is due.
     stale: int = 0
+
+    def __init__(self, results=(), notes=()) -> None:
+        super().__init__(results)
+        self.notes: list[str] = list(notes)  # per object: a class-level list would be shared by all

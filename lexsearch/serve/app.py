@@ -5,7 +5,8 @@
     GET  /api/alive             the collection's folder, at once (no lock: the event loop alone answers)
     GET  /api/search?q=&top=    ``lexsearch query --json`` plus each result's ``id``
                                 (also ``expand=1``, ``rerank=0``, ``pruned=1``, ``min_score=X``; with
-                                ``format=table|json|paths|null`` the very bytes ``lexsearch query`` prints)
+                                ``format=table|json|paths|null`` the very bytes ``lexsearch query`` prints;
+                                the search's notes in a ``Lexsearch-Notes`` header)
     POST /api/search/image      the request body (an image file, at most MAX_UPLOAD_BYTES) as the query
     GET  /api/similar/{id}      "more like this": the collection image as the query
     GET  /api/explain/{id}      the image's own words
@@ -44,6 +45,7 @@ from lexsearch.serve.discovery import (
     collection_tag,
 )
 from lexsearch.serve.service import NotFound, SearchService
+from lexsearch.serve.wire import NOTES_HEADER, encode_notes
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +119,11 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
         form = params.get("format")
         if form is not None:  # what `lexsearch query` prints, as bytes
             q, top = params.get("q", ""), _top(request)
-            body, stale = await run_in_threadpool(lambda: service.search_output(q, top, form, **options))
+            body, rows = await run_in_threadpool(lambda: service.search_output(q, top, form, **options))
             ms = 1000 * (time.perf_counter() - t0)
-            headers = {"Server-Timing": f"search;dur={ms:.2f}", STALE_HEADER: str(stale)}
+            headers = {"Server-Timing": f"search;dur={ms:.2f}", STALE_HEADER: str(rows.stale)}
+            if rows.notes:
+                headers[NOTES_HEADER] = encode_notes(rows.notes)
             return Response(body, media_type="application/octet-stream", headers=headers)
         results = await run_in_threadpool(
             lambda: service.search(params.get("q", ""), _top(request), **options)
@@ -127,6 +131,8 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
         headers = {STALE_HEADER: str(results.stale)} if getattr(results, "stale", 0) else {}
         if getattr(results, "exact_paths", False):
             headers[PATHS_HEADER] = EXACT_PATHS
+        if getattr(results, "notes", None):
+            headers[NOTES_HEADER] = encode_notes(results.notes)
         return _timed(results, t0, headers)
 
     async def api_search_image(request: Request) -> Response:

@@ -85,6 +85,7 @@ def search_via_server(
     rows, stale, info = answer
     results = results_from_rows(rows)
     results.stale = stale
+    results.notes = list(getattr(rows, "notes", ()))  # the server's Results.notes, from its answer's header
     return results, info
 
 

@@ -30,6 +30,7 @@ from lexsearch.serve.wire import (  # noqa: F401  (the names this module has alw
     ANSWER_WAIT_S,
     COLLECTION_HEADER,
     EXACT_PATHS,
+    NOTES_HEADER,
     PATHS_HEADER,
     PROBE_TIMEOUT_S,
     QUERY_TIMEOUT_S,
@@ -159,6 +160,18 @@ def _search_target(params: dict[str, Any]) -> str:
     return "/api/search?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
 
 
+class AnswerRows(list):
+    """The rows of a search answer and the search's notes (``NOTES_HEADER``; ``Results.notes``)."""
+
+    notes: list[str] = []  # replaced per answer, never appended to
+
+
+def _rows(rows: Any, headers: dict[str, str]) -> AnswerRows:
+    out = AnswerRows(rows)
+    out.notes = wire.decode_notes(headers.get(NOTES_HEADER.lower()))
+    return out
+
+
 def _stale(headers: dict[str, str]) -> int:
     stale = headers.get(STALE_HEADER.lower(), "0")
     return int(stale) if stale.isdigit() else 0
@@ -184,7 +197,7 @@ def remote_search(info: ServerInfo, params: dict[str, Any]) -> tuple[list[dict[s
     headers: dict[str, str] = {}
     try:
         rows = _get_json(info.url + _search_target(params), QUERY_TIMEOUT_S, headers)
-        return rows, _stale(headers)
+        return _rows(rows, headers), _stale(headers)
     except HTTPStatusError as exc:
         raise _failed(info, exc) from None
     except (OSError, ValueError) as exc:
@@ -227,7 +240,7 @@ def ask(
             break  # another collection's server on that port, or an older server: ask the way find does
         if error is not None:
             raise _failed(info, error) from None
-        return info, rows, _stale(headers), headers.get(PATHS_HEADER.lower()) == EXACT_PATHS
+        return info, _rows(rows, headers), _stale(headers), headers.get(PATHS_HEADER.lower()) == EXACT_PATHS
     info = find(want, skip=(*failed, *silent))
     if info is None:
         return None

@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+# The largest request head (request line and headers) read: h11's default of 16 KB is less than the request
+# line of the longest query the command accepts (``lexsearch.limits.MAX_QUERY_CHARS`` characters, each up to 12 bytes
+# as %XX of UTF-8), and such a query must get the command's answer, not a closed connection.
+MAX_REQUEST_HEAD = 64 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -59,7 +63,13 @@ class Server:
         # Bound to loopback: answer only requests addressed to loopback names (no DNS rebinding).
         allowed = LOOPBACK_NAMES if is_loopback(host) else None
         app = create_app(service, allowed_hosts=allowed)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+        )
         self._uvicorn = uvicorn.Server(config)
         self._record = None
         self._thread: threading.Thread | None = None

@@ -26,13 +26,14 @@ from lexsearch.display import utf8_text
 from lexsearch.errors import DataError, UsageError
 from lexsearch.index.dense import inner_products
 from lexsearch.index.postings import RowBlock
+from lexsearch.limits import MAX_TOP
 from lexsearch.search import PostingsIndex, PruneConfig, results_to_json, search, search_by_image
+from lexsearch.search.explain import heatmap_columns
 
 logger = logging.getLogger(__name__)
 
 THUMB_SIDE = 320  # long side of a grid thumbnail: sharp in a ~220 px card on a 1.5x screen
 LARGE_SIDE = 1600  # long side of the detail view's image (a 24 MP original is not sent whole)
-MAX_TOP = 1000  # results one request may ask for (the candidate stage keeps ~1000 anyway)
 EXPLAIN_TOP = 24  # an image's own words listed in the detail view
 PATCH_CACHE = 16  # images whose (P, V) patch vectors stay in memory: clicking through chips re-renders only
 
@@ -115,7 +116,9 @@ class WarmCollection:
         has = np.fromiter((i in vecs for i in ids), bool, len(ids))
         matrix = None
         if dense:
-            dim = next((v.size for v in vecs.values()), 0)
+            # The collection's width even when none of these images has a vector (or there are none): a
+            # (n, 0) matrix would make a query's (D,) dense product fail.
+            dim = next((v.size for v in vecs.values()), int(self._collection.meta.get("dense_dim") or 0))
             matrix = np.zeros((len(ids), dim), np.float32)
             if vecs:
                 matrix[has] = np.stack([vecs[i] for i in ids if i in vecs])
@@ -128,12 +131,13 @@ class WarmCollection:
 
 
 class Rows(list):
-    """JSON rows of results, how many matches were left out because their file is gone, and whether each
-    row's ``path`` is the very name stored (no byte of it outside UTF-8)."""
+    """JSON rows of results, how many matches were left out because their file is gone, whether each row's
+    ``path`` is the very name stored (no byte of it outside UTF-8), and the search's notes (``Results.notes``)."""
 
     stale: int = 0
     exact_paths: bool = False
     paths: list[str] = []  # each row's stored path (``path`` in a row is its UTF-8 text)
+    notes: list[str] = []  # replaced per answer, never appended to
 
 
 class NotFound(Exception):
@@ -195,10 +199,12 @@ class SearchService:
         rows.stale = int(getattr(results, "stale", 0))
         rows.exact_paths = all(utf8_text(r.path) == r.path for r in results)
         rows.paths = [r.path for r in results]
+        rows.notes = list(getattr(results, "notes", ()))
         return rows
 
-    def search_output(self, q: str, top: int, form: str, **options: Any) -> tuple[bytes, int]:
-        """(what ``lexsearch query`` prints for ``q`` in ``form``: ``output.FORMATS``, stale matches left out).
+    def search_output(self, q: str, top: int, form: str, **options: Any) -> tuple[bytes, Rows]:
+        """(what ``lexsearch query`` prints for ``q`` in ``form``: ``output.FORMATS``, the rows behind it:
+        their ``stale`` count and ``notes`` go in headers).
 
         The very bytes the command prints from this server's JSON answer (``client.results_from_rows`` over
         the rows, with their stored paths): a query process only writes them out.
@@ -210,7 +216,7 @@ class SearchService:
             raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {form!r}.")
         rows = self.search(q, top, **options)
         results = results_from_rows([dict(r, path=p) for r, p in zip(rows, rows.paths)])
-        return render(results, form), rows.stale
+        return render(results, form), rows
 
     def search_image(self, data: bytes, top: int = 10) -> list[dict[str, Any]]:
         """Images like the uploaded image ``data`` (any format the indexer reads)."""
@@ -265,7 +271,12 @@ class SearchService:
             if self._count is None or self._count[0] != generation:
                 self._count = (generation, self.collection.count())
             count = self._count[1]
-        return {"collection": str(self.collection.path), "name": self.collection.path.name, "images": count}
+        return {
+            "collection": str(self.collection.path),
+            "name": self.collection.path.name,
+            "images": count,
+            "max_top": MAX_TOP,  # the page stops asking for more there
+        }
 
     # ------------------------------------------------------------------------------------- images by id
     def path_of(self, image_id: int) -> str:
@@ -321,17 +332,12 @@ class SearchService:
 
     # ------------------------------------------------------------------------------------- heat maps
     def word_columns(self, word: str) -> list[int]:
-        """Vocabulary columns of a word as the page shows it (``##piece`` forms included)."""
+        """The vocabulary column of a word to draw: ``heatmap_columns``, the rule of ``explain --word``."""
         if self._word_columns is None:
             self._word_columns = {}
             for col, w in enumerate(self.encoder.vocab.words):
                 self._word_columns.setdefault(w, col)
-        if word in self._word_columns:
-            return [self._word_columns[word]]
-        cols = self.encoder.word_terms(word)
-        if not cols:
-            raise UsageError(f"{word!r} is not in the model's vocabulary")
-        return cols
+        return heatmap_columns(word, self.encoder.word_terms, self.encoder.words, self._word_columns)
 
     def heatmap_png(self, image_id: int, word: str) -> bytes:
         """The one-word heat map of ``word`` over image ``image_id`` (lexsearch.explain), as PNG bytes."""

@@ -29,6 +29,9 @@ STALE_HEADER = "Lexsearch-Stale-Results"
 # An answer whose every ``path`` is the very name stored (all UTF-8) says so: the client need not read them.
 PATHS_HEADER = "Lexsearch-Paths"
 EXACT_PATHS = "exact"
+# The search's notes (``Results.notes``: lines about the query as a whole) as a JSON list in ASCII (any text
+# fits a header that way); absent when there are none. ``lexsearch query`` prints them with ``notes_text``.
+NOTES_HEADER = "Lexsearch-Notes"
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 
@@ -38,6 +41,36 @@ def quote(data: str | bytes, safe: bytes = b"/") -> str:
     raw = data.encode("utf-8") if isinstance(data, str) else data
     keep = _SAFE | frozenset(safe)
     return "".join(chr(b) if b in keep else f"%{b:02X}" for b in raw)
+
+
+def encode_notes(notes: list[str]) -> str:
+    """``NOTES_HEADER``'s value for ``notes``: a JSON list, ASCII only (no CR/LF: escaped)."""
+    from json import dumps  # the server's side; a query process only reads (``decode_notes``)
+
+    return dumps(list(notes), ensure_ascii=True)
+
+
+def decode_notes(value: str | None) -> list[str]:
+    """The notes of a ``NOTES_HEADER`` value (none for no header or one that is not a list of strings)."""
+    if not value:
+        return []
+    from json import loads  # only when there is a note to read
+
+    try:
+        notes = loads(value)
+    except ValueError:
+        return []
+    return [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
+
+
+def notes_text(notes: list[str]) -> str:
+    """What ``lexsearch query`` writes on stderr for a search's notes, whoever searched: one line each,
+    made safe for a terminal (``lexsearch.display.shown``)."""
+    if not notes:
+        return ""
+    from lexsearch.display import shown
+
+    return "".join(shown(n) + "\n" for n in notes)
 
 
 def collection_tag(folder: str) -> str:

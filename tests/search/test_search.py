@@ -189,6 +189,41 @@ def test_only_excludes_is_a_usage_error():
         parse_query("-night -car")
 
 
+def test_text_that_is_not_utf8_or_too_long_is_a_usage_error():
+    from lexsearch.limits import MAX_QUERY_CHARS
+
+    latin1 = b"caf\xe9 green".decode("utf-8", "surrogateescape")  # as Python holds a Latin-1 argument
+    with pytest.raises(UsageError, match=re.escape("not UTF-8 text (caf\\xe9 green)")):
+        parse_query(latin1)
+    assert parse_query("x" * MAX_QUERY_CHARS).text == "x" * MAX_QUERY_CHARS
+    with pytest.raises(UsageError, match=f"{MAX_QUERY_CHARS + 1} characters long"):
+        parse_query("x" * (MAX_QUERY_CHARS + 1))
+
+
+def test_a_heatmap_word_is_one_column_or_a_clear_refusal():
+    from lexsearch.search.explain import heatmap_columns
+
+    pieces = {"skateboard": [5, 6], "horse": [1], "Horse": [1]}
+    names = {1: "horse", 5: "skate", 6: "##board"}
+
+    def word_terms(word):
+        return pieces.get(word, [])
+
+    def words(cols):
+        return [names[c] for c in cols]
+
+    entries = {"horse": 1, "skate": 5, "##board": 6}
+    assert heatmap_columns("horse", word_terms, words, entries) == [1]
+    assert heatmap_columns("Horse", word_terms, words, entries) == [1]
+    assert heatmap_columns("##board", word_terms, words, entries) == [6]  # a piece as explanations show it
+    with pytest.raises(
+        UsageError, match=r"'skateboard' is not one vocabulary word \(pieces: skate, ##board\)"
+    ):
+        heatmap_columns("skateboard", word_terms, words, entries)
+    with pytest.raises(UsageError, match="'zebra' is not in the model's vocabulary"):
+        heatmap_columns("zebra", word_terms, words, entries)
+
+
 def test_operators_map_through_word_terms():
     enc = BagEncoder()
     f = resolve_operators(parse_query('horse +beach -skateboard -"red car"'), enc.word_terms)

@@ -160,3 +160,126 @@ def test_no_match_and_bookmarked_search(browser, served):
     browser.switch_to.active_element.send_keys(Keys.ESCAPE)  # Esc closes, and the focus goes back to the card
     _wait(browser, lambda d: dialog.get_attribute("open") is None)
     assert browser.switch_to.active_element.get_attribute("data-index") == "0"
+
+
+# ------------------------------------------------------------------------------------- phone, "Show more"
+PHONE = {"width": 375, "height": 812, "deviceScaleFactor": 2, "mobile": True}
+
+
+def _sideways(driver) -> list[int]:
+    """(document width, layout viewport width): a page wider than the phone scrolls sideways (a mobile
+    browser then also widens the layout viewport past the screen, zooming out)."""
+    return driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.body.scrollWidth, window.innerWidth]"
+    )
+
+
+def test_no_sideways_scroll_at_phone_width(browser, served, tmp_path):
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
+    pages = [
+        ("start", "/", "images in the collection"),
+        ("results", "/?q=a+red+circle", "Images matching"),
+        (
+            "no-match",
+            "/?q=" + "zebra" * 60,
+            "No image matches",
+        ),  # one long unbroken word, shown in the status
+        ("error", "/?q=-red", "Search failed"),
+    ]
+    for name, target, text in pages:
+        browser.get(served.url + target)
+        _wait(browser, lambda d, text=text: text in d.find_element(By.ID, "status").text)
+        browser.save_screenshot(str(tmp_path / f"phone-{name}.png"))
+        assert _sideways(browser) == [375, 375, 375], name
+    browser.get(served.url + "/?q=a+red+circle")
+    cards = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .card"))
+    cards[0].click()
+    dialog = browser.find_element(By.ID, "detail")
+    _wait(browser, lambda d: dialog.get_attribute("open") is not None)
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#d-words button.chip"))
+    assert _sideways(browser) == [375, 375, 375]
+    assert browser.execute_script("const e = arguments[0]; return e.scrollWidth <= e.clientWidth", dialog)
+
+
+@pytest.fixture
+def paged(small_collection):
+    """A server whose answers can be held back (``gate``), and that answers the queries "many" (30 results)
+    and "page" (exactly one page, 24) with the collection's results repeated (it holds 6 images, less than
+    one page of the grid) and "noted" with a note, to see the page's side of each."""
+    import threading
+
+    _, col_path = small_collection
+    gate = threading.Event()
+    gate.set()
+    with Collection.open(col_path, readonly=True) as col:
+        service = SearchService(col, load_encoder(col, device="cpu"))
+        real = service.search
+
+        def search(q, top=10, **options):
+            gate.wait(60)
+            sizes = {"many": 30, "page": 24}
+            if q not in (*sizes, "noted"):
+                return real(q, top, **options)
+            rows = real("a red circle", 6)
+            if q == "noted":
+                rows.notes = ["note: a line about the query as a whole"]
+                return rows
+            return [dict(rows[k % len(rows)], rank=k + 1) for k in range(min(top, sizes[q]))]
+
+        service.search = search
+        server = Server(service, "127.0.0.1", 0)
+        server.start_in_thread()
+        try:
+            yield server, gate
+        finally:
+            gate.set()
+            server.stop()
+
+
+def _more_shown(driver) -> bool:
+    return driver.find_element(By.ID, "more").is_displayed()
+
+
+def test_show_more_only_when_there_is_more(browser, paged):
+    server, gate = paged
+    gate.clear()  # the first page is on its way
+    browser.get(server.url + "/?q=many")
+    _wait(browser, lambda d: "Searching" in d.find_element(By.ID, "status").text)
+    assert not _more_shown(browser)
+    gate.set()
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .card")) == 24)
+    assert _more_shown(browser) and "24+ shown" in browser.find_element(By.ID, "status").text
+
+    gate.clear()
+    # Scrolled into view, the button loads the next page by itself (infinite scroll).
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "more"))
+    _wait(browser, lambda d: "Loading more" in d.find_element(By.ID, "status").text)
+    assert not _more_shown(browser)  # not while the next page loads
+    gate.set()
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .card")) == 30)
+    assert not _more_shown(browser) and "30 shown" in browser.find_element(By.ID, "status").text
+
+    browser.get(server.url + "/?q=page")  # exactly one page: nothing more to show
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid .card")) == 24)
+    _wait(browser, lambda d: "24 shown" in d.find_element(By.ID, "status").text)
+    assert not _more_shown(browser)
+
+    browser.get(server.url + "/?q=many")
+    _wait(browser, _more_shown)
+    for query, text in (("-red", "Search failed"), ("zebra", "No image matches")):  # an error, no match
+        box = browser.find_element(By.ID, "q")
+        box.clear()
+        box.send_keys(query, Keys.ENTER)
+        _wait(browser, lambda d, text=text: text in d.find_element(By.ID, "status").text)
+        assert not _more_shown(browser), query
+        assert not browser.find_elements(By.CSS_SELECTOR, "#grid .card")
+
+
+def test_a_search_shows_its_notes(browser, paged):
+    server, _ = paged
+    browser.get(server.url + "/?q=noted")
+    notes = _wait(browser, lambda d: [n.text for n in d.find_elements(By.CSS_SELECTOR, "#notes li")])
+    assert notes == ["note: a line about the query as a whole"]
+    browser.get(server.url + "/?q=a+red+circle")
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .card"))
+    assert not browser.find_element(By.ID, "notes").is_displayed()

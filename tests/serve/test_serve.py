@@ -83,6 +83,25 @@ def test_no_match_is_an_empty_list(client):
     assert resp.status_code == 200 and resp.json() == []
 
 
+@pytest.mark.parametrize("q", ["zebra", "red -red"])
+def test_no_candidate_is_an_empty_list_not_a_failure(small_collection, client, q):
+    """Pieces of "zebra" are in the tiny vocabulary but in no image; "red -red" excludes every candidate:
+    the dense product over no candidate used to fail (HTTP 500) where the command said "No image matches"."""
+    _, col = small_collection
+    resp = client.get("/api/search", params={"q": q})
+    assert resp.status_code == 200 and resp.json() == []
+    res = CliRunner().invoke(cli, ["query", q, "--collection", str(col), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout) == []
+
+
+def test_warm_rows_keep_the_dense_width_without_vectors(service):
+    """Rows read for no image, or for images without a dense vector, still have the collection's width."""
+    width = int(service.collection.meta["dense_dim"])
+    assert width > 0
+    assert service.collection.forward_block([]).dense.shape == (0, width)
+    assert service.collection.forward_block([10**9]).dense.shape == (1, width)  # no such image
+
+
 def test_explain_similar_and_upload(small_collection, client, service):
     root, _ = small_collection
     ids = sorted(service.collection.image_paths(range(1, 100)))
@@ -440,3 +459,48 @@ def test_warm_up_merges_lora_without_changing_query_vectors(small_collection):
         merged, before = service.encoder.encode_texts(texts), plain.encode_texts(texts)
     assert np.abs((merged.sparse - before.sparse).toarray()).max() < 1e-5
     assert [sorted(r.indices) for r in merged.sparse] == [sorted(r.indices) for r in before.sparse]
+
+
+def test_notes_print_the_same_whoever_searched(small_collection, service, monkeypatch):
+    """A search's notes (``Results.notes``) reach stderr as the same lines from a search here, from a server
+    through the full command, and from a server through the quick path of a fresh process; the API sends
+    them in a header."""
+    import subprocess
+    import sys
+
+    from lexsearch.search import query as query_module
+    from lexsearch.serve import service as service_module
+
+    _, col = small_collection
+    real = query_module.search
+    note = "note: 'caf\u00e9' is new to the model \x1b[31m"  # a control character is shown escaped
+
+    def noted(*args, **kwargs):
+        results = real(*args, **kwargs)
+        results.notes.append(note)
+        return results
+
+    monkeypatch.setattr(query_module, "search", noted)
+    monkeypatch.setattr(service_module, "search", noted)
+    args = ["query", QUERY, "--collection", str(col), "--top", "2", "--expand"]
+    alone = CliRunner().invoke(cli, args)
+    assert alone.exit_code == 0 and alone.stderr == "note: 'caf\u00e9' is new to the model \\x1b[31m\n"
+    assert alone.stdout.count(".png") == 2
+    assert json.loads(
+        TestClient(create_app(service)).get("/api/search", params={"q": QUERY}).headers["lexsearch-notes"]
+    ) == [note]
+    server = Server(service, "127.0.0.1", 0)
+    server.start_in_thread()
+    try:
+        full = CliRunner().invoke(cli, ["-v", *args])
+        env = dict(os.environ, LC_ALL="C.UTF-8", PYTHONIOENCODING="")
+        quick = subprocess.run([sys.executable, "-m", "lexsearch", "-v", *args], capture_output=True, env=env)
+    finally:
+        server.stop()
+    said = re.compile(r"answered by the running server at http://127\.0\.0\.1:\d+ \(pid \d+\)\n")
+    for code, out, err in (
+        (full.exit_code, full.stdout, full.stderr),
+        (quick.returncode, quick.stdout.decode(), quick.stderr.decode()),
+    ):
+        assert said.search(err), err
+        assert (code, out, said.sub("", err)) == (0, alone.stdout, alone.stderr)

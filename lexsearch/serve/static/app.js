@@ -3,8 +3,10 @@
 
 const PAGE = 24;
 const $ = (id) => document.getElementById(id);
+// gen: the search on screen; an answer to an older one (a search replaced while in flight) is dropped.
+// maxTop: the most results one request may ask for (the server's limit, from /api/info).
 const state = { mode: null, q: "", like: null, file: null, results: [], asked: 0, done: true,
-                maxWeight: 1, current: -1, busy: false };
+                maxWeight: 1, current: -1, busy: false, gen: 0, maxTop: Infinity };
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -22,12 +24,22 @@ function crispWhenSmall(img) {
 
 function baseName(path) { return path.split(/[\\/]/).pop(); }
 
-async function getJSON(url, options) {
+async function getJSON(url, options, headers) {
   const resp = await fetch(url, options);
   let body = null;
   try { body = await resp.json(); } catch (e) { body = null; }
   if (!resp.ok) throw new Error((body && body.error) || `${resp.status} ${resp.statusText}`);
+  if (headers) resp.headers.forEach((value, name) => { headers[name] = value; });
   return body;
+}
+
+// The search's notes (lines about the query as a whole), as `lexsearch query` prints them on stderr.
+function showNotes(headers) {
+  let notes = [];
+  try { notes = JSON.parse(headers["lexsearch-notes"] || "[]"); } catch (e) { notes = []; }
+  const box = $("notes");
+  box.replaceChildren(...notes.filter((n) => typeof n === "string").map((n) => el("li", null, n)));
+  box.hidden = !box.children.length;
 }
 
 // A chip's size says how much its word adds to the score: relative to the strongest word on the page.
@@ -57,11 +69,15 @@ function urlFor(mode, extra) {
 }
 
 async function run(mode, { push = true } = {}) {
+  state.gen += 1;
   state.mode = mode;
   state.results = [];
   state.asked = 0;
   state.done = false;
+  state.busy = false; // a search still in flight is for the old query: its answer is dropped
+  $("more").hidden = true;
   $("grid").replaceChildren();
+  showNotes({});
   if (push) {
     const params = new URLSearchParams();
     if (mode === "text") params.set("q", state.q);
@@ -73,31 +89,42 @@ async function run(mode, { push = true } = {}) {
   await more();
 }
 
+// "Show more" is offered only when the server said there is more: each request asks for one result beyond
+// the page (never past the server's limit), and the button stays hidden while a request is in flight.
 async function more() {
   if (state.busy || state.done) return;
+  const gen = state.gen;
   state.busy = true;
-  const want = state.asked + PAGE;
+  $("more").hidden = true;
+  const want = Math.min(state.asked + PAGE, state.maxTop);
   setStatus(state.asked ? "Loading more\u2026" : "Searching\u2026");
   try {
     const options = state.mode === "image"
       ? { method: "POST", body: state.file, headers: { "Content-Type": state.file.type || "application/octet-stream" } }
       : undefined;
-    const results = await getJSON(urlFor(state.mode, want), options);
+    const headers = {};
+    const answer = await getJSON(urlFor(state.mode, Math.min(want + 1, state.maxTop)), options, headers);
+    if (gen !== state.gen) return;
+    const results = answer.slice(0, want);
     const fresh = results.slice(state.results.length);
     state.asked = want;
-    state.done = results.length < want;
+    state.done = answer.length <= want;
     if (!state.results.length) {
       state.maxWeight = Math.max(1e-9, ...results.flatMap((r) => r.words.map((w) => w.weight)));
+      showNotes(headers);
     }
     state.results = results;
     fresh.forEach((r, k) => $("grid").append(card(r, state.results.length - fresh.length + k)));
     describe();
   } catch (err) {
+    if (gen !== state.gen) return;
     setStatus(`Search failed: ${err.message}`, "error");
     state.done = true;
   } finally {
-    state.busy = false;
-    $("more").hidden = state.done;
+    if (gen === state.gen) {
+      state.busy = false;
+      $("more").hidden = state.done;
+    }
   }
 }
 
@@ -243,6 +270,7 @@ document.addEventListener("DOMContentLoaded", () => {
   window.addEventListener("popstate", () => fromLocation(false));
   fromLocation(false);
   getJSON("/api/info").then((info) => {
+    if (info.max_top > 0) state.maxTop = info.max_top;
     q.title = `Search ${info.images} images in ${info.name}`;
     if (!state.mode) setStatus(`${info.images} images in the collection \u201c${info.name}\u201d. Type words to search them.`);
   }).catch(() => {});
