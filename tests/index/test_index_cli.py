@@ -102,6 +102,21 @@ def test_ctrl_c_says_how_many_files_were_saved_and_the_rerun_resumes(tmp_path, t
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "3 indexed, 2 unchanged" in result.stdout
+    # While the folders are still being scanned: nothing was indexed, and the line says so.
+    make_images(photos, 2, start=10)
+    with monkeypatch.context() as m:
+
+        def scan_interrupted(*a, **k):
+            raise KeyboardInterrupt
+
+        m.setattr(build_mod, "scan_folders", scan_interrupted)
+        result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Interrupted: while scanning the folders; nothing was indexed yet, the collection is as it was"
+    )
+    with Collection.open("c") as col:
+        assert col.count() == 5 and col.verify() == []
 
 
 def test_progress_reports_the_model_load_apart_and_each_small_forward(tmp_path, tiny_model_dir, monkeypatch):
