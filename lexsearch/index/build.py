@@ -7,12 +7,16 @@ For each file found by the scan:
   keeps its id (and so its vectors and postings), only the path changes;
 - a changed file (size or mtime differ) whose content hash is the same: only its stat is updated;
 - otherwise it is decoded (EXIF orientation applied, a megapixel guard first) and preprocessed in worker
-  threads, ahead of the model, and the model runs on full batches (``encoder.encode_pixels``);
+  threads, ahead of the model, and the model runs on batches of ``batch_size`` (``encoder.encode_pixels``;
+  on a CPU, forwards of ``CPU_FORWARD_BATCH``, so progress and commits come every few seconds);
 - stored images under the scanned roots that were not found are removed.
 
 A file that cannot be read gives one warning (``Reporter.on_warning``, else the logger) and an ``images``
 row with status 'failed', and the run goes on. Work is committed every couple of seconds, each commit one
 transaction (see ``store.py``), so a kill loses at most the last few seconds and the next run resumes.
+Ctrl-C commits what was embedded, then raises ``IndexInterrupted`` (a ``KeyboardInterrupt``) saying how
+many files were saved. The networks of a lazy encoder load on the first file to embed, announced through
+``Reporter.model_loading`` / ``model_loaded`` so that progress does not count the load.
 """
 
 from __future__ import annotations
