@@ -165,5 +165,6 @@ def run_demo(
         [int(c) for c in term_cols[order][:3]],
         encoder.words(term_cols[order][:3]),
         out_dir / "explain.png",
+        weights=weights[order][:3].tolist(),  # the weights printed beside the words
     )
     return report

@@ -7,14 +7,19 @@ A heat map is drawn so that a person can read it:
 
 * **one word per view**: a single word's patch scores, or (several words) one small panel per word, side by
   side, never one picture tinted by whichever word is strongest where;
-* **no added colour**: where the word is strong the photo keeps its own colours, elsewhere it fades to dark
-  grey. The map never paints a hue over the picture, so "yellow" is never drawn in orange and a colour word
-  is never contradicted by the overlay; the legend holds only greys;
+* **no added colour**: where the word is strong the photo keeps its own colours; where it is absent the photo
+  turns to a flat mid grey under a hatch of dark and light lines. The map never paints a hue over the
+  picture, so "yellow" is never drawn in orange and a colour word is never contradicted by the overlay; the
+  legend holds only greys. "Absent" is a texture, not a darkness: the hatch reads as covered on a night
+  photo, a grey page and a white wall alike, where a dimmed photo looked like the image's own dark parts;
 * **an absolute scale**: a patch score maps to brightness through fixed limits (the index's own "present"
   threshold 1/sqrt(V) and :data:`HEAT_TOP`), not stretched to the image's min and max, so a word that is
   absent from the image shows as absent;
 * **big enough, legend outside**: the picture is drawn at least :data:`MIN_LONG_SIDE` pixels on its long
-  side, and the key sits in a strip below it, never over it.
+  side, and the key sits in a strip below it, never over it;
+* **the numbers are explain's**: the number beside each word is its weight in the image's vector, the very
+  number ``lexsearch explain`` prints, and is labelled so ("weight 0.5912"); the patch scores behind the
+  brightness are another scale, named as such ("strongest patch") where shown.
 """
 
 from __future__ import annotations
@@ -45,12 +50,16 @@ MAX_PANELS = 6
 # scores of different images and words share one scale. On the trained tiny demo model (V = 143,
 # bench/heatmap_scale.py over 200 images) the strongest patch of an image's top word scores p10 0.76 /
 # p50 0.84, of its 5th word p25 0.49 / p50 0.64, and of a word the image lacks p90 0.091 (the absent line
-# 1/sqrt(V) is 0.084): at 0.6 a clear match is drawn at full strength and an absent word stays dark. A
+# 1/sqrt(V) is 0.084): at 0.6 a clear match is drawn at full strength and an absent word stays hatched. A
 # model with a 17k vocabulary spreads more mass; rerun the bench on its collection before trusting 0.6.
 HEAT_TOP = 0.6
-# Brightness of "absent" (the photo's luminance times this): dark enough to read as off, light enough that
-# the scene stays recognisable around the word.
-DIM = 0.28
+# "Absent": the photo's luminance squeezed into this band (fractions of white), so the scene stays
+# recognisable but flat and mid-grey whatever the photo's own brightness ...
+ABSENT_BAND = (0.32, 0.68)
+# ... under diagonal lines, one dark and one light, every HATCH_PERIOD pixels: one of the two always stands
+# out, on black, grey or white content.
+HATCH_PERIOD = 9
+HATCH_DARK, HATCH_LIGHT = 25.0, 235.0
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
 FAINT = (110, 110, 110)
@@ -61,6 +70,7 @@ class Explanation:
     path: str
     words: list[tuple[str, float]]  # strongest first
     term_ids: list[int] = field(default_factory=list)
+    weights: dict[int, float] = field(default_factory=dict)  # every term of the image's vector: its weight
 
 
 def explain_image(encoder, image, top_k: int = 10, path: str = "") -> Explanation:
@@ -72,6 +82,7 @@ def explain_image(encoder, image, top_k: int = 10, path: str = "") -> Explanatio
         path=path,
         words=list(zip(encoder.words(cols), row.data[order].tolist())),
         term_ids=[int(c) for c in cols],
+        weights=dict(zip(row.indices.tolist(), row.data.tolist())),
     )
 
 
@@ -100,10 +111,22 @@ def word_patch_scores(patches: np.ndarray, columns: Sequence[int]) -> np.ndarray
     return patches[:, cols].max(axis=1)
 
 
+def weight_label(weight: float) -> str:
+    """A word's weight in the image's vector as beside a heat map: the digits ``lexsearch explain`` prints."""
+    return f"weight {weight:.4f}" if weight > 0 else "weight 0 (not in the image's vector)"
+
+
 def render_word(
-    image: Image.Image, grid: tuple[int, int], scores: np.ndarray, word: str, scale: HeatScale
+    image: Image.Image,
+    grid: tuple[int, int],
+    scores: np.ndarray,
+    word: str,
+    scale: HeatScale,
+    weight: float | None = None,
 ) -> Image.Image:
-    """One word's heat map: the picture (long side >= MIN_LONG_SIDE) with a legend strip below it."""
+    """One word's heat map: the picture (long side >= MIN_LONG_SIDE) with a legend strip below it.
+
+    ``weight``: the word's weight in the image's vector, shown beside it (as ``explain`` prints it)."""
     picture = _fit(image.convert("RGB"), MIN_LONG_SIDE, MAX_LONG_SIDE)
     lit, cropped = _spotlight(image.size, picture, grid, scale.strength(scores))
     font, small = _font(22), _font(16)
@@ -116,15 +139,18 @@ def render_word(
     peak = float(np.max(scores)) if scores.size else 0.0
     draw.text((pad, y), word, fill=INK, font=font)
     note = f"strongest patch {peak:.2f}" + ("  (absent)" if peak <= scale.floor else "")
+    if weight is not None:
+        note = f"{weight_label(weight)}   {note}"
     draw.text((pad + draw.textlength(word, font=font) + 14, y + 5), note, fill=FAINT, font=small)
     y += 26 + 10
-    _ramp(draw, pad, y, min(lit.width - 2 * pad, 420), scale, small, peak)
+    _ramp(canvas, draw, pad, y, min(lit.width - 2 * pad, 420), scale, small, peak)
     if cropped:
         y += 14 + 6 + 18 + 4
-        draw.text(
-            (pad, y), "The model sees the centre square; outside it stays dark.", fill=FAINT, font=small
-        )
+        draw.text((pad, y), CROPPED_NOTE, fill=FAINT, font=small)
     return canvas
+
+
+CROPPED_NOTE = "The model sees the centre square; outside it is hatched."
 
 
 def render_words(
@@ -133,10 +159,13 @@ def render_words(
     scores: Sequence[np.ndarray],
     words: Sequence[str],
     scale: HeatScale,
+    weights: Sequence[float] | None = None,
 ) -> Image.Image:
-    """Several words, one panel each (same scale), with one shared legend strip below."""
+    """Several words, one panel each (same scale), with one shared legend strip below. Each panel is
+    labelled with its word and ``weights`` (the word's weight in the image's vector, as ``explain`` prints
+    it); without weights, with its strongest patch score, named so."""
     if len(words) == 1:
-        return render_word(image, grid, scores[0], words[0], scale)
+        return render_word(image, grid, scores[0], words[0], scale, None if weights is None else weights[0])
     words, scores = list(words)[:MAX_PANELS], list(scores)[:MAX_PANELS]
     base = image.convert("RGB")
     panels = []
@@ -152,7 +181,12 @@ def render_words(
     cols = min(PANELS_PER_ROW, len(panels))
     rows = math.ceil(len(panels) / cols)
     width = cols * pw + (cols + 1) * gap
-    legend_h = 14 + 6 + 16 + 12 + (20 if cropped else 0)
+    key = (
+        "weight: the word's weight in the image's vector, as lexsearch explain prints it"
+        if weights is not None
+        else "strongest patch: the word's highest patch score"
+    )
+    legend_h = 14 + 6 + 16 + 8 + 18 + 12 + (20 if cropped else 0)
     height = rows * (ph + caption) + (rows + 1) * gap + legend_h
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
@@ -160,20 +194,18 @@ def render_words(
         x = gap + (k % cols) * (pw + gap)
         y = gap + (k // cols) * (ph + caption + gap)
         canvas.paste(lit, (x, y))
-        peak = float(np.max(s)) if s.size else 0.0
+        if weights is not None:
+            number = weight_label(float(weights[k]))
+        else:
+            number = f"strongest patch {float(np.max(s)) if s.size else 0.0:.2f}"
         draw.text((x, y + ph + 4), word, fill=INK, font=font)
-        draw.text(
-            (x + draw.textlength(word, font=font) + 8, y + ph + 6), f"{peak:.2f}", fill=FAINT, font=small
-        )
+        draw.text((x + draw.textlength(word, font=font) + 8, y + ph + 6), number, fill=FAINT, font=small)
     y = rows * (ph + caption + gap) + gap
-    _ramp(draw, gap, y, min(width - 2 * gap, 420), scale, small, None)
+    _ramp(canvas, draw, gap, y, min(width - 2 * gap, 420), scale, small, None)
+    y += 14 + 6 + 16 + 8
+    draw.text((gap, y), key, fill=FAINT, font=small)
     if cropped:
-        draw.text(
-            (gap, y + 14 + 6 + 18),
-            "The model sees the centre square; outside it stays dark.",
-            fill=FAINT,
-            font=small,
-        )
+        draw.text((gap, y + 20), CROPPED_NOTE, fill=FAINT, font=small)
     return canvas
 
 
@@ -201,10 +233,17 @@ def heatmap_format(out: str | Path) -> str:
 _NOT_FOR_HEATMAPS = frozenset({"PDF", "EPS", "PALM", "XBM", "MSP", "BUFR", "GRIB", "HDF5", "WMF"})
 
 
-def heatmap(encoder, image: Image.Image, term_ids: list[int], words: list[str], out: Path) -> Path:
+def heatmap(
+    encoder,
+    image: Image.Image,
+    term_ids: list[int],
+    words: list[str],
+    out: Path,
+    weights: Sequence[float] | None = None,
+) -> Path:
     """Write the heat map of ``words`` (their vocabulary columns ``term_ids``, one per word) in the format
     ``out``'s extension names (see ``heatmap_format``): one word gives the large single-word view, several
-    give one panel per word."""
+    give one panel per word. ``weights``: each word's weight in the image's vector, printed beside it."""
     if not term_ids:
         raise UsageError("nothing to draw: the image lights up no word")
     fmt = heatmap_format(out)
@@ -212,7 +251,8 @@ def heatmap(encoder, image: Image.Image, term_ids: list[int], words: list[str], 
     image = Image.fromarray(np.asarray(image.convert("RGB")))
     patches = encoder.encode_patches(image)  # (P, V)
     scores = [word_patch_scores(patches, [t]) for t in term_ids]
-    picture = render_words(image, tuple(encoder.grid), scores, words, HeatScale.for_vocab(patches.shape[1]))
+    scale = HeatScale.for_vocab(patches.shape[1])
+    picture = render_words(image, tuple(encoder.grid), scores, words, scale, weights)
     out = Path(out)
     try:
         picture.save(out, format=fmt)
@@ -238,8 +278,9 @@ def _fit(image: Image.Image, min_long: int, max_long: int) -> Image.Image:
 def _spotlight(
     original_size: tuple[int, int], picture: Image.Image, grid: tuple[int, int], strength: np.ndarray
 ) -> tuple[Image.Image, bool]:
-    """The picture at full colour where ``strength`` (one value per patch, in [0, 1]) is 1, fading to a
-    dark grey of its own luminance where it is 0. Returns the image and whether the model saw only a crop."""
+    """The picture at full colour where ``strength`` (one value per patch, in [0, 1]) is 1, fading to the
+    hatched flat grey of "absent" (:func:`_absent`) where it is 0. Returns the image and whether the model
+    saw only a crop."""
     gh, gw = grid
     f = picture.width / original_size[0]
     left, top, right, bottom = (v * f for v in crop_box(*original_size))
@@ -251,21 +292,41 @@ def _spotlight(
     s[box[1] : box[1] + side_h, box[0] : box[0] + side_w] = heat[
         : picture.height - box[1], : picture.width - box[0]
     ]
-    rgb = np.asarray(picture, np.float32)
-    grey = (rgb @ np.array([0.299, 0.587, 0.114], np.float32)) * DIM
-    out = rgb * s[..., None] + grey[..., None] * (1.0 - s[..., None])
     cropped = box != (0, 0, picture.width, picture.height)
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8)), cropped
+    return _blend(np.asarray(picture, np.float32), s), cropped
+
+
+def _absent(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) grey of "absent" over an (H, W, 3) picture: its luminance in ABSENT_BAND, under the hatch."""
+    lo, hi = ABSENT_BAND
+    grey = 255.0 * lo + (hi - lo) * (rgb @ np.array([0.299, 0.587, 0.114], np.float32))
+    h, w = grey.shape
+    phase = (np.arange(h)[:, None] + np.arange(w)[None, :]) % HATCH_PERIOD  # diagonal lines
+    grey = np.where(phase < 2, HATCH_DARK, grey)
+    return np.where(phase == 2, HATCH_LIGHT, grey)
+
+
+def _blend(rgb: np.ndarray, s: np.ndarray) -> Image.Image:
+    """The picture where ``s`` (H, W, in [0, 1]) is 1, "absent" where it is 0, mixed in between."""
+    out = rgb * s[..., None] + _absent(rgb)[..., None] * (1.0 - s[..., None])
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 
 def _ramp(
-    draw: ImageDraw.ImageDraw, x: int, y: int, width: int, scale: HeatScale, font, peak: float | None
+    canvas: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    x: int,
+    y: int,
+    width: int,
+    scale: HeatScale,
+    font,
+    peak: float | None,
 ) -> None:
-    """The key: a grey bar from "absent" (dark) to full strength (white), its limits, and the peak marker."""
+    """The key: a mid-grey bar drawn as the map draws it, from "absent" (hatched) to full strength (plain),
+    its limits, and the peak marker."""
     h = 14
-    for i in range(width):
-        v = round(255 * (DIM + (1 - DIM) * i / max(width - 1, 1)) * 0.98)
-        draw.line([(x + i, y), (x + i, y + h)], fill=(v, v, v))
+    grey = np.full((h, width, 3), 150.0, np.float32)
+    canvas.paste(_blend(grey, np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (h, 1))), (x, y))
     draw.rectangle([x, y, x + width, y + h], outline=FAINT)
     if peak is not None:
         px = x + round(width * float(scale.strength(np.array([peak]))[0]))

@@ -71,6 +71,20 @@ def tiff_with_bad_tag_count() -> bytes:
     return bytes(data)
 
 
+def tiff_with_many_samples() -> bytes:
+    """A TIFF whose SamplesPerPixel claims 200: Pillow logs "More samples per pixel than can be decoded"
+    at ERROR (a line that names no file) before it refuses the file."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(buf, format="TIFF")
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for k in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 277:  # SamplesPerPixel, a SHORT
+            data[entry + 8 : entry + 10] = struct.pack("<H", 200)
+    return bytes(data)
+
+
 def psd_bytes(im: Image.Image) -> bytes:
     """A minimal flattened Photoshop file (RGB, 8 bits, raw composite): Pillow reads PSD but cannot write it."""
     w, h = im.size
@@ -218,6 +232,7 @@ def make_odd_folder(dest: str | os.PathLike[str]) -> dict[bytes, str]:
     raw("header_only.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00", "")
     raw("magic_only.png", b"\x89PNG\r\n\x1a\n", "")
     raw("libtiff_noise.tif", tiff_with_bad_tag_count(), "")
+    raw("many_samples.tif", tiff_with_many_samples(), "not an image")
 
     # Files that are not images at all: counted as skipped, never opened.
     (d / "notes.txt").write_text("holiday notes\n")

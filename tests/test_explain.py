@@ -196,8 +196,9 @@ def test_heatmap_scale_is_absolute_an_absent_word_shows_absent():
     absent = _picture(_render({7: np.full(16, 0.09) + np.linspace(0, 0.005, 16)}))
     nothing = _picture(_render({7: np.zeros(16)}))
     strong = _picture(_render({7: np.full(16, 0.9)}))
+    photo = np.asarray(_scene().resize((640, 640), Image.Resampling.NEAREST), dtype=int)
     assert np.abs(absent - nothing).max() <= 2  # just under the absent line: drawn as absent
-    assert strong.mean() > 2 * absent.mean()
+    assert np.abs(strong - photo).max() <= 2 and np.abs(absent - photo).mean() > 40
     # The same score is drawn the same in two images, whatever the other patches hold.
     half = np.where(np.arange(16) % 4 < 2, 0.35, 0.05)
     weak_half = np.where(np.arange(16) % 4 < 2, 0.35, 0.3)
@@ -216,3 +217,97 @@ def test_heatmap_one_word_per_view():
     assert np.abs(b[:, 390:] - full[:, 390:]).mean() < 3 and np.abs(b[:, :250] - full[:, :250]).mean() > 40
     panels = _render(cols, words=[3, 4])
     assert panels.width > panels.height and max(panels.size) >= 512  # two panels side by side, one per word
+
+
+@pytest.mark.parametrize("level", [8, 128, 248])
+def test_absent_is_a_hatch_that_reads_the_same_on_dark_grey_and_bright_images(level):
+    """A dimmed photo as "absent" looked like the image's own dark parts on a night photo. Absent is now a
+    flat mid grey under dark and light hatch lines, on a black, a grey and a white image alike; the present
+    half stays the photo, flat where the photo is flat."""
+    flat = Image.new("RGB", (200, 200), (level, level, level))
+    left = np.where(np.arange(16) % 4 < 2, 0.9, 0.0)
+    pic = _picture(_render({7: left}, image=flat))
+    present, absent = pic[:, :200, 0], pic[:, 440:, 0]  # clear of the fade between patches
+    assert np.abs(present - level).max() <= 2 and present.std() < 1
+    assert absent.std() > 40  # the hatch, whatever the photo's brightness
+    assert absent.min() <= 40 and absent.max() >= 215  # both its dark and its light lines
+    assert 80 < absent.mean() < 170  # mid grey: neither the dark of a night photo nor the white of a page
+
+
+def _captured_weights(monkeypatch):
+    """The weights handed to the heat map drawing by the CLI (None when the figure got none)."""
+    import lexsearch.explain as ex
+
+    seen: list = []
+    real = ex.render_words
+
+    def spy(image, grid, scores, words, scale, weights=None):
+        seen.append((list(words), None if weights is None else [float(w) for w in weights]))
+        return real(image, grid, scores, words, scale, weights)
+
+    monkeypatch.setattr(ex, "render_words", spy)
+    return seen
+
+
+def test_the_figure_shows_the_weights_explain_prints(tiny_model_dir, tmp_path, monkeypatch):
+    """The panels' numbers were the strongest patch scores (blue 0.86 beside a printed 0.53): now each word
+    is drawn with its weight in the image's vector, the number printed for it."""
+    from lexsearch.explain import weight_label
+
+    seen = _captured_weights(monkeypatch)
+    path = _image(tmp_path / "a.png")
+    args = ["explain", str(path), "--model", str(tiny_model_dir), "--top", "3", "--json"]
+    res = CliRunner().invoke(cli, [*args, "--heatmap", str(tmp_path / "h.png")])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout.splitlines()[0])["words"]
+    (words, weights), *_ = seen
+    assert words == [w["word"] for w in printed]
+    assert np.allclose(weights, [w["weight"] for w in printed], atol=1e-6)
+    assert weight_label(weights[0]) == f"weight {printed[0]['weight']:.4f}"  # the digits the table prints
+    # One --word: its weight in the image's vector too (0 when the image lacks it), not a patch score.
+    seen.clear()
+    res = CliRunner().invoke(
+        cli, [*args, "--top", "200", "--word", "circle", "--heatmap", str(tmp_path / "w.png")]
+    )
+    assert res.exit_code == 0, res.output
+    every = {w["word"]: w["weight"] for w in json.loads(res.stdout.splitlines()[0])["words"]}
+    assert seen[0][0] == ["circle"] and np.isclose(seen[0][1][0], every.get("circle", 0.0), atol=1e-6)
+
+
+def test_explain_checks_every_flag_before_loading_the_model(tiny_model_dir, tmp_path):
+    """Each bad flag is one line and a non-zero exit, in a fresh process that never imports torch: no wait
+    for the model before being told."""
+    import subprocess
+    import sys
+
+    path = _image(tmp_path / "a.png")
+    base = ["explain", str(path), "--model", str(tiny_model_dir)]
+    cases = [
+        ([*base, "--heatmap", str(tmp_path / "h.txt")], "Cannot tell which image format"),
+        ([*base, "--heatmap", str(tmp_path / "no" / "h.png")], "Folder for --heatmap does not exist"),
+        ([*base, "--heatmap", str(tmp_path / "h.png"), "--word", ""], "--word is empty"),
+        ([*base, "--heatmap", str(tmp_path / "h.png"), "--word", "  "], "--word is empty"),
+        ([*base, "--word", "circle"], "pass --heatmap FILE too"),
+        ([*base, "--heatmap", str(tmp_path / "h.png"), "--word", "zebrax"], "not one vocabulary word"),
+        (
+            [*base, "--heatmap", str(tmp_path / "h.png"), "--word", "\u65e5\u672c"],
+            "not in the model's vocabulary",
+        ),
+    ]
+    script = (
+        "import json, sys\n"
+        "from click.testing import CliRunner\n"
+        "from lexsearch.cli import cli\n"
+        "out = [(r.exit_code, r.stderr) for r in (CliRunner().invoke(cli, a) for a in json.loads(sys.argv[1]))]\n"
+        "print(json.dumps({'results': out, 'torch': 'torch' in sys.modules}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps([a for a, _ in cases])], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["torch"] is False
+    for (args, message), (code, err) in zip(cases, report["results"]):
+        lines = err.strip().splitlines()
+        assert code != 0 and len(lines) == 1 and message in lines[0], (args, err)
+    assert not (tmp_path / "h.png").exists()

@@ -30,6 +30,9 @@ def cli(verbose: bool) -> None:
     # indexer reports each bad file itself. They go to the log, shown only with -v.
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.NOTSET if verbose else logging.ERROR)
+    # Pillow logs some refusals itself before raising, at ERROR ("More samples per pixel than can be
+    # decoded: 200" for a hostile TIFF): a line that names no file, above the command's own line that does.
+    logging.getLogger("PIL").setLevel(logging.NOTSET if verbose else logging.CRITICAL + 1)
     common.set_verbose(verbose)
 
 

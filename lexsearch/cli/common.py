@@ -34,8 +34,8 @@ def handle_errors(fn):
                 err=True,
             )
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+        except KeyboardInterrupt as exc:  # its text, when a command gives one, says what was kept
+            click.echo(f"Interrupted: {exc}" if str(exc) else "Interrupted.", err=True)
             sys.exit(130)
 
     return wrapper

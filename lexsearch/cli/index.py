@@ -119,8 +119,24 @@ class _IndexProgress:
             unit="file", file=sys.stderr, disable=True if self.quiet else None, dynamic_ncols=True
         )
         self.reporter = Reporter(
-            on_total=lambda n: self.bar.reset(total=n), on_advance=self.bar.update, on_warning=self.warn
+            on_total=lambda n: self.bar.reset(total=n),
+            on_advance=self.bar.update,
+            on_warning=self.warn,
+            on_model_loading=self.model_loading,
+            on_model_loaded=self.model_loaded,
         )
+
+    def model_loading(self) -> None:
+        self.bar.set_description_str("loading the model", refresh=True)
+
+    def model_loaded(self, seconds: float) -> None:
+        from tqdm import tqdm
+
+        # The load is not the files' time: left out of the bar's elapsed time, rate and ETA.
+        self.bar.set_description_str("", refresh=False)
+        self.bar.unpause()
+        if not self.bar.disable:
+            tqdm.write(f"model loaded in {seconds:.1f}s", file=sys.stderr)
 
     def warn(self, path: str, reason: str) -> None:
         from tqdm import tqdm

@@ -182,10 +182,16 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
     from lexsearch.explain import explain_image, heatmap_format
     from lexsearch.explain import heatmap as draw_heatmap
     from lexsearch.index.store import Collection
-    from lexsearch.model import Encoder
     from lexsearch.model.images import open_image
+    from lexsearch.model.lazy import LazyEncoder
     from lexsearch.search import load_encoder
 
+    # Every flag is checked before the networks load (torch and the weights: seconds), so a typo fails at
+    # once; the encoder below is lazy: its vocabulary answers the --word check without torch.
+    if word is not None and not word.strip():
+        raise UsageError("--word is empty: name one word of the model's vocabulary, or leave --word out.")
+    if word is not None and not heatmap:
+        raise UsageError("--word picks the heat map's word: pass --heatmap FILE too.")
     if heatmap:
         heatmap_format(heatmap)  # a bad name or a missing folder is refused before any work
     with decoder_noise_hidden():
@@ -194,6 +200,7 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
     if model_dir is None:
         with Collection.open(collection, readonly=True) as col:
             encoder = load_encoder(col, device=device)
+            word_ids = _heatmap_word(encoder, word)
             # The indexer stores absolute paths as reached from its root (symlinks kept), so look up both.
             keys = list(dict.fromkeys([os.path.abspath(image), str(Path(image).resolve())]))
             rows = col.rows_at(keys)  # a lookup by path, not a read of every row
@@ -203,15 +210,17 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
                     indexed = col.forward([row.id]).get(row.id)
                     break
     else:
-        encoder = Encoder.load(model_dir, device=device)
+        encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
+        word_ids = _heatmap_word(encoder, word)
     if indexed is not None:
         cols, weights = indexed
         order = np.argsort(-weights, kind="stable")[:top_k]
         words = list(zip(encoder.words(cols[order]), weights[order].tolist()))
         term_ids = [int(c) for c in cols[order]]
+        vector = dict(zip(cols.tolist(), weights.tolist()))
     else:
         result = explain_image(encoder, img, top_k=top_k, path=image)
-        words, term_ids = result.words, result.term_ids
+        words, term_ids, vector = result.words, result.term_ids, result.weights
     if as_json:
         click.echo(
             json.dumps(
@@ -225,15 +234,26 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
         if not words:
             click.echo("  (no word passes the sparsification threshold)")
     if heatmap:
-        if word:
-            cols = encoder.word_terms(word)
-            if not cols:
-                raise UsageError(f"{word!r} is not in the model's vocabulary")
-            if len(cols) > 1:
-                pieces = ", ".join(encoder.words(cols))
-                raise UsageError(f"{word!r} is not one vocabulary word (pieces: {pieces}); pass one of them")
-            term_ids, labels = cols[:1], [word]
+        if word_ids:
+            term_ids, labels = word_ids, [word]
         else:
             labels = [w for w, _ in words]
-        out = draw_heatmap(encoder, img, term_ids, labels, Path(heatmap))
+        # Beside each word, its weight in the image's vector: the numbers printed above, not patch scores.
+        drawn = [vector.get(t, 0.0) for t in term_ids]
+        out = draw_heatmap(encoder, img, term_ids, labels, Path(heatmap), weights=drawn)
         click.echo(f"heat map written to {shown(str(out))}", err=True)
+
+
+def _heatmap_word(encoder, word: str | None) -> list[int]:
+    """The one vocabulary column of ``--word`` (from the vocabulary alone: no network loads), or []."""
+    from lexsearch.errors import UsageError
+
+    if word is None:
+        return []
+    cols = encoder.word_terms(word)
+    if not cols:
+        raise UsageError(f"{word!r} is not in the model's vocabulary")
+    if len(cols) > 1:
+        pieces = ", ".join(encoder.words(cols))
+        raise UsageError(f"{word!r} is not one vocabulary word (pieces: {pieces}); pass one of them")
+    return cols[:1]

@@ -85,6 +85,8 @@ def train(
     progress = TrainBar(quiet or not main_rank)
     try:
         result = run_training(config, progress=progress)
+    except KeyboardInterrupt as exc:
+        raise KeyboardInterrupt(interrupted_state(Path(config.out))) from exc
     finally:
         progress.close()
     if not main_rank:
@@ -96,6 +98,30 @@ def train(
     )
     if result.val:
         click.echo(format_val(result.val))
+
+
+def interrupted_state(out: Path) -> str:
+    """What a run stopped by Ctrl-C left in ``out``: the line printed after "Interrupted:"."""
+    from lexsearch.config import load_json
+    from lexsearch.model.config import fingerprint
+    from lexsearch.train.state import STATE_JSON
+
+    try:
+        state = load_json(out / STATE_JSON)
+    except (OSError, ValueError):
+        state = None
+    if not isinstance(state, dict) or "step" not in state:
+        if out.is_dir() and any(out.iterdir()):
+            return f"no checkpoint was saved yet, nothing to resume; delete {out} to start again"
+        return "no checkpoint was saved yet, nothing to resume"
+    step, total = state["step"], state.get("total_steps", "?")
+    try:
+        whole = fingerprint(out) == state.get("model_fingerprint")
+    except OSError:
+        whole = False
+    if not whole:  # stopped between writing the weights and the state that goes with them
+        return f"stopped while saving step {step}/{total}: the checkpoint in {out} cannot be resumed exactly"
+    return f"the checkpoint of step {step}/{total} is kept in {out}; add --resume to the same command to continue"
 
 
 class TrainBar:

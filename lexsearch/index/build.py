@@ -7,12 +7,16 @@ For each file found by the scan:
   keeps its id (and so its vectors and postings), only the path changes;
 - a changed file (size or mtime differ) whose content hash is the same: only its stat is updated;
 - otherwise it is decoded (EXIF orientation applied, a megapixel guard first) and preprocessed in worker
-  threads, ahead of the model, and the model runs on full batches (``encoder.encode_pixels``);
+  threads, ahead of the model, and the model runs on batches of ``batch_size`` (``encoder.encode_pixels``;
+  on a CPU, forwards of ``CPU_FORWARD_BATCH``, so progress and commits come every few seconds);
 - stored images under the scanned roots that were not found are removed.
 
 A file that cannot be read gives one warning (``Reporter.on_warning``, else the logger) and an ``images``
 row with status 'failed', and the run goes on. Work is committed every couple of seconds, each commit one
 transaction (see ``store.py``), so a kill loses at most the last few seconds and the next run resumes.
+Ctrl-C commits what was embedded, then raises ``IndexInterrupted`` (a ``KeyboardInterrupt``) saying how
+many files were saved. The networks of a lazy encoder load on the first file to embed, announced through
+``Reporter.model_loading`` / ``model_loaded`` so that progress does not count the load.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
@@ -42,6 +46,9 @@ LOOKAHEAD_BATCHES = 3
 COMMIT_EVERY_S = 2.0
 # ... and at most this many images per commit, so a transaction (and its posting delta segments) stays small.
 COMMIT_EVERY_N = 1024
+# Images per forward on a CPU (a block of --batch-size files is embedded in forwards of at most this many):
+# the progress bar moves, and a commit can happen, every few seconds rather than once per block.
+CPU_FORWARD_BATCH = 8
 DEFAULT_MAX_MEGAPIXELS = MAX_MEGAPIXELS
 
 
@@ -98,6 +105,10 @@ class Reporter:
     on_total: Callable[[int], None] | None = None  # number of files that need work (hash or decode)
     on_advance: Callable[[int], None] | None = None  # that many of them are done
     on_warning: Callable[[str, str], None] | None = None  # (path, reason) of a file that failed
+    # The networks load on the first file that needs embedding (seconds on a CPU): announced apart, so a
+    # progress bar neither sits at 0 through it nor counts it in its rate and ETA.
+    on_model_loading: Callable[[], None] | None = None
+    on_model_loaded: Callable[[float], None] | None = None  # seconds the load took
 
     def total(self, n: int) -> None:
         if self.on_total:
@@ -107,11 +118,38 @@ class Reporter:
         if self.on_advance and n:
             self.on_advance(n)
 
+    def model_loading(self) -> None:
+        if self.on_model_loading:
+            self.on_model_loading()
+
+    def model_loaded(self, seconds: float) -> None:
+        if self.on_model_loaded:
+            self.on_model_loaded(seconds)
+
     def warning(self, path: str, reason: str) -> None:
         if self.on_warning:
             self.on_warning(path, reason)
         else:
             logger.warning("%s: %s", path, reason)
+
+
+class IndexInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an index run, raised once what was done is committed; says how far the run got.
+
+    A ``KeyboardInterrupt``, so whatever stops on Ctrl-C still stops; its text is for the person who pressed
+    it (the collection is consistent either way, see the module docstring).
+    """
+
+    def __init__(self, saved: int, todo: int, scanning: bool = False) -> None:
+        self.saved, self.todo = saved, todo
+        if scanning:
+            text = "while scanning the folders; nothing was indexed yet, the collection is as it was"
+        else:
+            text = (
+                f"{saved} of {todo} new or changed files indexed and saved; "
+                "running the same command again resumes with the rest"
+            )
+        super().__init__(text)
 
 
 @dataclass
@@ -215,6 +253,9 @@ class _Builder:
         self.missing_by_hash: dict[str, list[int]] = {}  # vanished 'ok' rows, by content hash
         self.changes = Changes()
         self.last_commit = time.monotonic()
+        self.forward_batch: int | None = None  # images per forward, set once the networks are loaded
+        self.handled = 0  # files of the plan decided so far (rank 0)
+        self.saved = 0  # ... of which committed
 
     # -- worker side (threads): hash, then decode + preprocess. Reads only immutable state.
     def prepare(self, work: _Work, allow_move: bool = True) -> _Prepared:
@@ -236,12 +277,53 @@ class _Builder:
             return _Prepared(work, "failed", hash=digest, error=describe_error(exc, f.size))
         return _Prepared(work, "embed", hash=digest, pixels=pixels, **facts)
 
-    # -- every rank: embed one block's files in one batch.
+    # -- every rank: embed one block's files, in forwards of at most ``forward_batch`` images.
     def embed(self, prepared: list[_Prepared]) -> list[_Done]:
-        done = [_Done(p) for p in prepared]
+        return [d for part in self.embed_parts(prepared) for d in part]
+
+    def embed_parts(self, prepared: list[_Prepared]) -> Iterator[list[_Done]]:
+        """``prepared`` in order, in consecutive parts that each end with one forward of at most
+        ``forward_batch`` images, so the caller can report each part as soon as it is embedded. The parts
+        depend only on the files and the device, never on timing: every rank cuts a block the same way."""
+        part: list[_Done] = []
+        n = 0
+        for p in prepared:
+            part.append(_Done(p))
+            if p.kind == "embed":
+                n += 1
+                if n >= self._forward_batch():
+                    self._forward(part)
+                    yield part
+                    part, n = [], 0
+        if part:
+            self._forward(part)
+            yield part
+
+    def _forward_batch(self) -> int:
+        if self.forward_batch is None:
+            self._load_networks()
+            device = getattr(self.encoder, "device", None)
+            on_cpu = str(getattr(device, "type", device)) == "cpu"
+            # On a CPU a forward of a few images is as efficient per image as a big one, and one of 32
+            # takes seconds; the progress (and a Ctrl-C's last commit) should not wait for it.
+            self.forward_batch = (
+                min(self.options.batch_size, CPU_FORWARD_BATCH) if on_cpu else self.options.batch_size
+            )
+        return self.forward_batch
+
+    def _load_networks(self) -> None:
+        """Load a lazy encoder's networks now, announced, instead of inside the first file's progress."""
+        if getattr(self.encoder, "loaded", True):
+            return
+        self.reporter.model_loading()
+        start = time.monotonic()
+        self.encoder.encode_pixels  # noqa: B018 (the attribute loads the networks)
+        self.reporter.model_loaded(time.monotonic() - start)
+
+    def _forward(self, done: list[_Done]) -> None:
         todo = [d for d in done if d.p.kind == "embed"]
         if not todo:
-            return done
+            return
         encoded = self.encoder.encode_pixels(np.stack([d.p.pixels for d in todo]))
         sparse = encoded.sparse.tocsr()
         dense = None if encoded.dense is None else np.asarray(encoded.dense, np.float32)
@@ -254,7 +336,6 @@ class _Builder:
             d.weights = weights[keep][order]
             d.dense = None if dense is None else dense[r]
             d.p.pixels = None  # not sent to rank 0
-        return done
 
     # -- rank 0: decide and commit, in file order.
     def handle(self, d: _Done) -> None:
@@ -307,6 +388,7 @@ class _Builder:
             self.col.apply(self.changes)
             self.changes = Changes()
             self.last_commit = time.monotonic()
+            self.saved = self.handled
 
     def run(self, work: list[_Work], shard: Shard) -> None:
         """Prepare (threads, ahead of the model), embed and commit ``work`` in blocks of ``batch_size``."""
@@ -329,6 +411,13 @@ class _Builder:
             for round_start in range(0, n_blocks, shard.world):
                 block = pending.popleft() if round_start + shard.rank < n_blocks else []
                 submit_next()
+                if shard.world == 1:  # each forward's files are decided (and reported) at once
+                    for part in self.embed_parts([f.result() for f in block]):
+                        for d in part:
+                            self.handle(d)
+                            self.handled += 1
+                        self.maybe_commit()
+                    continue
                 done = self.embed([f.result() for f in block])
                 results = shard.gather(done)
                 if results is None:
@@ -336,6 +425,7 @@ class _Builder:
                 for part in results:
                     for d in part:
                         self.handle(d)
+                        self.handled += 1
                     self.maybe_commit()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -495,6 +585,8 @@ def build_index(
     except LexsearchError as exc:
         shard.share(exc)  # the other ranks stop with the same error instead of waiting for a plan
         raise
+    except KeyboardInterrupt as exc:
+        raise IndexInterrupted(0, 0, scanning=True) from exc
     shard.share((work, b.missing_by_hash))
     reporter.total(len(work))
     try:
@@ -507,13 +599,15 @@ def build_index(
         b.maybe_commit(force=True)
         # Only now that every scanned file has its row: the digests of the folders read this run.
         collection.seal_folders(p.seal)
-    except BaseException:
+    except BaseException as exc:
         # Ctrl-C: keep what is already embedded (one more commit), then let the interrupt through.
         try:
             b.maybe_commit(force=True)
             collection.save_dense()
-        except Exception:
+        except BaseException:  # a second Ctrl-C included: what was committed before stays, and is said
             logger.debug("could not save the last batch after an interruption", exc_info=True)
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, IndexInterrupted):
+            raise IndexInterrupted(b.saved, len(work)) from exc
         raise
 
     collection.purge_tombstones()

@@ -30,6 +30,9 @@ SUFFIX = ".faiss"
 # bounds the files a loader reads and the memory removed vectors hold.
 MAX_FILES = 12
 MAX_DEAD_FRACTION = 0.2
+# meta key: {file name: [size, mtime_ns]} of each FAISS file as written (or last found readable). A writer
+# reads only the files whose stat differs (damaged, truncated, replaced), never the whole index each run.
+FILES_META = "dense_files"
 
 
 def new_index(dim: int):
@@ -60,7 +63,7 @@ def write_index(index, path: Path) -> int:
     return path.stat().st_size
 
 
-def read_index(path: Path, dim: int):
+def read_index(path: Path, dim: int, warn: bool = True):
     """A segment file as an index, or None when it is missing, torn or not ours (the database rebuilds it)."""
     import faiss
 
@@ -69,11 +72,43 @@ def read_index(path: Path, dim: int):
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as exc:
-        logger.warning("dense index %s is unreadable (%s); rebuilding it from the database", path, exc)
+        if warn:
+            logger.warning(
+                "dense index %s is unreadable (%s); using the vectors in index.db instead until the next "
+                "'lexsearch index' run on this collection rewrites it",
+                path,
+                exc,
+            )
         return None
     if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
         return None
     return index
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def check_files(folder: Path, files: list[tuple[str, int]], dim: int, known: dict) -> tuple[list[str], dict]:
+    """The referenced FAISS files that are missing, unreadable or hold the wrong vectors, and the stats of
+    the sound ones. A file whose size and mtime are those recorded (``known``) is taken as sound unread."""
+    damaged: list[str] = []
+    stats: dict[str, list[int]] = {}
+    for name, n in files:
+        st = _stat(folder / name)
+        if st is not None and known.get(name) == st:
+            stats[name] = st
+            continue
+        index = None if st is None else read_index(folder / name, dim, warn=False)
+        if index is None or index.ntotal != n:
+            damaged.append(name)
+        else:
+            stats[name] = st
+    return damaged, stats
 
 
 def index_ids(index) -> np.ndarray:
@@ -199,8 +234,17 @@ class DenseSegments:
             covered = int(self._meta_value("dense_covered", 0))
             files = self.db.execute("SELECT name, n FROM dense_segments").fetchall()
             n_dead = self.db.execute("SELECT count(*) FROM dense_dead").fetchone()[0]
-            compact = len(files) + 1 > MAX_FILES or n_dead > MAX_DEAD_FRACTION * max(
-                1, sum(r[1] for r in files)
+            # A damaged file (a bad copy, a full disk, a bit of it overwritten) is not left for every query
+            # to trip over: all files are rewritten from forward.dense, the source of truth.
+            damaged, stats = check_files(self.path, files, dim, self._meta_value(FILES_META) or {})
+            for name in damaged:
+                logger.warning(
+                    "dense index %s was missing or damaged; rewritten from index.db", self.path / name
+                )
+            compact = (
+                bool(damaged)
+                or len(files) + 1 > MAX_FILES
+                or n_dead > MAX_DEAD_FRACTION * max(1, sum(r[1] for r in files))
             )
             lo = 0 if compact else covered
             vecs = {
@@ -216,6 +260,7 @@ class DenseSegments:
             seq = int(self._meta_value("dense_seq", 0)) + 1
             name = f"{PREFIX}{seq:08d}{SUFFIX}"
             write_index(build(dim, vecs), self.path / name)
+            stats[name] = _stat(self.path / name)
         with self._write():
             conn = self.db.conn
             for r in retire:
@@ -229,7 +274,11 @@ class DenseSegments:
                 )
                 self._write_meta({"dense_seq": int(name[len(PREFIX) : -len(SUFFIX)])})
             self._write_meta(
-                {"dense_covered": max(covered, top) if not compact else top, "faiss_generation": gen}
+                {
+                    "dense_covered": max(covered, top) if not compact else top,
+                    "faiss_generation": gen,
+                    FILES_META: {k: v for k, v in stats.items() if k not in retire},
+                }
             )
         for r in retire + ["dense.faiss"]:  # dense.faiss: the single file of schema 1
             (self.path / r).unlink(missing_ok=True)

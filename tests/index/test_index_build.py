@@ -391,3 +391,27 @@ def test_a_file_root_inside_a_scanned_folder(tmp_path):
         assert summary.total == 3
     summary, _ = run(root)
     assert (summary.unchanged, summary.total) == (3, 3)
+
+
+def test_reindexing_rewrites_a_damaged_dense_file(tmp_path, caplog):
+    """Nothing changed on disk, so nothing is embedded; the run still finds the damaged FAISS file and
+    rewrites it from the stored vectors, after which an image-as-query search no longer warns."""
+    import logging
+
+    make_images(tmp_path / "photos", 6)
+    run(tmp_path / "photos")
+    with Collection.open("c") as col:
+        (name,) = [r[0] for r in col.db.execute("SELECT name FROM dense_segments")]
+        q = col.dense_vectors([3])[3]
+    (col.path / name).write_bytes((col.path / name).read_bytes()[:100])
+
+    def search_warns() -> bool:
+        caplog.clear()
+        with Collection.open("c") as col:
+            assert col.dense_search(q, 3)[0][0] == 3
+        return any(r.levelno >= logging.WARNING for r in caplog.records)
+
+    assert search_warns()
+    summary, _ = run(tmp_path / "photos")
+    assert (summary.indexed, summary.unchanged) == (0, 6)
+    assert not search_warns()

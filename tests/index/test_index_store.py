@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import numpy as np
 import pytest
 
@@ -245,6 +248,56 @@ def test_dense_index_is_repaired_when_stale_missing_or_corrupt(col):
     (col.path / files[0]).write_bytes(b"garbage")
     with Collection.open("s") as reader:
         assert reader.verify() == []
+
+
+def test_a_damaged_dense_file_is_rewritten_by_the_next_save_and_queries_stop_warning(
+    col, caplog, monkeypatch
+):
+    """A reader works around a damaged FAISS file (with a warning, every time); the writer's next save (each
+    index run ends with one) rewrites the files from forward.dense, after which nothing warns."""
+    rng = np.random.default_rng(3)
+    col.apply(Changes(insert=[new_image(i, rng) for i in range(6)]))
+    col.save_dense()
+    col.apply(Changes(insert=[new_image(i, rng) for i in range(6, 9)]))
+    col.save_dense()
+    files = [r[0] for r in col.db.execute("SELECT name FROM dense_segments ORDER BY min_id")]
+    assert len(files) == 2
+    q = col.dense_vectors([2])[2]
+
+    def query_warnings() -> list[str]:
+        caplog.clear()
+        with Collection.open("s") as reader:
+            ids, _ = reader.dense_search(q, 20)
+            assert ids[0] == 2 and ids.size == 9  # answered either way
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    assert query_warnings() == []
+    for damage in ("truncate", "same size", "missing"):
+        path = col.path / files[0]
+        data = path.read_bytes()
+        if damage == "truncate":
+            path.write_bytes(data[: len(data) // 3])
+        elif damage == "same size":  # a stat that differs from the one recorded makes the writer read it
+            path.write_bytes(b"\0" * len(data))
+        else:
+            path.unlink()
+        if damage != "missing":  # (a missing file is rebuilt in memory without a word)
+            assert query_warnings() and query_warnings(), damage  # every query, until the next save
+        before = set(os.listdir(col.path))
+        col.save_dense()
+        files = [r[0] for r in col.db.execute("SELECT name FROM dense_segments ORDER BY min_id")]
+        assert len(files) == 1 and files[0] not in before, damage  # one file, written anew
+        assert query_warnings() == [], damage
+        with Collection.open("s") as reader:
+            assert reader.verify() == []
+    # A sound file is not read again by later saves (its stat is the one recorded), nor rewritten.
+    from lexsearch.index import dense as dn
+
+    mtime = (col.path / files[0]).stat().st_mtime_ns
+    monkeypatch.setattr(dn, "read_index", lambda *a, **k: pytest.fail("a sound file was read"))
+    col.save_dense()
+    assert [r[0] for r in col.db.execute("SELECT name FROM dense_segments")] == files
+    assert (col.path / files[0]).stat().st_mtime_ns == mtime
 
 
 def test_query_cache(col):

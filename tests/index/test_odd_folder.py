@@ -8,7 +8,13 @@ import subprocess
 import sys
 
 from fakes import FakeEncoder, make_image
-from oddfiles import LATIN1_NAMES, SKIPPED_NAMES, make_odd_folder, tiff_with_bad_tag_count
+from oddfiles import (
+    LATIN1_NAMES,
+    SKIPPED_NAMES,
+    make_odd_folder,
+    tiff_with_bad_tag_count,
+    tiff_with_many_samples,
+)
 from PIL import Image
 
 from lexsearch.index import Collection, Reporter, build_index
@@ -147,6 +153,7 @@ def test_decoder_noise_only_with_verbose(tmp_path, tiny_model_dir):
     photos.mkdir()
     make_image(photos / "ok.png", 1)
     (photos / "noise.tif").write_bytes(tiff_with_bad_tag_count())
+    (photos / "samples.tif").write_bytes(tiff_with_many_samples())  # Pillow's own ERROR log line
     Image.open(photos / "ok.png").save(
         photos / "exif.jpg", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff"
     )
@@ -171,9 +178,10 @@ def test_decoder_noise_only_with_verbose(tmp_path, tiny_model_dir):
         assert proc.returncode == 0, proc.stderr
         err = proc.stderr.decode()
         assert "warning: " + str(photos / "noise.tif") in err
-        noise = ["TIFFFetchNormalTag", "Corrupt EXIF", "Metadata Warning"]
-        assert [n in err for n in noise] == [verbose] * 3, err
+        noise = ["TIFFFetchNormalTag", "Corrupt EXIF", "Metadata Warning", "More samples per pixel"]
+        assert [n in err for n in noise] == [verbose] * 4, err
         if not verbose:
             assert err.strip().splitlines() == [
-                f"warning: {photos / 'noise.tif'}: corrupt image (decoder error -2)"
+                f"warning: {photos / 'noise.tif'}: corrupt image (decoder error -2)",
+                f"warning: {photos / 'samples.tif'}: not an image, or an unsupported format",
             ]

@@ -176,7 +176,7 @@ function showWord(r, word) {
   }
   img.src = `/api/heatmap/${r.id}?word=${encodeURIComponent(word)}`;
   img.alt = `Heat map of ${word} over ${baseName(r.path)}`;
-  $("d-caption").textContent = `Where the image shows \u201c${word}\u201d: its own colours where the word is strong, dark grey where it is absent.`;
+  $("d-caption").textContent = `Where the image shows \u201c${word}\u201d: its own colours where the word is strong, hatched grey where it is absent.`;
 }
 
 async function openDetail(index) {
