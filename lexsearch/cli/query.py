@@ -245,15 +245,10 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
 
 
 def _heatmap_word(encoder, word: str | None) -> list[int]:
-    """The one vocabulary column of ``--word`` (from the vocabulary alone: no network loads), or []."""
-    from lexsearch.errors import UsageError
+    """The one vocabulary column of ``--word`` (from the vocabulary alone: no network loads), or []: the
+    page's rule (``heatmap_columns``), so both draw the same column or refuse a word with the same line."""
+    from lexsearch.search.explain import heatmap_columns, shown_columns
 
     if word is None:
         return []
-    cols = encoder.word_terms(word)
-    if not cols:
-        raise UsageError(f"{word!r} is not in the model's vocabulary")
-    if len(cols) > 1:
-        pieces = ", ".join(encoder.words(cols))
-        raise UsageError(f"{word!r} is not one vocabulary word (pieces: {pieces}); pass one of them")
-    return cols[:1]
+    return heatmap_columns(word, encoder.word_terms, encoder.words, shown_columns(encoder.vocab.words))

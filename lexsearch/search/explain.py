@@ -46,6 +46,14 @@ def explain_row(
     return merge_words(words(t.tolist()), c.tolist())
 
 
+def shown_columns(shown_words: Sequence[str]) -> dict[str, int]:
+    """Each vocabulary entry as explanations show it (``##board``, ``red``) -> its first column."""
+    columns: dict[str, int] = {}
+    for col, w in enumerate(shown_words):
+        columns.setdefault(w, col)
+    return columns
+
+
 def heatmap_columns(
     word: str,
     word_terms: Callable[[str], Sequence[int]],

@@ -28,7 +28,7 @@ from lexsearch.index.dense import inner_products
 from lexsearch.index.postings import RowBlock
 from lexsearch.limits import MAX_TOP
 from lexsearch.search import PostingsIndex, PruneConfig, results_to_json, search, search_by_image
-from lexsearch.search.explain import heatmap_columns
+from lexsearch.search.explain import heatmap_columns, shown_columns
 
 logger = logging.getLogger(__name__)
 
@@ -334,9 +334,7 @@ class SearchService:
     def word_columns(self, word: str) -> list[int]:
         """The vocabulary column of a word to draw: ``heatmap_columns``, the rule of ``explain --word``."""
         if self._word_columns is None:
-            self._word_columns = {}
-            for col, w in enumerate(self.encoder.vocab.words):
-                self._word_columns.setdefault(w, col)
+            self._word_columns = shown_columns(self.encoder.vocab.words)
         return heatmap_columns(word, self.encoder.word_terms, self.encoder.words, self._word_columns)
 
     def heatmap_png(self, image_id: int, word: str) -> bytes:
