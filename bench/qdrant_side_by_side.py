@@ -60,6 +60,17 @@ def du(path: Path, skip_wal: bool = False) -> int:
     return sum(f.stat().st_size for f in files if not (skip_wal and "wal" in f.relative_to(path).parts))
 
 
+def components(path: Path) -> dict[str, int]:
+    """Bytes of a Qdrant folder by what they hold (the names of its segments' parts), summed over segments."""
+    out: dict[str, int] = {}
+    for f in Path(path).rglob("*"):
+        if f.is_file():
+            parts = f.relative_to(path).parts
+            kind = parts[2] if parts[0] == "segments" and len(parts) > 2 else parts[0]
+            out[kind.split(".")[0]] = out.get(kind.split(".")[0], 0) + f.stat().st_size
+    return out
+
+
 def ms(samples: list[float]) -> str:
     a = np.asarray(samples) * 1000
     return f"p50 {np.percentile(a, 50):7.1f} ms   p90 {np.percentile(a, 90):7.1f} ms"
@@ -211,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=100_000)
     ap.add_argument("--local-images", type=int, default=2_000, help="local mode is pure Python: fewer")
     ap.add_argument("--queries", type=int, default=40)
+    ap.add_argument("--only", choices=["embedded", "edge", "local"], help="one home (and its reference)")
     ap.add_argument("--dir", help="work folder (default: a temporary one, removed after)")
     args = ap.parse_args(argv)
     work = Path(args.dir or tempfile.mkdtemp(prefix="lexsearch-qdrant-bench-"))
@@ -232,6 +244,10 @@ def main(argv: list[str] | None = None) -> None:
             ("embedded store (local-mode size)", args.local_images, build_embedded, query_embedded, True),
             ("qdrant-client local mode", args.local_images, build_local, query_local, False),
         ):
+            if args.only == "edge" and "local" in label or args.only == "local" and n == args.images:
+                continue
+            if args.only == "embedded" and "embedded" not in label:
+                continue
             folder = work / label.replace(" ", "_").replace("(", "").replace(")", "")
             try:
                 seconds = build(folder, n)
@@ -249,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 line += f"   candidates shared with the embedded store: {overlap(reference, found):.3f}"
             print(line, flush=True)
+            if label == "Qdrant Edge":
+                parts = sorted(components(folder).items(), key=lambda kv: -kv[1])
+                print("    per image: " + ", ".join(f"{k} {v / n:.0f} B" for k, v in parts), flush=True)
             if not args.dir:
                 shutil.rmtree(folder, ignore_errors=True)
     finally:

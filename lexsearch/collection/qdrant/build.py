@@ -190,13 +190,12 @@ def build_qdrant(
 
 
 def _total(parts: list[IndexSummary], seconds: float) -> IndexSummary:
-    out = IndexSummary(seconds=seconds)
+    # Every rank scanned the same files: the skipped ones are counted once, from rank 0.
+    out = IndexSummary(seconds=seconds, skipped=parts[0].skipped)
     for s in parts:
         for name in ("indexed", "unchanged", "moved", "removed", "failed", "failed_before"):
             setattr(out, name, getattr(out, name) + getattr(s, name))
         out.failures += s.failures
-        out.skipped.update(s.skipped)
-    out.skipped = parts[0].skipped if parts else out.skipped  # every rank scanned the same files
     return out
 
 
