@@ -141,3 +141,18 @@ def test_without_the_client_one_line_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "qdrant_client", None)  # as if not installed
     with pytest.raises(UsageError, match=r"lexsearch\[qdrant\]"):
         QdrantCollection.open(_address(tmp_path, "x"))
+
+
+def test_addresses_name_a_server_or_a_folder():
+    from lexsearch.collection.qdrant.store import Spec
+
+    s = Spec("qdrant://db1/photos?shards=12&replication=2")
+    assert (s.url, s.name, s.local, s.options) == (
+        "http://db1:6333",
+        "photos",
+        False,
+        {"shards": "12", "replication": "2"},
+    )
+    assert Spec("qdrant://db1:7000/p?scheme=https").url == "https://db1:7000"
+    s = Spec("qdrant:///srv/q/photos")
+    assert (s.folder, s.name, s.local) == ("/srv/q", "photos", True)
