@@ -71,7 +71,12 @@ def eval_retrieval(
     if plot is not None and not os.path.isdir(os.path.dirname(os.path.abspath(plot))):
         # Checked before encoding: a typo here should not cost a whole evaluation run.
         raise UsageError(f"Folder for --plot does not exist: {os.path.dirname(os.path.abspath(plot))}")
-    dataset = kp.load_karpathy(karpathy, data, split) if karpathy else kp.load_caption_folder(data)
+    if karpathy:
+        dataset = kp.load_karpathy(karpathy, data, split)
+    else:
+        from lexsearch.data.pairs import load_caption_folder
+
+        dataset = load_caption_folder(data)
 
     from lexsearch.model import LazyEncoder
 

@@ -45,6 +45,12 @@ def index(
     check_roots(dirs)
     if not os.path.isdir(model_dir):
         raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
+    from lexsearch.collection.opening import is_qdrant
+
+    if is_qdrant(collection):  # every rank writes its own points: no rank 0 writer
+        return _index_qdrant(
+            dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet
+        )
     path = resolve(collection)
     fresh = not path.exists()
     rebuild_cmd = shlex.join(
@@ -147,3 +153,60 @@ class _IndexProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _index_qdrant(
+    dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet
+) -> None:
+    """``lexsearch index`` into Qdrant: every rank (torchrun) scans, embeds and writes its own points."""
+    import shlex
+
+    from lexsearch.collection.qdrant.build import build_qdrant
+    from lexsearch.collection.qdrant.store import QdrantCollection
+    from lexsearch.index import IndexOptions
+    from lexsearch.index.build import Shard
+    from lexsearch.model.lazy import LazyEncoder
+
+    rebuild_cmd = shlex.join(
+        ["lexsearch", "index", *dirs, "--model", model_dir, "--collection", collection, "--rebuild"]
+    )
+    options = IndexOptions(
+        exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers
+    )
+    info, shard = None, Shard()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        from lexsearch.train.distributed import init_distributed
+
+        info = init_distributed(device)
+        device = str(info.device)
+        shard = Shard(info.rank, info.world_size)
+        if rebuild:
+            raise click.UsageError("--rebuild under torchrun: empty the collection in one process first.")
+    progress = _IndexProgress(quiet or shard.rank != 0)
+    try:
+        with (
+            QdrantCollection.open(collection, readonly=False, recreate=rebuild) as col,
+            decoder_noise_hidden(),
+        ):
+            encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
+            progress.start()
+            try:
+                summary = build_qdrant(
+                    dirs,
+                    encoder,
+                    col,
+                    options,
+                    progress.reporter,
+                    model_path=model_dir,
+                    rebuild_command=rebuild_cmd,
+                    shard=shard,
+                )
+            finally:
+                progress.close()
+    finally:
+        if info is not None:
+            from lexsearch.train.distributed import cleanup
+
+            cleanup(info)
+    if not quiet and shard.rank == 0:
+        click.echo(f"{shown(collection)}: {summary.line()}")

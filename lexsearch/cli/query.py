@@ -94,8 +94,11 @@ def query(
         # cannot go into a request, so a running server must not see it either.
         check_query_text(text)
     results = None
+    from lexsearch.collection.opening import is_qdrant
+
     # An explicit --text-encoder is answered here, by that encoder; a server uses its model's default.
-    if not image and model_dir is None and text_encoder == "auto":
+    # Servers are found by the collection's folder: one of a Qdrant collection is reached by its address.
+    if not image and model_dir is None and text_encoder == "auto" and not is_qdrant(collection):
         # A running `lexsearch serve` of this collection has the model warm: a new query costs milliseconds.
         from lexsearch.serve.client import search_via_server
 
@@ -109,9 +112,9 @@ def query(
     from lexsearch import search as s
 
     if results is None:
-        from lexsearch.index.store import Collection
+        from lexsearch.collection import open_collection
 
-        with Collection.open(collection, readonly=True) as col, decoder_noise_hidden():
+        with open_collection(collection, readonly=True) as col, decoder_noise_hidden():
             encoder = s.load_encoder(col, model_dir, device, text_encoder=text_encoder)
             if image:
                 results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
@@ -132,9 +135,9 @@ def query(
         # The same lines whether this process searched or a server did (its answer carries them).
         click.echo(notes_text(results.notes), err=True, nl=False)
     if results.stale:
-        from lexsearch.index.store import Collection
+        from lexsearch.collection import open_collection
 
-        with Collection.open(collection, readonly=True) as col:
+        with open_collection(collection, readonly=True) as col:
             roots = " ".join(col.meta.get("roots") or ["DIR"])
         n = results.stale
         click.echo(
@@ -178,10 +181,10 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
 
     import numpy as np
 
+    from lexsearch.collection import open_collection
     from lexsearch.errors import UsageError
     from lexsearch.explain import explain_image, heatmap_format
     from lexsearch.explain import heatmap as draw_heatmap
-    from lexsearch.index.store import Collection
     from lexsearch.model.images import open_image
     from lexsearch.model.lazy import LazyEncoder
     from lexsearch.search import load_encoder
@@ -198,7 +201,7 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
         img = open_image(image)
     indexed = None
     if model_dir is None:
-        with Collection.open(collection, readonly=True) as col:
+        with open_collection(collection, readonly=True) as col:
             encoder = load_encoder(col, device=device)
             word_ids = _heatmap_word(encoder, word)
             # The indexer stores absolute paths as reached from its root (symlinks kept), so look up both.

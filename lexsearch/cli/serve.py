@@ -30,7 +30,7 @@ def serve(collection, host, port, open_browser, model_dir, device, threads) -> N
     Keeps the model and the collection open; `lexsearch query` on the same collection uses the running
     server. Listens on 127.0.0.1 (this machine only) unless --host says otherwise.
     """
-    from lexsearch.index.store import Collection
+    from lexsearch.collection import open_collection
     from lexsearch.search import load_encoder
     from lexsearch.serve import SearchService
     from lexsearch.serve.server import Server, is_loopback
@@ -41,7 +41,7 @@ def serve(collection, host, port, open_browser, model_dir, device, threads) -> N
             "the collection and see its images.",
             err=True,
         )
-    col = Collection.open(collection, readonly=True)
+    col = open_collection(collection, readonly=True)
     try:
         service = SearchService(col, load_encoder(col, model_dir, device))
         click.echo(f"Loading the model for {col.path} ...", err=True)

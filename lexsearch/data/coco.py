@@ -10,8 +10,9 @@
 - a Karpathy split file (``dataset_coco.json``, ``dataset_flickr30k.json``) and one split of it
   (``--split train``; ``train+restval`` joins two), images under ``--images`` (default: the file's folder).
 
-Both become a :class:`~lexsearch.data.pairs.FolderPairs`, like a caption folder: every caption is a pair.
-Bad input raises :class:`~lexsearch.errors.DataError` with one line naming the file and the entry.
+Both become :class:`CaptionList` (every caption with its image's name), which
+:func:`lexsearch.data.pairs.load_pairs` turns into a ``FolderPairs`` like a caption folder's. This module does
+not import ``pairs`` (``pairs`` imports it). Bad input raises :class:`~lexsearch.errors.DataError` with one line naming the file and the entry.
 """
 
 from __future__ import annotations
@@ -19,14 +20,24 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from lexsearch.data.pairs import FolderPairs, _FileLoader
 from lexsearch.errors import DataError
 
 log = logging.getLogger(__name__)
 
 _SHOW_MISSING = 3
+
+
+@dataclass
+class CaptionList:
+    """Captions of a caption file, each with its image's name under ``root`` (or a full path)."""
+
+    source: str
+    keys: list[str]
+    captions: list[str]
+    root: str
 
 
 def _read(path: Path) -> object:
@@ -43,7 +54,7 @@ def is_caption_json(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() == ".json"
 
 
-def load_json_pairs(path: str | Path, images: str | Path | None = None, split: str = "train") -> FolderPairs:
+def load_json_pairs(path: str | Path, images: str | Path | None = None, split: str = "train") -> CaptionList:
     """A COCO captions file or a Karpathy split file (told apart by their keys) as training pairs."""
     path = Path(path)
     data = _read(path)
@@ -81,7 +92,7 @@ def _check_missing(missing: list[Path], path: Path, root: Path) -> None:
         )
 
 
-def coco_pairs(path: Path, data: dict, images: str | Path | None = None) -> FolderPairs:
+def coco_pairs(path: Path, data: dict, images: str | Path | None = None) -> CaptionList:
     """Pairs of a COCO captions file (``data`` is its parsed JSON), images under ``images``."""
     root = _coco_root(path, images)
     if not isinstance(data.get("images"), list):
@@ -111,10 +122,10 @@ def coco_pairs(path: Path, data: dict, images: str | Path | None = None) -> Fold
     if not keys:
         raise DataError(f"{path}: no captions")
     log.info("%s: %d captions of %d images under %s", path.name, len(keys), len(checked), root)
-    return FolderPairs(str(path), keys, captions, _FileLoader(str(root)))
+    return CaptionList(str(path), keys, captions, str(root))
 
 
-def karpathy_pairs(path: Path, images: str | Path | None = None, split: str = "train") -> FolderPairs:
+def karpathy_pairs(path: Path, images: str | Path | None = None, split: str = "train") -> CaptionList:
     """Pairs of one split (or ``a+b``) of a Karpathy split file, every caption of each image."""
     from lexsearch.data.karpathy import load_karpathy
 
@@ -129,4 +140,4 @@ def karpathy_pairs(path: Path, images: str | Path | None = None, split: str = "t
     if not keys:
         raise DataError(f"{path}: no split given (use --split train)")
     # Keys are full paths (as load_karpathy resolved them), so the loader's root does not matter.
-    return FolderPairs(f"{path}:{split}", keys, captions, _FileLoader(str(root)))
+    return CaptionList(f"{path}:{split}", keys, captions, str(root))

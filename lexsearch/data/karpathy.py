@@ -1,4 +1,4 @@
-"""Retrieval test sets: the standard Karpathy split files, and (image, caption) pairs from a data folder.
+"""Retrieval test sets: the standard Karpathy split files (a data folder's: ``pairs.load_caption_folder``).
 
 Karpathy files (``dataset_coco.json``, ``dataset_flickr30k.json``) look like::
 
@@ -156,27 +156,4 @@ def load_karpathy(
     log.info("%s split %s: %d images, %d captions", path.name, split, len(image_paths), len(captions))
     return RetrievalSet(
         image_paths, captions, np.asarray(caption_image, dtype=np.int64), f"{path.name}:{split}"
-    )
-
-
-def load_caption_folder(folder: str | Path) -> RetrievalSet:
-    """A training-format folder (``captions.jsonl`` / ``captions.csv``) as a retrieval set.
-
-    Reading is delegated to the training data reader so both agree on the format; WebDataset shards are
-    refused because evaluation needs every caption of an image together.
-    """
-    from lexsearch.data.pairs import FolderPairs, load_pairs
-
-    folder = Path(folder)
-    pairs = load_pairs(folder)
-    if not isinstance(pairs, FolderPairs):
-        raise DataError(
-            f"{folder}: retrieval evaluation needs a caption folder (captions.jsonl/.csv), not shards."
-        )
-    root = folder if folder.is_dir() else folder.parent
-    return RetrievalSet(
-        [root / key for key in pairs.images],
-        list(pairs.captions),
-        np.asarray(pairs.caption_image),
-        str(folder),
     )

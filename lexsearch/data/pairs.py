@@ -24,10 +24,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from lexsearch.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from lexsearch.data.karpathy import RetrievalSet
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +379,8 @@ def load_pairs(
     if path.is_file() and path.suffix.lower() == ".json":
         from lexsearch.data.coco import load_json_pairs
 
-        return load_json_pairs(path, images, split)
+        listed = load_json_pairs(path, images, split)
+        return FolderPairs(listed.source, listed.keys, listed.captions, _FileLoader(listed.root))
     if path.is_dir():
         if any((path / name).is_file() for name in CAPTION_FILES):
             return load_folder(path)
@@ -389,6 +394,31 @@ def load_pairs(
     raise DataError(
         f"{spec}: not found (expected a folder with captions.jsonl/.csv, .tar shards, or a COCO / Karpathy "
         ".json caption file)"
+    )
+
+
+def load_caption_folder(folder: str | Path) -> RetrievalSet:
+    """A training-format folder (``captions.jsonl`` / ``captions.csv``) as a retrieval set.
+
+    Reading is delegated to the training data reader so both agree on the format; WebDataset shards are
+    refused because evaluation needs every caption of an image together.
+    """
+    import numpy as np
+
+    from lexsearch.data.karpathy import RetrievalSet
+
+    folder = Path(folder)
+    pairs = load_pairs(folder)
+    if not isinstance(pairs, FolderPairs):
+        raise DataError(
+            f"{folder}: retrieval evaluation needs a caption folder (captions.jsonl/.csv), not shards."
+        )
+    root = folder if folder.is_dir() else folder.parent
+    return RetrievalSet(
+        [root / key for key in pairs.images],
+        list(pairs.captions),
+        np.asarray(pairs.caption_image),
+        str(folder),
     )
 
 

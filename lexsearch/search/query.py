@@ -98,8 +98,7 @@ def search(
         return Results()
     vocab = max(int(encoder.vocab_size), int(q_sparse.shape[1]))
     terms, weights = _strongest(q_sparse.indices, q_sparse.data, query_terms)
-    index = index or PostingsIndex.from_collection(collection)
-    cands = candidates(index, terms, weights, filters, k=max(n_candidates, top), prune=prune)
+    cands = _candidate_stage(collection, index, terms, weights, filters, max(n_candidates, top), prune)
     with_dense = None
     if not rerank_candidates:
         # The candidate scores cover only the strongest terms: explain (and show) exactly those.
@@ -143,11 +142,27 @@ def search_by_image(
         if q_sparse.nnz == 0:
             return Results()
         terms, weights = _strongest(q_sparse.indices, q_sparse.data, QUERY_TERMS)
-        index = index or PostingsIndex.from_collection(collection)
-        cands = candidates(index, terms, weights, k=max(CANDIDATES, top))
+        cands = _candidate_stage(collection, index, terms, weights, None, max(CANDIDATES, top), None)
         rows, _ = _candidate_rows(collection, cands.ids)
         ranked = rerank(rows, qvec, min_score=min_score)
     return _results(collection, encoder, ranked, qvec, top, explain_words)
+
+
+def _candidate_stage(
+    collection: Any,
+    index: PostingsIndex | None,
+    terms: np.ndarray,
+    weights: np.ndarray,
+    filters: Filters | None,
+    k: int,
+    prune: PruneConfig | None,
+) -> Candidates:
+    """The collection's own candidate stage (``SearchCollection.candidates``: postings in the embedded
+    store, the sparse index in Qdrant); a long-lived ``index`` or a bare store runs it over postings here."""
+    if index is None and hasattr(collection, "candidates"):
+        return collection.candidates(terms, weights, filters, k=k, prune=prune)
+    index = index or PostingsIndex.from_collection(collection)
+    return candidates(index, terms, weights, filters, k=k, prune=prune)
 
 
 def _candidate_rows(

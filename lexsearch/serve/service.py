@@ -148,7 +148,9 @@ class SearchService:
     """A collection opened read-only and its model held warm; every method is safe to call from threads."""
 
     def __init__(self, collection: Any, encoder: Any, thumbs_dir: Path | None = None) -> None:
-        self.collection = WarmCollection(collection)
+        # Rows kept in memory only where the collection changes under one writer who moves its generation
+        # (the embedded store); a Qdrant collection's rows are read from it each query (ranks write anytime).
+        self.collection = WarmCollection(collection) if hasattr(collection, "postings") else collection
         self.encoder = encoder
         self._lock = (
             threading.Lock()
@@ -162,8 +164,11 @@ class SearchService:
         self._count: tuple[Any, int] | None = None  # (generation, images) behind info()
 
     # ------------------------------------------------------------------------------------- search
-    def _postings(self) -> PostingsIndex:
-        """The long-lived postings index, renewed when the collection changed (an index run meanwhile)."""
+    def _postings(self) -> PostingsIndex | None:
+        """The long-lived postings index, renewed when the collection changed (an index run meanwhile);
+        None for a collection without postings here (Qdrant: its own candidate stage)."""
+        if not hasattr(self.collection, "postings"):
+            return None
         generation = self.collection.meta.get("generation")
         if self._index is None or generation != self._generation:
             self.collection.clear()
