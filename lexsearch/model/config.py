@@ -135,6 +135,16 @@ def resolve_base(name: str, root: Path | None) -> str:
     return name
 
 
+def lm_source(config: ModelConfig, root: Path | None) -> str:
+    """What loads a checkpoint's text base: its hub id or folder, or for a ``.gguf`` base the folder it was
+    converted into once (converting it now if this machine never did; lexsearch.model.gguf)."""
+    from lexsearch.model.gguf import local_base
+
+    return local_base(resolve_base(config.lm_model, root))
+
+
 def tokenizer_source(config: ModelConfig, root: Path | None) -> str:
     """Where a checkpoint's tokenizer lives (its own ``tokenizer`` entry, else the LM's)."""
-    return resolve_base(config.tokenizer or config.lm_model, root)
+    if config.tokenizer:
+        return resolve_base(config.tokenizer, root)
+    return lm_source(config, root)
