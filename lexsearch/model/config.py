@@ -60,6 +60,12 @@ class ModelConfig:
         "down_proj",
     )
     max_text_tokens: int = 64  # caption tokens after the prompt prefix (longer captions are cut)
+    # [choice] weight a of the read-out calibrated against the prompt with an empty text: s_txt =
+    # L2norm(elu1p(l - a * l_empty)), l_empty the next-token logits of the same prompt around "" (one more row
+    # in every batch, through the same LM and LoRA). 0 = the paper's read-out. A real LLM puts the words it
+    # says after any such prompt (`the`, `a`, the demonstration's `man`) on top of every text; subtracting
+    # what it says for no text removes them (bench/gemma_readout.py).
+    text_calibration: float = 0.0
     # --- vocabulary ---------------------------------------------------------------------------------------
     # Kept tokenizer ids (the columns of every vector). Filled by the vocabulary filter at build time.
     vocab_ids: list[int] = field(default_factory=list)

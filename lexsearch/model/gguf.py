@@ -149,6 +149,7 @@ def convert_gguf(name: str, folder: Path | None = None) -> Path:
 
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the converted base is as readable as any other cache
     try:
         if packaged is not None:
             path = _packaged_file(path.name, tmp)

@@ -108,6 +108,28 @@ def test_read_out_is_the_causal_lm_next_token_logits_on_the_vocabulary(gemma):
     assert (s_txt - expected).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("a", [0.5, 1.0])
+def test_calibrated_read_out_subtracts_the_empty_text_logits(gemma, a):
+    """text_calibration a: s_txt = L2norm(elu1p(l - a * l_empty)), l_empty the logits of the prompt around an
+    empty text, computed in the same batch (rows of every length, the calibration row padded to them)."""
+    vocab = torch.tensor(gemma.config.vocab_ids)
+    with torch.no_grad():
+        next_logits = lambda text: gemma.lm(input_ids=torch.tensor([gemma.prompt_ids(text)])).logits[0, -1]
+        empty = next_logits("")[vocab]
+        expected = torch.cat([lexical((next_logits(t)[vocab] - a * empty)[None]) for t in TEXTS])
+        gemma.config.text_calibration = a
+        ids, mask = gemma.tokenize(TEXTS)
+        s_txt, _ = gemma.encode_text(ids, mask)
+        ids1, mask1 = gemma.tokenize(TEXTS[:1])  # shorter than the calibration row? padded either way
+        alone, _ = gemma.encode_text(ids1, mask1)
+        gemma.config.text_calibration = 0.0
+        paper, _ = gemma.encode_text(ids, mask)
+    assert s_txt.shape == (2, gemma.vocab_size)
+    assert (s_txt - expected).abs().max().item() < 1e-5
+    assert (alone[0] - expected[0]).abs().max().item() < 1e-5
+    assert (paper - expected).abs().max().item() > 1e-4  # the calibration changes the vector
+
+
 def test_gemma_architecture_cut_keeps_layer_types_consistent():
     from lexsearch.model.architectures import architecture
 
@@ -146,6 +168,7 @@ def test_mini_preset_names_gemma_and_the_shipped_vit():
     assert gguf.is_gguf(cfg.lm_model) and cfg.lm_model in gguf.PACKAGED
     assert (gguf.Path(cfg.vision_model) / "config.json").is_file()
     assert cfg.lora_r == 8 and "gate_proj" in cfg.lora_targets
+    assert cfg.text_calibration > 0 and cfg.sparsify == "topk" and cfg.top_k <= 256
 
 
 def test_gguf_base_is_converted_once_into_a_plain_folder(gemma_dir, tmp_path, monkeypatch):
