@@ -69,8 +69,9 @@ class ModelConfig:
     # --- vocabulary ---------------------------------------------------------------------------------------
     # Kept tokenizer ids (the columns of every vector). Filled by the vocabulary filter at build time.
     vocab_ids: list[int] = field(default_factory=list)
-    # [choice] which pieces the filter keeps (lexsearch.model.vocab): "ascii-lower" (17,549 of a Llama-2-family
-    # vocabulary, the paper keeps 17,149) | "latin" (the rule before, 25,961)
+    # [choice] which pieces the filter keeps (lexsearch.model.vocab): "ascii-lower" (17,234 of Llama 2's 32,000,
+    # the paper keeps 17,149; 17,549 of Mistral's; 87,784 of Gemma 3's 262,144) | "latin" (the rule before,
+    # 25,861 / 25,961 / 158,724; bench/vocab_counts.py)
     vocab_filter: str = "ascii-lower"
     # --- sparsification at inference [paper] ----------------------------------------------------------------
     sparsify: str = "threshold"  # "threshold" (> 1/sqrt(V)) | "topk" | "none"
