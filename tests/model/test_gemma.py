@@ -252,3 +252,7 @@ def test_real_gemma_gguf(tmp_path):
     print(f"top-5 words: {top5}")
     assert {"red", "circle"} <= top5[0]  # the calibrated read-out keeps a short query's own words
     assert not top5[1] & {"the", "a", "man", "##the", "##a", "##man"}  # and drops the prompt's junk
+    from lexsearch.model.encoder import sparsify_vectors
+
+    kept = sparsify_vectors(s_txt, model.config.sparsify, model.config.top_k)
+    assert kept.getnnz(axis=1).max() <= 256  # the model's inference sparsification
