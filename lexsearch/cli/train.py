@@ -21,7 +21,9 @@ from lexsearch.cli.common import handle_errors
 @click.option("--split", help="Split of a Karpathy --data file (default train; train+restval joins two).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
 @click.option("--val-data", help="Caption folder for validation (default: a held-out part of --data).")
-@click.option("--preset", type=click.Choice(["tiny", "small", "paper"]), default="tiny", show_default=True)
+@click.option(
+    "--preset", type=click.Choice(["tiny", "mini", "small", "paper"]), default="tiny", show_default=True
+)
 @click.option("--init", "init", type=click.Path(file_okay=False), help="Checkpoint to fine-tune from.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs (preset default).")
 @click.option("--max-minutes", type=click.FloatRange(min=0), help="Stop cleanly (checkpointed) after M min.")

@@ -59,8 +59,33 @@ LLAMA2_7B: dict[str, Any] = dict(
     max_position_embeddings=4096,
 )
 
+# Gemma 3 270M (google/gemma-3-270m; the mini preset's text tower, from its PyPI GGUF): a tied LM head over a
+# 262,144-piece SentencePiece vocabulary, one key/value head, and layers that alternate five sliding-window
+# (512 tokens, local RoPE base 10k) with one global (RoPE base 1M) attention. ``model_type`` picks the class.
+GEMMA3_270M: dict[str, Any] = dict(
+    model_type="gemma3_text",
+    hidden_size=640,
+    intermediate_size=2048,
+    num_hidden_layers=18,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=256,
+    vocab_size=262144,
+    max_position_embeddings=32768,
+    sliding_window=512,
+    layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3,
+    rms_norm_eps=1e-6,
+    query_pre_attn_scalar=256,
+    hidden_activation="gelu_pytorch_tanh",
+    tie_word_embeddings=True,
+    bos_token_id=2,
+    eos_token_id=1,
+    pad_token_id=0,
+)
+
 # Hub id -> architecture config, for the ids the presets name.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "google/gemma-3-270m": GEMMA3_270M,
     "facebook/dinov2-small": DINOV2_SMALL,
     "facebook/dinov2-base": DINOV2_BASE,
     "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T": TINYLLAMA_1B,
@@ -77,17 +102,19 @@ def architecture(name: str, layers: int | None = None) -> dict[str, Any]:
     arch = dict(ARCHITECTURES[name])
     if layers is not None:
         arch["num_hidden_layers"] = int(layers)
+        if "layer_types" in arch:  # one attention kind per layer (Gemma 3)
+            arch["layer_types"] = list(arch["layer_types"])[: int(layers)]
     return arch
 
 
 def random_bases(vision_arch: dict, lm_arch: dict, tokenizer, seed: int = 0):
-    """(vision, lm): a DINOv2-architecture ViT and a Llama with random weights, built on the current default
-    device (``with torch.device("meta"):`` counts parameters without memory).
+    """(vision, lm): a DINOv2-architecture ViT and a Llama (or Gemma 3) with random weights, built on the
+    current default device (``with torch.device("meta"):`` counts parameters without memory).
 
     The LM's special ids come from ``tokenizer``, whose size must be the architecture's vocabulary.
     """
     import torch
-    from transformers import Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM
+    from transformers import Dinov2Config, Dinov2Model
 
     from lexsearch.errors import ModelError
 
@@ -104,7 +131,20 @@ def random_bases(vision_arch: dict, lm_arch: dict, tokenizer, seed: int = 0):
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    return Dinov2Model(Dinov2Config(**vision_arch)), LlamaForCausalLM(LlamaConfig(**lm_arch))
+    return Dinov2Model(Dinov2Config(**vision_arch)), causal_lm(lm_arch)
+
+
+def causal_lm(arch: dict):
+    """A causal LM with random weights from an architecture dict: Gemma 3 when its ``model_type`` says
+    ``gemma3_text``, else a Llama."""
+    arch = dict(arch)
+    if arch.pop("model_type", "llama") == "gemma3_text":
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        return Gemma3ForCausalLM(Gemma3TextConfig(**arch))
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(**arch))
 
 
 def preset_bases(model_config, tokenizer, layers: int | None = None, seed: int = 0):

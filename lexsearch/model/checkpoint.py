@@ -27,6 +27,7 @@ from lexsearch.model.config import (
     FORMAT_VERSION,
     WEIGHTS_FILE,
     ModelConfig,
+    lm_source,
     read_config,
     resolve_base,
     tokenizer_source,
@@ -69,7 +70,7 @@ def load_bases(config: ModelConfig, root: Path | None = None, dtype: torch.dtype
     quiet_transformers()
     vision_cls = _vision_class(config.vision_type)
     vision_name = resolve_base(config.vision_model, root)
-    lm_name = resolve_base(config.lm_model, root)
+    lm_name = lm_source(config, root)  # a .gguf base: its converted folder
     tok_name = tokenizer_source(config, root)
     try:
         vision = vision_cls.from_pretrained(vision_name, dtype=dtype)

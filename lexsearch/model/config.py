@@ -60,11 +60,18 @@ class ModelConfig:
         "down_proj",
     )
     max_text_tokens: int = 64  # caption tokens after the prompt prefix (longer captions are cut)
+    # [choice] weight a of the read-out calibrated against the prompt with an empty text: s_txt =
+    # L2norm(elu1p(l - a * l_empty)), l_empty the next-token logits of the same prompt around "" (one more row
+    # in every batch, through the same LM and LoRA). 0 = the paper's read-out. A real LLM puts the words it
+    # says after any such prompt (`the`, `a`, the demonstration's `man`) on top of every text; subtracting
+    # what it says for no text removes them (bench/gemma_readout.py).
+    text_calibration: float = 0.0
     # --- vocabulary ---------------------------------------------------------------------------------------
     # Kept tokenizer ids (the columns of every vector). Filled by the vocabulary filter at build time.
     vocab_ids: list[int] = field(default_factory=list)
-    # [choice] which pieces the filter keeps (lexsearch.model.vocab): "ascii-lower" (17,549 of a Llama-2-family
-    # vocabulary, the paper keeps 17,149) | "latin" (the rule before, 25,961)
+    # [choice] which pieces the filter keeps (lexsearch.model.vocab): "ascii-lower" (17,234 of Llama 2's 32,000,
+    # the paper keeps 17,149; 17,549 of Mistral's; 87,784 of Gemma 3's 262,144) | "latin" (the rule before,
+    # 25,861 / 25,961 / 158,724; bench/vocab_counts.py)
     vocab_filter: str = "ascii-lower"
     # --- sparsification at inference [paper] ----------------------------------------------------------------
     sparsify: str = "threshold"  # "threshold" (> 1/sqrt(V)) | "topk" | "none"
@@ -135,6 +142,16 @@ def resolve_base(name: str, root: Path | None) -> str:
     return name
 
 
+def lm_source(config: ModelConfig, root: Path | None) -> str:
+    """What loads a checkpoint's text base: its hub id or folder, or for a ``.gguf`` base the folder it was
+    converted into once (converting it now if this machine never did; lexsearch.model.gguf)."""
+    from lexsearch.model.gguf import local_base
+
+    return local_base(resolve_base(config.lm_model, root))
+
+
 def tokenizer_source(config: ModelConfig, root: Path | None) -> str:
     """Where a checkpoint's tokenizer lives (its own ``tokenizer`` entry, else the LM's)."""
-    return resolve_base(config.tokenizer or config.lm_model, root)
+    if config.tokenizer:
+        return resolve_base(config.tokenizer, root)
+    return lm_source(config, root)

@@ -235,12 +235,29 @@ class LexVLA(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """s_txt (B, V) = L2norm(elu1p(h @ Z_txt^T)): next-token logits on the vocabulary, no softmax [paper];
         and the dense text vector (B, D) or None."""
-        h = self.text_hidden(ids, mask, share_prefix=share_prefix).float()  # (B, H)
-        s_txt = lexical(codebook_logits(h, self.z_txt))  # (B, V)
+        a = self.config.text_calibration
+        if a:
+            ids, mask = self._with_empty_row(ids, mask)
+        h = self.text_hidden(ids, mask, share_prefix=share_prefix).float()  # (B, H), (B + 1, H) calibrated
+        logits = codebook_logits(h, self.z_txt)  # (B, V)
+        if a:
+            h, logits = h[:-1], logits[:-1] - a * logits[-1:]
+        s_txt = lexical(logits)  # (B, V)
         dense = (
             F.normalize(self.dense_txt(self._dense_input(h)), dim=-1) if self.dense_txt is not None else None
         )
         return s_txt, dense
+
+    def _with_empty_row(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ids`` / ``mask`` (B, L) with the empty text's prompt as row B, all right-padded to one length."""
+        empty = self.tokenize([""])[0][0].to(ids.device)  # the calibration row (config.text_calibration)
+        length = max(ids.shape[1], empty.shape[0])
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out_ids = ids.new_full((ids.shape[0] + 1, length), pad)
+        out_mask = mask.new_zeros((ids.shape[0] + 1, length))
+        out_ids[:-1, : ids.shape[1]], out_mask[:-1, : ids.shape[1]] = ids, mask
+        out_ids[-1, : empty.shape[0]], out_mask[-1, : empty.shape[0]] = empty, 1
+        return out_ids, out_mask
 
     def word_vectors(self, vocab_columns: torch.Tensor) -> torch.Tensor:
         """Word-level vectors of single-piece words: L2norm(elu1p(Z_txt[w] @ Z_txt^T)) [paper]. (W, V)."""

@@ -33,7 +33,7 @@ class TrainConfig:
     val_max_images: int = 500  # [choice] cap on held-out images, so validation stays cheap on big data
     out: str = ""  # the checkpoint folder written (model, train_log.jsonl, train_config.json, resume state)
     # --- model --------------------------------------------------------------------------------------------
-    preset: str = "tiny"  # tiny | small | paper (see lexsearch.model.presets)
+    preset: str = "tiny"  # tiny | mini | small | paper (see lexsearch.model.presets)
     init: str = ""  # a checkpoint folder to fine-tune from; "" = a fresh model of the preset
     # --- schedule -----------------------------------------------------------------------------------------
     epochs: float = 12.0  # [paper] 12 epochs over CC-12M
@@ -142,6 +142,15 @@ PRESET_DEFAULTS: dict[str, dict] = {
         "val_every": 1000,
     },
     "small": {
+        "batch_size": 1024,
+        "micro_batch_size": 128,
+        "grad_checkpointing": True,
+        "num_workers": 8,
+        "log_every": 20,
+        "val_every": 1000,
+    },
+    # The tiny ViT + Gemma 3 270M with LoRA (model preset mini), on one GPU: small's batch shape.
+    "mini": {
         "batch_size": 1024,
         "micro_batch_size": 128,
         "grad_checkpointing": True,
