@@ -33,20 +33,10 @@ from lexsearch.model.config import (
     tokenizer_source,
 )
 from lexsearch.model.lexvla import LexVLA
+from lexsearch.model.quiet import quiet_transformers  # noqa: F401  (re-exported: loaders import it from here)
 from lexsearch.model.vocab import filter_vocabulary
 
 log = logging.getLogger(__name__)
-
-
-def quiet_transformers() -> None:
-    """No per-shard progress bars or advice on stderr: lexsearch reports its own progress."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
 def _vision_class(vision_type: str):

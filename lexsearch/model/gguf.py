@@ -200,7 +200,7 @@ def _read_gguf(path: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lexsearch.model.checkpoint import quiet_transformers
+    from lexsearch.model.quiet import quiet_transformers
 
     quiet_transformers()
     try:
