@@ -15,7 +15,8 @@ import numpy as np
 from lexsearch.collection.interface import Where
 from lexsearch.errors import UsageError
 from lexsearch.index.paths import db_text
-from lexsearch.index.store import Collection, _chunks, _marks
+from lexsearch.index.schema import _chunks, _marks
+from lexsearch.index.store import Collection
 
 # The facts ``images`` holds per image beside its path (photo metadata adds columns here).
 METADATA_FIELDS = ("width", "height", "exif_time", "size", "mtime_ns")

@@ -1,5 +1,6 @@
 """The posting side of a collection: immutable segment files + a SQLite delta + tombstones (a mixin of
-``Collection``; the schema and the crash-safety rules are in ``store.py``, the file format in ``segments.py``).
+``Collection``; the schema is in ``schema.py``, the crash-safety rules in ``store.py``, the file format in
+``segments.py``).
 
 Life of a posting: a commit writes it into the delta (``postings`` table, one blob pair per term per
 commit); once the delta holds ``FLUSH_POSTINGS`` the writer flushes it into a new file; ``FANOUT`` adjacent

@@ -185,23 +185,23 @@ def test_forward_block_reads_rows_and_vectors_in_the_order_asked(col):
 def test_a_readers_many_row_reads_share_threads_kept_until_close(col):
     import threading
 
-    from lexsearch.index import store
+    from lexsearch.index import readers
 
     rng = np.random.default_rng(9)
-    ids = col.apply(Changes(insert=[new_image(i, rng) for i in range(store._PARALLEL_MIN_ROWS + 40)]))
+    ids = col.apply(Changes(insert=[new_image(i, rng) for i in range(readers._PARALLEL_MIN_ROWS + 40)]))
     before = set(threading.enumerate())
     reader = Collection.open(col.path)
     first = reader.forward_block(ids[::-1])
     threads = {t for t in threading.enumerate() if t.name.startswith("lexsearch-read")} - before
     conns = list(reader._reader_conns)
-    assert 1 <= len(threads) <= store._READERS and len(conns) == len(threads)
+    assert 1 <= len(threads) <= readers._READERS and len(conns) == len(threads)
     # More reads: the threads stay (up to _READERS of them, each with its own connection), and a row written
     # since is seen (each read its own snapshot).
     (new,) = col.apply(Changes(insert=[new_image(999, rng)]))
     for _ in range(5):
         again = reader.forward_block([*ids[::-1], new])
     kept = {t for t in threading.enumerate() if t.name.startswith("lexsearch-read")} - before
-    assert threads <= kept and len(kept) <= store._READERS
+    assert threads <= kept and len(kept) <= readers._READERS
     assert reader._reader_conns[: len(conns)] == conns and len(reader._reader_conns) == len(kept)
     assert (
         np.array_equal(again.terms[: first.terms.size], first.terms) and again.indptr[-1] > first.indptr[-1]
@@ -419,13 +419,13 @@ def test_a_schema_1_collection_is_upgraded_in_place(tmp_path, monkeypatch):
 
     from sqlite_utils import Database
 
-    from lexsearch.index import store
+    from lexsearch.index import schema
 
     path = tmp_path / "old"
     path.mkdir()
     conn = sqlite3.connect(path / "index.db")
     db = Database(conn)
-    store.m001_create_tables(db)
+    schema.m001_create_tables(db)
     conn.execute(
         "CREATE TABLE _sqlite_migrations (id INTEGER PRIMARY KEY, migration_set TEXT, name TEXT, "
         "applied_at TEXT)"
