@@ -109,7 +109,7 @@ def main() -> None:
     label_s = [0.0]
     teacher = d.teacher_hidden
 
-    def cached(model, texts, device, batch_size=128, progress=None):
+    def cached(model, texts, device, batch_size=128, progress=None, deadline=None):
         key = tuple(texts)
         if key not in cache:
             t = time.monotonic()

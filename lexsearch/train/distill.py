@@ -24,8 +24,9 @@ Recipe [choice]:
 - AdamW, cosine decay, for ``minutes`` of wall time or ``max_epochs`` (or ``max_steps``), whichever ends first;
 - then the quality check (``lexsearch.model.student.GATE``): held-out cosine, top-3 word agreement and the
   share of texts whose top bank vector the LM also ranks in its top 10, student vs LM. A student that has not
-  passed when the time budget ends trains on (a new, shorter cosine cycle at half the learning rate, checked
-  again at its end) until it passes or the hard cap ``max_minutes`` is reached. A budget is not cut short once
+  passed when the time budget ends trains on (a new, shorter cosine cycle, at half the learning rate after a
+  first cycle of an epoch or more, checked again at its end) until it passes or the hard cap ``max_minutes``
+  is reached; the teacher's labelling stops at half the cap, so the cap holds on a busy machine. A budget is not cut short once
   the check passes: the overlap of query results kept rising with training past it (docs/student.md). The
   verdict and its figures are written into ``student.json``; ``auto`` uses only a student that passed.
 """
@@ -262,10 +263,14 @@ def teacher_hidden(
     device: torch.device,
     batch_size: int = 128,
     progress: Callable[[int], None] | None = None,
+    deadline: float | None = None,
 ) -> torch.Tensor:
-    """The LM's read-out hidden state h (n, H) of each text, with the model's prompt: the teacher."""
+    """The LM's read-out hidden state h (n, H) of each text, with the model's prompt: the teacher. Past
+    ``deadline`` (``time.monotonic()``) it stops after the batch in hand: h of the first texts only."""
     parts = []
     for start in range(0, len(texts), batch_size):
+        if parts and deadline is not None and time.monotonic() > deadline:
+            break
         ids, mask = model.tokenize(list(texts[start : start + batch_size]))
         parts.append(model.text_hidden(ids.to(device), mask.to(device)).float().cpu())
         if progress is not None:
@@ -425,7 +430,11 @@ def distill(
         done[0] += n
         tick("label", done[0], len(texts))
 
-    hidden = teacher_hidden(model, texts, device, progress=labelled)  # (n, H)
+    cap = t0 + 60.0 * max(cfg.minutes, cfg.max_minutes if cfg.max_minutes > 0 else 3.0 * cfg.minutes)
+    # On a busy machine labelling alone can outlast the cap: it stops at half of it (the texts are shuffled,
+    # so the first ones are a sample of all), leaving the other half to train, and the cap holds.
+    hidden = teacher_hidden(model, texts, device, progress=labelled, deadline=t0 + 0.5 * (cap - t0))  # (n, H)
+    texts = texts[: len(hidden)]
     z_txt = model.z_txt.float().to(device)  # (V, H) frozen
     dense_head = model.dense_txt
     arch = StudentConfig(
@@ -456,10 +465,11 @@ def distill(
         # The image side may take at most a quarter of what is left of the budget; fewer images if slower.
         deadline = time.monotonic() + 0.25 * max(0.0, budget - (time.monotonic() - t0))
         bank = image_bank(encoder, list(images)[: cfg.bank_size], deadline)
-    if cfg.bank_size > 0 and bank is None:
+    row = {t: i for i, t in enumerate(texts)}
+    # (Captions whose labelling a busy machine cut short are left out.)
+    idx = [row[c] for c in dict.fromkeys(captions) if c in row][: cfg.bank_size]
+    if cfg.bank_size > 0 and bank is None and idx:
         with torch.no_grad():
-            row = {t: i for i, t in enumerate(texts)}
-            idx = [row[c] for c in list(dict.fromkeys(captions))[: cfg.bank_size]]
             s, d = targets(hidden[idx].to(device))
             bank = ScoreBank(
                 _stored(kept(s, mode, top_k).cpu()), None if d is None else _stored(d.cpu()), "texts"
@@ -514,7 +524,6 @@ def distill(
     total = steps_per_epoch * cfg.max_epochs
     if cfg.max_steps > 0:
         total = min(total, cfg.max_steps)
-    cap = t0 + 60.0 * max(budget / 60.0, cfg.max_minutes if cfg.max_minutes > 0 else 3.0 * cfg.minutes)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng_np = np.random.default_rng(cfg.seed)
 
@@ -556,7 +565,9 @@ def distill(
     while n_val and not passes(figures) and step < total and time.monotonic() < cap - 1.0:
         extended = True
         now = time.monotonic()
-        train_phase(now, min(cap, now + max(30.0, 0.5 * budget)), 0.5 * cfg.lr)
+        # Half the learning rate after a full first cycle; the full one when labelling left it few steps.
+        lr = 0.5 * cfg.lr if step >= steps_per_epoch else cfg.lr
+        train_phase(now, min(cap, now + max(30.0, 0.5 * budget)), lr)
         figures = measure()
         logger.info("student after %d steps: %s", step, figures)
     passed = passes(figures)

@@ -300,3 +300,21 @@ def test_distill_cli_messages(tmp_path, distilled_dir):
     assert res.exit_code != 0 and "not found" in res.output and "Traceback" not in res.output
     res = runner.invoke(cli, ["query", "red", "--text-encoder", "bert"])
     assert res.exit_code != 0 and "bert" in res.output
+
+
+def test_labelling_stops_at_its_deadline(tiny_model_dir):
+    """On a busy machine the teacher's labelling stops at its deadline (after the batch in hand), so the
+    distillation's hard cap holds even when labelling every text would outlast it."""
+    import time
+
+    import torch
+
+    from lexsearch.model import Encoder
+    from lexsearch.train.distill import teacher_hidden
+
+    model = Encoder.load(tiny_model_dir, device="cpu").model
+    texts = TINY_TEXTS[:40]
+    every = teacher_hidden(model, texts, torch.device("cpu"), batch_size=8)
+    cut = teacher_hidden(model, texts, torch.device("cpu"), batch_size=8, deadline=time.monotonic() - 1)
+    assert every.shape[0] == 40 and cut.shape[0] == 8
+    torch.testing.assert_close(cut, every[:8])
