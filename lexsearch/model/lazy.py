@@ -58,7 +58,7 @@ def choose_text_encoder(model_dir: str | Path, model_id: str, want: str = "auto"
         return "student", f"answering with the student as asked, though {why}"
     return (
         "lm",
-        f"queries use the LM, not the student in {model_dir}: {why}; distil longer: {distil} --minutes N",
+        f"queries use the LM, not the student in {model_dir}: {why}; distil again (longer): {distil} --minutes N",
     )
 
 

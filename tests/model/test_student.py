@@ -201,6 +201,13 @@ def test_a_starved_student_fails_its_check_and_queries_use_the_lm(distilled_dir,
     assert "note: queries use the LM" in query.stderr and "failed its quality check" in query.stderr
     with Collection.open(col, readonly=True) as c:
         lm = search(c, LazyEncoder(tiny_model_dir, text_encoder="lm"), "a red circle", top=6)
+        # A server of the collection answers too, through the LM (its encoder carries the note, nothing more).
+        from lexsearch.search import load_encoder
+        from lexsearch.serve import SearchService
+
+        served = SearchService(c, load_encoder(c, device="cpu"))
+        assert served.encoder.text_encoder == "lm" and served.encoder.note
+        assert [r["path"] for r in served.search("a red circle", 6)] == [r.path for r in lm]
     assert [r["path"] for r in json.loads(query.stdout)] == [r.path for r in lm]
 
 
