@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -20,19 +22,48 @@ def test_demo_runs_the_whole_loop_and_reuses_its_model(tmp_path, lexsearch_home)
     assert "$ lexsearch query 'a red circle' --collection demo" in out
     assert "$ lexsearch query 'zebra' --collection demo" in out
     assert "the image shows:" in out
-    # The demo distils a student, and its queries go through it.
+    # The demo distils a student, and its queries go through it if (and only if) it passed its check.
     assert "Distilling a torch-free query encoder" in first.stderr
     models = list((lexsearch_home / "models").glob("demo-*"))
     assert len(models) == 1 and (models[0] / "student.json").is_file()
+    gate = json.loads((models[0] / "student.json").read_text())["distill"]["gate"]
+    verdict = "passed" if gate["passed"] else "failed"
+    assert f"Query encoder: the student {verdict} its quality check after" in out and "cosine" in out
+    if gate["passed"]:
+        assert "Queries encoded by the student." in out and "note:" not in first.stderr
+    else:
+        assert "Queries encoded by the LM." in out and "note: queries use the LM" in first.stderr
     with Image.open(tmp_path / "demo" / "explain.png") as heat:
         assert heat.format == "PNG" and max(heat.size) >= 512  # readable, not the 64 px toy image
 
     second = runner.invoke(cli, args)
     assert second.exit_code == 0, second.output
     assert "Reusing the model" in second.stderr and "t2i R@1" not in second.stdout
-    assert "Distilling" not in second.stderr  # the student is reused with its model
+    if gate["passed"]:
+        assert "Distilling" not in second.stderr  # the student is reused with its model
+    else:
+        assert "Distilling" in second.stderr  # a student that failed is distilled again
     assert "Index: 240 indexed" in second.stdout  # the demo rebuilds its collection from scratch each run
 
     query = runner.invoke(cli, ["query", "red circle", "--collection", "demo", "--paths", "--top", "2"])
     assert query.exit_code == 0, query.output
     assert all(line.endswith(".png") for line in query.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_a_starved_student_is_not_used_and_the_demo_answers_with_the_lm(tmp_path, lexsearch_home):
+    """The demo's distillation cut to one step (as a busy machine might cut it): the student fails its check,
+    and every answer the demo prints is the LM's."""
+    from lexsearch.demo import DEMO_COLLECTION, run_demo
+    from lexsearch.index.store import Collection
+    from lexsearch.model.lazy import LazyEncoder
+    from lexsearch.search import search
+
+    report = run_demo(tmp_path / "demo", n_images=240, max_minutes=0.5, device="cpu", distill_steps=1)
+    gate = json.loads((report.model / "student.json").read_text())["distill"]["gate"]
+    assert gate["passed"] is False and report.distilled.startswith("failed its quality check after 1 steps")
+    assert report.text_encoder == "lm" and "failed its quality check" in report.note
+    lm = LazyEncoder(report.model, device="cpu", text_encoder="lm")
+    with Collection.open(DEMO_COLLECTION, readonly=True) as col:
+        for query, results in report.queries:
+            assert [r.path for r in results] == [r.path for r in search(col, lm, query, top=3)], query

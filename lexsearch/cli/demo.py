@@ -55,6 +55,11 @@ def demo(directory, n_images, minutes, seed, device) -> None:
         bar.close()
     if report.train:
         click.echo(f"Held-out retrieval of the trained model:\n{format_val(report.train)}")
+    if report.distilled:
+        click.echo(f"Query encoder: the student {report.distilled}")
+    if report.note:
+        click.echo(f"note: {report.note}", err=True)
+    click.echo(f"Queries encoded by the {'student' if report.text_encoder == 'student' else 'LM'}.")
     click.echo(f"Index: {report.index_summary}")
     for query, results in report.queries:
         click.echo(f"\n$ lexsearch query {query!r} --collection demo")

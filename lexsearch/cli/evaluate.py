@@ -83,6 +83,8 @@ def eval_retrieval(
     # Images through the model; texts through the student or the LM, as a query would be.
     encoder = LazyEncoder(model_dir, device=device, text_encoder=text_encoder)
     used = getattr(encoder, "text_encoder", "lm")
+    if getattr(encoder, "note", ""):
+        click.echo(f"note: {encoder.note}", err=True)
     if plot is not None and ks is None:
         ks = rt.default_sweep_ks(encoder.vocab_size)
     report = rt.evaluate_retrieval(

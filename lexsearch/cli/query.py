@@ -116,6 +116,8 @@ def query(
 
         with open_collection(collection, readonly=True) as col, decoder_noise_hidden():
             encoder = s.load_encoder(col, model_dir, device, text_encoder=text_encoder)
+            if getattr(encoder, "note", ""):  # e.g. why the LM answers rather than the model's student
+                click.echo(f"note: {encoder.note}", err=True)
             if image:
                 results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
             else:

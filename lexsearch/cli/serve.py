@@ -43,7 +43,10 @@ def serve(collection, host, port, open_browser, model_dir, device, threads) -> N
         )
     col = open_collection(collection, readonly=True)
     try:
-        service = SearchService(col, load_encoder(col, model_dir, device))
+        encoder = load_encoder(col, model_dir, device)
+        if getattr(encoder, "note", ""):  # e.g. why the LM answers rather than the model's student
+            click.echo(f"note: {encoder.note}", err=True)
+        service = SearchService(col, encoder)
         click.echo(f"Loading the model for {col.path} ...", err=True)
         service.warm_up(threads)
         server = Server(service, host, port)

@@ -200,16 +200,28 @@ def format_val(v: dict) -> str:
     type=click.FloatRange(min=0, min_open=True),
     help="Time budget (labelling by the LM + training).",
 )
+@click.option(
+    "--max-minutes",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Hard cap: a student that has not passed the quality check by --minutes trains on up to this "
+    "[default: 3 x --minutes].",
+)
 @click.option("--epochs", "max_epochs", default=60, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--steps", "max_steps", default=None, type=click.IntRange(min=1), help="A step budget (a hard limit)."
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
-def distill(model_dir, data, minutes, max_epochs, seed, device, quiet) -> None:
+def distill(model_dir, data, minutes, max_minutes, max_epochs, max_steps, seed, device, quiet) -> None:
     """Distil the model's LM text tower into a small student query encoder (stored in the model folder).
 
     A collection whose model has a student encodes new queries with it, without torch: a new query then
-    takes a fraction of a second. 'lexsearch query --text-encoder lm' still runs the LM.
+    takes a fraction of a second. The student is used only if it passes a quality check against the LM on
+    held-out texts (printed at the end; exit status 1 when it fails). 'lexsearch query --text-encoder lm'
+    still runs the LM.
     """
     from tqdm import tqdm
 
@@ -219,7 +231,14 @@ def distill(model_dir, data, minutes, max_epochs, seed, device, quiet) -> None:
 
     read_config(Path(model_dir))  # a clear error for a folder that is not a model, before loading torch
     captions = read_captions(data)
-    cfg = DistillConfig(minutes=minutes, max_epochs=max_epochs, seed=seed, device=device)
+    cfg = DistillConfig(
+        minutes=minutes,
+        max_minutes=max_minutes or 0.0,
+        max_epochs=max_epochs,
+        max_steps=max_steps or 0,
+        seed=seed,
+        device=device,
+    )
     images = read_images(data, cfg.bank_size)  # the ranking term scores against these images' vectors
     disable = quiet or not sys.stderr.isatty()
     bars: dict[str, tqdm] = {}
@@ -235,13 +254,31 @@ def distill(model_dir, data, minutes, max_epochs, seed, device, quiet) -> None:
     finally:
         for bar in bars.values():
             bar.close()
+    from lexsearch.model.student import gate_figures
+
+    figures = gate_figures(result.figures)
     if not quiet:
+        where = "Student written to" if not result.kept_previous else "Student (not kept) trained for"
         click.echo(
-            f"Student written to {result.student_dir} ({result.texts} texts, {result.epochs:.1f} epochs, "
-            f"{result.minutes:.1f} min; held-out cosine to the LM {result.cosine:.3f}"
+            f"{where} {result.student_dir} ({result.texts} texts, {result.steps} steps = {result.epochs:.1f} "
+            f"epochs, {result.minutes:.1f} min{', past --minutes to reach the check' if result.extended else ''})"
+        )
+        click.echo(
+            f"Held-out agreement with the LM: {figures}"
             + (
-                f", top-10 overlap with the LM's ranking of the {result.bank} {result.overlap:.2f})"
+                f"; top-10 overlap with the LM's ranking of the {result.bank} {result.overlap:.2f}"
                 if result.bank
-                else ")"
+                else ""
             )
         )
+    if result.passed:
+        if not quiet:
+            click.echo("Quality check passed: queries of this model's collections use the student.")
+        return
+    kept = " (the folder keeps its earlier student, which passed)" if result.kept_previous else ""
+    click.echo(
+        f"Quality check failed ({figures}): queries keep using the LM{kept}; distil longer "
+        f"(--minutes, --max-minutes).",
+        err=True,
+    )
+    sys.exit(1)

@@ -6,7 +6,9 @@ cold query slow. Nothing here imports torch.
 
 It is also where a query's text encoder is chosen: the model's distilled student (``student.json`` in the
 model folder, torch-free) or the LM text tower. ``auto`` takes the student when the model has one that was
-distilled from these very weights; ``lm`` always runs the LM; ``student`` insists on the student.
+distilled from these very weights and passed its quality check (the verdict its distillation recorded);
+otherwise the LM, with a one-line note saying why (``LazyEncoder.note``; the CLI prints it). ``lm`` always
+runs the LM; ``student`` insists on the student (with a note when it failed its check).
 """
 
 from __future__ import annotations
@@ -24,19 +26,20 @@ logger = logging.getLogger(__name__)
 TEXT_ENCODERS = ("auto", "lm", "student")
 
 
-def choose_text_encoder(model_dir: str | Path, model_id: str, want: str = "auto") -> str:
-    """``"student"`` or ``"lm"`` for texts of the model in ``model_dir`` (see the module docstring)."""
-    from lexsearch.model.student import read_student_record, student_exists
+def choose_text_encoder(model_dir: str | Path, model_id: str, want: str = "auto") -> tuple[str, str]:
+    """(``"student"`` or ``"lm"``, note) for texts of the model in ``model_dir`` (see the module docstring);
+    the note is one line for the user when the choice is not the plain one ("" otherwise)."""
+    from lexsearch.model.student import gate_verdict, read_student_record, student_exists
 
     if want not in TEXT_ENCODERS:
         raise UsageError(f"unknown text encoder {want!r} (use {', '.join(TEXT_ENCODERS)})")
     if want == "lm":
-        return "lm"
+        return "lm", ""
     distil = f"lexsearch distill --model {model_dir} --data CAPTIONS"
     if not student_exists(model_dir):
         if want == "student":
             raise ModelError(f"{model_dir} has no student query encoder; make one with: {distil}")
-        return "lm"
+        return "lm", ""
     record = read_student_record(model_dir)
     if record.get("teacher_model_id") != model_id:
         # Distilled from other weights (the model was retrained since): its vectors would not match.
@@ -44,11 +47,19 @@ def choose_text_encoder(model_dir: str | Path, model_id: str, want: str = "auto"
             raise ModelError(
                 f"the student in {model_dir} is from an earlier version of the model; run: {distil}"
             )
-        logger.warning(
-            "ignoring the stale student in %s (distilled from other weights); run: %s", model_dir, distil
+        return (
+            "lm",
+            f"queries use the LM: the student in {model_dir} is stale (distilled from other weights); run: {distil}",
         )
-        return "lm"
-    return "student"
+    passed, why = gate_verdict(record)
+    if passed:
+        return "student", ""
+    if want == "student":
+        return "student", f"answering with the student as asked, though {why}"
+    return (
+        "lm",
+        f"queries use the LM, not the student in {model_dir}: {why}; distil again (longer): {distil} --minutes N",
+    )
 
 
 class LazyEncoder:
@@ -67,7 +78,8 @@ class LazyEncoder:
         self._encoder = None
         # Index decoder threads ask for ``preprocess`` at once: the networks must load only once.
         self._load_lock = threading.Lock()
-        self.text_encoder = choose_text_encoder(self.model_dir, self.model_id, text_encoder)
+        # note: why texts do not go through the encoder asked for (or "auto"'s usual one); "" when nothing to say.
+        self.text_encoder, self.note = choose_text_encoder(self.model_dir, self.model_id, text_encoder)
         self._student = None
         self._student_id: str | None = None
 

@@ -56,6 +56,51 @@ class StudentConfig:
     dense_dim: int = 0  # D of the model's dense text head, 0 when it has none
 
 
+# The quality check a student must pass before ``auto`` answers queries with it, measured at the end of the
+# distillation on held-out texts, student vs the LM (``lexsearch.train.distill.agreement``):
+#   cosine: mean cosine of the lexical vectors;
+#   words:  mean share of the LM's top-3 words that are also among the student's top 3 (what explanations show);
+#   top1:   share of texts whose top-ranked bank vector (images, as a query ranks them) scores, by the LM,
+#           at least as high as the LM's own 10th (the student's first answer is one the LM would show).
+# The thresholds come from students of the demo's model stopped after 5-200 steps (docs/student.md): those
+# at 30 steps or fewer (cosine <= 0.86, top result <= 0.62) got 9 or more of 36 queries wrong, those at 40 or
+# more (cosine >= 0.90, words >= 0.70, top result >= 0.80) answered exactly as right as the LM.
+GATE: dict[str, float] = {"cosine": 0.9, "words": 0.68, "top1": 0.75}
+GATE_NAMES = {"cosine": "cosine", "words": "top-3 words", "top1": "top result"}
+
+
+def gate_figures(figures: dict[str, Any], required: dict[str, float] | None = None) -> str:
+    """One line of held-out agreement figures, each against what the gate requires."""
+    required = GATE if required is None else required
+    parts = []
+    for key, name in GATE_NAMES.items():
+        value = figures.get(key)
+        if value is None:
+            continue
+        need = required.get(key)
+        parts.append(f"{name} {value:.2f}" + (f" (needs {need:.2f})" if need is not None else ""))
+    return ", ".join(parts) or "not measured"
+
+
+def passes(figures: dict[str, Any], required: dict[str, float] | None = None) -> bool:
+    """Whether held-out figures reach every threshold (a figure not measured, e.g. top1 without a bank,
+    is not required); no figures at all never pass."""
+    required = GATE if required is None else required
+    measured = [k for k in required if figures.get(k) is not None]
+    return bool(measured) and "cosine" in measured and all(float(figures[k]) >= required[k] for k in measured)
+
+
+def gate_verdict(record: dict[str, Any]) -> tuple[bool, str]:
+    """(passed, why) from a ``student.json`` record: the verdict the distillation recorded, not recomputed."""
+    gate = (record.get("distill") or {}).get("gate")
+    if not isinstance(gate, dict) or "passed" not in gate:
+        return False, "it was distilled before students were checked against the LM"
+    figures = gate_figures(gate.get("figures", {}), gate.get("required"))
+    if gate["passed"]:
+        return True, f"held-out agreement with the LM: {figures}"
+    return False, f"it failed its quality check (held-out agreement with the LM: {figures})"
+
+
 def student_exists(model_dir: str | Path) -> bool:
     return (Path(model_dir) / STUDENT_CONFIG).is_file() and (Path(model_dir) / STUDENT_WEIGHTS).is_file()
 

@@ -21,7 +21,14 @@ Recipe [choice]:
   to the teacher's (a listwise KL of ``softmax(scores / tau)`` and the mean squared score error); they are
   off by default: on the toy world they did not raise the overlap of query results, and at a high weight
   they lowered it (docs/student.md);
-- AdamW, cosine decay, for ``minutes`` of wall time or ``max_epochs``, whichever ends first.
+- AdamW, cosine decay, for ``minutes`` of wall time or ``max_epochs`` (or ``max_steps``), whichever ends first;
+- then the quality check (``lexsearch.model.student.GATE``): held-out cosine, top-3 word agreement and the
+  share of texts whose top bank vector the LM also ranks in its top 10, student vs LM. A student that has not
+  passed when the time budget ends trains on (a new, shorter cosine cycle, at half the learning rate after a
+  first cycle of an epoch or more, checked again at its end) until it passes or the hard cap ``max_minutes``
+  is reached; the teacher's labelling stops at half the cap, so the cap holds on a busy machine. A budget is not cut short once
+  the check passes: the overlap of query results kept rising with training past it (docs/student.md). The
+  verdict and its figures are written into ``student.json``; ``auto`` uses only a student that passed.
 """
 
 from __future__ import annotations
@@ -29,9 +36,10 @@ from __future__ import annotations
 import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,10 +51,12 @@ from torch import nn
 
 from lexsearch.errors import DataError
 from lexsearch.model.student import (
+    GATE,
     STUDENT_CONFIG,
     STUDENT_WEIGHTS,
     StudentConfig,
     StudentRecord,
+    passes,
     token_ids,
 )
 
@@ -63,6 +73,10 @@ FUSED_DENSE_WEIGHT = 0.3
 class DistillConfig:
     minutes: float = 3.0  # wall-time budget for labelling + training
     max_epochs: int = 60
+    max_steps: int = 0  # a step budget (0: none); like max_epochs, a hard limit that no extension passes
+    # Hard cap on the wall time when the student has not passed the quality check by ``minutes``
+    # (0: 3 x minutes); ``minutes`` or less: no extension.
+    max_minutes: float = 0.0
     variants: int = 8  # generic variants of each caption labelled by the teacher (0 = captions only)
     batch_size: int = 128
     lr: float = 2e-3
@@ -91,6 +105,15 @@ class DistillResult:
     cosine: float  # mean cosine of student vs teacher lexical vectors on a held-out slice of the texts
     bank: str = ""  # what the ranking term scored against: "images", "texts" or "" (none)
     overlap: float = float("nan")  # held-out texts: mean top-10 overlap of the bank ranking, student vs LM
+    passed: bool = (
+        False  # the quality check (lexsearch.model.student.GATE): queries use only a student that passed
+    )
+    figures: dict[str, Any] = field(
+        default_factory=dict
+    )  # its held-out figures (cosine, words, top1, overlap)
+    steps: int = 0
+    extended: bool = False  # trained past ``minutes`` because the check had not passed yet
+    kept_previous: bool = False  # failed, so not written: the folder keeps its earlier student that passed
 
 
 # --------------------------------------------------------------------------------------------- the student
@@ -240,10 +263,14 @@ def teacher_hidden(
     device: torch.device,
     batch_size: int = 128,
     progress: Callable[[int], None] | None = None,
+    deadline: float | None = None,
 ) -> torch.Tensor:
-    """The LM's read-out hidden state h (n, H) of each text, with the model's prompt: the teacher."""
+    """The LM's read-out hidden state h (n, H) of each text, with the model's prompt: the teacher. Past
+    ``deadline`` (``time.monotonic()``) it stops after the batch in hand: h of the first texts only."""
     parts = []
     for start in range(0, len(texts), batch_size):
+        if parts and deadline is not None and time.monotonic() > deadline:
+            break
         ids, mask = model.tokenize(list(texts[start : start + batch_size]))
         parts.append(model.text_hidden(ids.to(device), mask.to(device)).float().cpu())
         if progress is not None:
@@ -329,6 +356,39 @@ def top_overlap(student: torch.Tensor, teacher: torch.Tensor, top: int = 10) -> 
     return float((a[:, :, None] == b[:, None, :]).any(-1).float().mean())
 
 
+def agreement(
+    s_hat: torch.Tensor,
+    s: torch.Tensor,
+    scores_hat: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
+    words: int = 3,
+    top: int = 10,
+    tie: float = 0.01,
+) -> dict[str, float]:
+    """How closely a student's (B, V) lexical vectors ``s_hat`` follow the LM's ``s`` (and its (B, N) bank
+    scores theirs): the quality check's figures (lexsearch.model.student.GATE).
+
+    cosine: mean cosine; words: mean share of the LM's top-``words`` vocabulary entries among the student's;
+    top1: share of rows whose top-scored bank vector the LM scores at least as high as its own ``top``-th,
+    less ``tie`` (near-ties count: a toy collection holds hundreds of images with the same words, whose
+    scores differ in the third decimal, while a wrong colour or shape costs tenths); overlap: mean
+    top-``top`` overlap (exact)."""
+    cos = F.cosine_similarity(s_hat, s, dim=-1)
+    k = min(words, s.shape[1])
+    a, b = s_hat.topk(k, dim=1).indices, s.topk(k, dim=1).indices
+    out = {
+        "cosine": float(cos.mean()),
+        "words": float((a[:, :, None] == b[:, None, :]).any(-1).float().mean()),
+    }
+    if scores_hat is not None and scores is not None and scores.shape[1] > 0:
+        n = min(top, scores.shape[1])
+        tenth = scores.topk(n, dim=1).values[:, -1]
+        first = scores.gather(1, scores_hat.argmax(dim=1, keepdim=True))[:, 0]
+        out["top1"] = float((first >= tenth - tie).float().mean())
+        out["overlap"] = top_overlap(scores_hat, scores, top)
+    return out
+
+
 def distill(
     model_dir: str | Path,
     captions: Sequence[str],
@@ -370,7 +430,11 @@ def distill(
         done[0] += n
         tick("label", done[0], len(texts))
 
-    hidden = teacher_hidden(model, texts, device, progress=labelled)  # (n, H)
+    cap = t0 + 60.0 * max(cfg.minutes, cfg.max_minutes if cfg.max_minutes > 0 else 3.0 * cfg.minutes)
+    # On a busy machine labelling alone can outlast the cap: it stops at half of it (the texts are shuffled,
+    # so the first ones are a sample of all), leaving the other half to train, and the cap holds.
+    hidden = teacher_hidden(model, texts, device, progress=labelled, deadline=t0 + 0.5 * (cap - t0))  # (n, H)
+    texts = texts[: len(hidden)]
     z_txt = model.z_txt.float().to(device)  # (V, H) frozen
     dense_head = model.dense_txt
     arch = StudentConfig(
@@ -384,7 +448,8 @@ def distill(
     )
     ids_all = token_ids(backend, texts, arch.max_tokens)
     # A held-out slice measures how close the student gets on texts it never trained on.
-    n_val = min(len(texts) // 10, 2000)
+    # At least 16 where there are texts enough: the quality check is measured on them.
+    n_val = min(max(len(texts) // 10, min(16, len(texts) // 4)), 2000)
     val_idx, train_idx = np.arange(n_val), np.arange(n_val, len(texts))
     net = StudentNet(arch, int(z_txt.shape[1])).to(device)
     h_var = hidden.var(0).mean().clamp_min(1e-8).item()
@@ -400,10 +465,11 @@ def distill(
         # The image side may take at most a quarter of what is left of the budget; fewer images if slower.
         deadline = time.monotonic() + 0.25 * max(0.0, budget - (time.monotonic() - t0))
         bank = image_bank(encoder, list(images)[: cfg.bank_size], deadline)
-    if cfg.bank_size > 0 and bank is None:
+    row = {t: i for i, t in enumerate(texts)}
+    # (Captions whose labelling a busy machine cut short are left out.)
+    idx = [row[c] for c in dict.fromkeys(captions) if c in row][: cfg.bank_size]
+    if cfg.bank_size > 0 and bank is None and idx:
         with torch.no_grad():
-            row = {t: i for i, t in enumerate(texts)}
-            idx = [row[c] for c in list(dict.fromkeys(captions))[: cfg.bank_size]]
             s, d = targets(hidden[idx].to(device))
             bank = ScoreBank(
                 _stored(kept(s, mode, top_k).cpu()), None if d is None else _stored(d.cpu()), "texts"
@@ -413,7 +479,7 @@ def distill(
             bank.sparse.to(device), None if bank.dense is None else bank.dense.to(device), bank.source
         )
 
-    def loss_of(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def loss_of(idx: np.ndarray) -> torch.Tensor:
         ids, mask = _pad([ids_all[i] for i in idx], device)
         h = hidden[torch.as_tensor(idx)].to(device)
         h_hat = net(ids, mask)
@@ -423,9 +489,7 @@ def distill(
         loss = ((s_hat - s) ** 2).sum(-1).mean() + cfg.hidden_weight * ((h_hat - h) ** 2).mean() / h_var
         if d is not None:
             loss = loss + ((d_hat - d) ** 2).sum(-1).mean()
-        overlap = float("nan")
-        measuring = not torch.is_grad_enabled()
-        if bank is not None and (measuring or cfg.rank_weight > 0 or cfg.score_weight > 0):
+        if bank is not None and (cfg.rank_weight > 0 or cfg.score_weight > 0):
             with torch.no_grad():
                 t = fused_scores(s, d, bank, mode, top_k)
             t_hat = fused_scores(s_hat, d_hat, bank, mode, top_k)
@@ -433,73 +497,151 @@ def distill(
                 loss = loss + cfg.rank_weight * rank_loss(t_hat, t, cfg.rank_tau)
             if cfg.score_weight > 0:
                 loss = loss + cfg.score_weight * ((t_hat - t) ** 2).mean()
-            if measuring:
-                overlap = top_overlap(t_hat, t)
-        return loss, (s_hat * s).sum(-1).mean(), overlap
+        return loss
+
+    @torch.no_grad()
+    def measure() -> dict[str, float]:
+        """The quality check's figures on the held-out texts (in slices: the bank scores are (n, N))."""
+        net.eval()
+        parts: dict[str, list[torch.Tensor]] = {"s_hat": [], "s": [], "t_hat": [], "t": []}
+        for begin in range(0, n_val, 256):
+            idx = val_idx[begin : begin + 256]
+            ids, mask = _pad([ids_all[i] for i in idx], device)
+            s, d = targets(hidden[torch.as_tensor(idx)].to(device))
+            s_hat, d_hat = targets(net(ids, mask))
+            parts["s_hat"].append(s_hat.cpu())
+            parts["s"].append(s.cpu())
+            if bank is not None:
+                parts["t_hat"].append(fused_scores(s_hat, d_hat, bank, mode, top_k).cpu())
+                parts["t"].append(fused_scores(s, d, bank, mode, top_k).cpu())
+        net.train()
+        if not parts["s"]:
+            return {}
+        cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
+        return agreement(cat["s_hat"], cat["s"], cat["t_hat"], cat["t"])
 
     steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
     total = steps_per_epoch * cfg.max_epochs
+    if cfg.max_steps > 0:
+        total = min(total, cfg.max_steps)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # The schedule runs on time as well as steps: a short budget still ends at a low learning rate.
+    rng_np = np.random.default_rng(cfg.seed)
+
+    def batches():
+        while True:  # epochs, each in a fresh order
+            perm = rng_np.permutation(train_idx)
+            for begin in range(0, len(perm), cfg.batch_size):
+                yield perm[begin : begin + cfg.batch_size]
+
+    stream = batches()
     step = 0
-    net.train()
-    while step < total:
-        perm = np.random.default_rng(cfg.seed + step).permutation(train_idx)
-        for start in range(0, len(perm), cfg.batch_size):
-            frac = max(step / total, (time.monotonic() - t0) / budget if budget > 0 else 0.0)
+
+    def train_phase(start: float, end: float, lr: float) -> None:
+        """One cosine cycle from ``lr`` to 0, on time (``start`` to ``end``) and on the steps left: a short
+        budget still ends at a low learning rate."""
+        nonlocal step
+        first = step
+        while step < total:
+            frac = max(
+                (step - first) / max(1, total - first), (time.monotonic() - start) / max(end - start, 1e-9)
+            )
             if frac >= 1.0:
                 break
+            warm = min(1.0, (step + 1) / 50)
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac)) * min(1.0, (step + 1) / 50)
-            loss, _, _ = loss_of(perm[start : start + cfg.batch_size])
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * frac)) * warm
+            loss = loss_of(next(stream))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             tick("train", step, total)
-        else:
-            continue
-        break
 
+    net.train()
+    train_phase(t0, t0 + budget, cfg.lr)
+    figures = measure() if n_val else {}
+    extended = False
+    # Not good enough yet: train on in shorter cycles, each checked at its end, up to the hard cap.
+    while n_val and not passes(figures) and step < total and time.monotonic() < cap - 1.0:
+        extended = True
+        now = time.monotonic()
+        # Half the learning rate after a full first cycle; the full one when labelling left it few steps.
+        lr = 0.5 * cfg.lr if step >= steps_per_epoch else cfg.lr
+        train_phase(now, min(cap, now + max(30.0, 0.5 * budget)), lr)
+        figures = measure()
+        logger.info("student after %d steps: %s", step, figures)
+    passed = passes(figures)
     net.eval()
-    cos = overlap = float("nan")
-    if n_val:
-        with torch.no_grad():
-            _, c, overlap = loss_of(val_idx)
-            cos = float(c)
+    cos, overlap = figures.get("cosine", float("nan")), figures.get("overlap", float("nan"))
     out_dir = Path(model_dir)
     weights = net.export(z_txt, dense_head)
     minutes = (time.monotonic() - t0) / 60.0
+    gate = {
+        "passed": passed,
+        "figures": {k: round(v, 4) for k, v in figures.items()},
+        "required": dict(GATE),
+        "heldout_texts": int(n_val),
+    }
     record = StudentRecord(
         teacher_model_id=encoder.model_id,
         sparsify=mcfg.sparsify,
         top_k=int(mcfg.top_k),
-        id=f"{encoder.model_id}-{int(time.time())}",
+        id=f"{encoder.model_id}-{int(time.time())}-{secrets.token_hex(4)}",  # unique: keys the query cache
         distill={
             **asdict(cfg),
             "texts": len(texts),
             "captions": len(captions),
             "steps": step,
+            "extended": extended,
             "minutes": round(minutes, 2),
             "heldout_cosine": round(cos, 4),
             "bank": bank.source if bank is not None else "",
             "bank_vectors": int(bank.sparse.shape[0]) if bank is not None else 0,
             "heldout_bank_top10_overlap": round(overlap, 4),
+            "gate": gate,
         },
     )
-    # Weights first, JSON last: a student is only picked up once its JSON exists (an interrupted run leaves none).
-    (out_dir / STUDENT_CONFIG).unlink(missing_ok=True)
-    save_file(weights, str(out_dir / STUDENT_WEIGHTS))
-    tmp = out_dir / (STUDENT_CONFIG + ".tmp")
-    tmp.write_text(record.to_json(arch))
-    tmp.replace(out_dir / STUDENT_CONFIG)
+    kept_previous = not passed and _has_passing_student(out_dir, encoder.model_id)
+    if not kept_previous:  # a failed student never replaces one of these weights that passed
+        # Weights first, JSON last: a student is only picked up once its JSON exists (an interrupted run
+        # leaves none).
+        (out_dir / STUDENT_CONFIG).unlink(missing_ok=True)
+        save_file(weights, str(out_dir / STUDENT_WEIGHTS))
+        tmp = out_dir / (STUDENT_CONFIG + ".tmp")
+        tmp.write_text(record.to_json(arch))
+        tmp.replace(out_dir / STUDENT_CONFIG)
     logger.info(
-        "student written to %s (%d steps, held-out cosine %.4f, bank top-10 overlap %.3f)",
+        "student written to %s (%d steps, %s the quality check: %s)",
         out_dir,
         step,
-        cos,
-        overlap,
+        "passed" if passed else "failed",
+        figures,
     )
     return DistillResult(
-        out_dir, len(texts), step / steps_per_epoch, minutes, cos, bank.source if bank else "", overlap
+        out_dir,
+        len(texts),
+        step / steps_per_epoch,
+        minutes,
+        cos,
+        bank.source if bank else "",
+        overlap,
+        passed=passed,
+        figures=dict(figures),
+        steps=step,
+        extended=extended,
+        kept_previous=kept_previous,
     )
+
+
+def _has_passing_student(model_dir: Path, model_id: str) -> bool:
+    """Whether ``model_dir`` already holds a student of these weights that passed its quality check."""
+    from lexsearch.errors import ModelError
+    from lexsearch.model.student import gate_verdict, read_student_record, student_exists
+
+    if not student_exists(model_dir):
+        return False
+    try:
+        record = read_student_record(model_dir)
+    except ModelError:
+        return False
+    return record.get("teacher_model_id") == model_id and gate_verdict(record)[0]

@@ -126,20 +126,110 @@ def test_distill_writes_a_student_that_queries_use_by_default(distilled_dir):
     assert err < 0.3 * err_untrained, (err, err_untrained)
 
 
-def test_a_stale_or_missing_student_is_never_used_silently(distilled_dir, tiny_model_dir, caplog):
+def test_a_stale_or_missing_student_is_never_used_silently(distilled_dir, tiny_model_dir):
     from lexsearch.errors import ModelError
     from lexsearch.model.lazy import LazyEncoder
 
     with pytest.raises(ModelError, match="lexsearch distill"):
         LazyEncoder(tiny_model_dir, text_encoder="student")
-    assert LazyEncoder(tiny_model_dir).text_encoder == "lm"
+    plain = LazyEncoder(tiny_model_dir)
+    assert plain.text_encoder == "lm" and plain.note == ""  # no student: nothing to explain
     record = json.loads((distilled_dir / "student.json").read_text())
     record["teacher_model_id"] = "0" * 16  # distilled from other weights
     (distilled_dir / "student.json").write_text(json.dumps(record))
-    assert LazyEncoder(distilled_dir).text_encoder == "lm"
-    assert "stale student" in caplog.text
+    stale = LazyEncoder(distilled_dir)
+    assert stale.text_encoder == "lm" and "stale" in stale.note and "lexsearch distill" in stale.note
     with pytest.raises(ModelError, match="earlier version"):
         LazyEncoder(distilled_dir, text_encoder="student")
+
+
+def test_only_a_student_that_passed_its_check_is_used_by_auto(distilled_dir):
+    """auto reads the verdict the distillation recorded; a student without one (distilled before the check
+    existed) or with a failed one is not used, and the note says why in one line."""
+    from lexsearch.model.lazy import LazyEncoder
+
+    path = distilled_dir / "student.json"
+    record = json.loads(path.read_text())
+    gate = record["distill"]["gate"]
+    assert gate["passed"] is True and LazyEncoder(distilled_dir).note == ""
+    assert set(gate["figures"]) >= {"cosine", "words", "top1"} and gate["required"]
+
+    gate["passed"] = False
+    path.write_text(json.dumps(record))
+    enc = LazyEncoder(distilled_dir)
+    assert enc.text_encoder == "lm" and "\n" not in enc.note
+    assert "failed its quality check" in enc.note and "cosine" in enc.note and "needs" in enc.note
+    asked = LazyEncoder(
+        distilled_dir, text_encoder="student"
+    )  # an explicit choice is honoured, with the note
+    assert asked.text_encoder == "student" and "failed its quality check" in asked.note
+
+    del record["distill"]["gate"]
+    path.write_text(json.dumps(record))
+    old = LazyEncoder(distilled_dir)
+    assert old.text_encoder == "lm" and "before students were checked" in old.note
+
+
+def test_a_starved_student_fails_its_check_and_queries_use_the_lm(distilled_dir, tiny_model_dir, tmp_path):
+    """One training step: the check fails, distill says so (exit 1, with the figures), the folder's earlier
+    student that passed is kept, and a starved student alone is not used: the query's answer is the LM's."""
+    from lexsearch.index.store import Collection
+    from lexsearch.model.lazy import LazyEncoder
+    from lexsearch.search import search
+
+    folder = tmp_path / "captions"
+    paths = make_images(folder / "images", 6)
+    rows = [{"image": f"images/{p.name}", "caption": TINY_TEXTS[i]} for i, p in enumerate(paths)]
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = (distilled_dir / "student.json").read_text()
+    args = ["distill", "--data", str(folder), "--steps", "1", "--minutes", "1", "--device", "cpu"]
+    res = CliRunner().invoke(cli, [*args, "--model", str(distilled_dir)])
+    assert res.exit_code == 1, res.output
+    assert "Held-out agreement with the LM: cosine" in res.stdout and "top-3 words" in res.stdout
+    assert "Quality check failed" in res.stderr and "keeps its earlier student" in res.stderr
+    assert (distilled_dir / "student.json").read_text() == before  # the student that passed is kept
+
+    res = CliRunner().invoke(cli, [*args, "--model", str(tiny_model_dir)])
+    assert res.exit_code == 1 and "Quality check failed" in res.stderr, res.output
+    record = json.loads((tiny_model_dir / "student.json").read_text())["distill"]
+    assert record["steps"] == 1 and record["gate"]["passed"] is False
+    assert LazyEncoder(tiny_model_dir).text_encoder == "lm"
+
+    col = _index(tiny_model_dir, tmp_path)
+    query = CliRunner().invoke(cli, ["query", "a red circle", "--collection", col, "--json"])
+    assert query.exit_code == 0, query.output
+    assert "note: queries use the LM" in query.stderr and "failed its quality check" in query.stderr
+    with Collection.open(col, readonly=True) as c:
+        lm = search(c, LazyEncoder(tiny_model_dir, text_encoder="lm"), "a red circle", top=6)
+        # A server of the collection answers too, through the LM (its encoder carries the note, nothing more).
+        from lexsearch.search import load_encoder
+        from lexsearch.serve import SearchService
+
+        served = SearchService(c, load_encoder(c, device="cpu"))
+        assert served.encoder.text_encoder == "lm" and served.encoder.note
+        assert [r["path"] for r in served.search("a red circle", 6)] == [r.path for r in lm]
+    assert [r["path"] for r in json.loads(query.stdout)] == [r.path for r in lm]
+
+
+def test_agreement_figures():
+    """The check's figures: top-3 word agreement, and the student's top answer counted as the LM's when the
+    LM scores it within a near-tie of its own 10th."""
+    import torch
+
+    from lexsearch.model.student import GATE, passes
+    from lexsearch.train.distill import agreement
+
+    s = torch.tensor([[0.9, 0.5, 0.3, 0.1, 0.0], [0.1, 0.2, 0.3, 0.5, 0.9]])
+    s_hat = torch.tensor([[0.8, 0.6, 0.0, 0.2, 0.3], [0.1, 0.2, 0.3, 0.5, 0.9]])  # row 0: 2 of the top 3
+    scores = torch.linspace(1.0, 0.0, 12).repeat(2, 1)  # the LM's 10th best: 1 - 9/11
+    pick = torch.zeros(2, 12)
+    pick[0, 9], pick[1, 11] = 1.0, 1.0  # row 0 picks the LM's 10th, row 1 its last
+    f = agreement(s_hat, s, pick, scores)
+    assert f["words"] == pytest.approx((2 / 3 + 1) / 2)
+    assert f["top1"] == pytest.approx(0.5)
+    assert f["cosine"] < 1.0
+    assert passes({k: 1.0 for k in GATE}) and not passes({**{k: 1.0 for k in GATE}, "words": 0.5})
+    assert not passes({}) and passes({"cosine": 1.0, "words": 1.0})  # no bank: top1 is not required
 
 
 def test_student_and_lm_vectors_never_answer_for_each_other(distilled_dir, tmp_path):
@@ -217,3 +307,21 @@ def test_distill_cli_messages(tmp_path, distilled_dir):
     assert res.exit_code != 0 and "not found" in res.output and "Traceback" not in res.output
     res = runner.invoke(cli, ["query", "red", "--text-encoder", "bert"])
     assert res.exit_code != 0 and "bert" in res.output
+
+
+def test_labelling_stops_at_its_deadline(tiny_model_dir):
+    """On a busy machine the teacher's labelling stops at its deadline (after the batch in hand), so the
+    distillation's hard cap holds even when labelling every text would outlast it."""
+    import time
+
+    import torch
+
+    from lexsearch.model import Encoder
+    from lexsearch.train.distill import teacher_hidden
+
+    model = Encoder.load(tiny_model_dir, device="cpu").model
+    texts = TINY_TEXTS[:40]
+    every = teacher_hidden(model, texts, torch.device("cpu"), batch_size=8)
+    cut = teacher_hidden(model, texts, torch.device("cpu"), batch_size=8, deadline=time.monotonic() - 1)
+    assert every.shape[0] == 40 and cut.shape[0] == 8
+    torch.testing.assert_close(cut, every[:8])

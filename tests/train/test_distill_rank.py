@@ -120,7 +120,8 @@ def test_distill_cli_scores_against_the_caption_folders_images(_tiny_model_maste
     shutil.copytree(_tiny_model_master, model)
     args = ["distill", "--model", str(model), "--data", str(folder), "--minutes", "0.2", "--epochs", "2"]
     res = CliRunner().invoke(cli, [*args, "--device", "cpu"])
-    assert res.exit_code == 0, res.output
     assert "top-10 overlap with the LM's ranking of the images" in res.output
     record = json.loads((model / "student.json").read_text())["distill"]
     assert record["bank"] == "images" and record["bank_vectors"] == 6
+    # Two epochs may or may not reach the quality check; the exit status says which.
+    assert res.exit_code == (0 if record["gate"]["passed"] else 1), res.output
