@@ -125,6 +125,9 @@ def query(
             f"the index is out of date: lexsearch index {shown(roots)} --collection {shown(collection)}",
             err=True,
         )
+    if not (as_paths or null):
+        for note in getattr(results, "notes", ()):  # about the query itself (a word the model never saw)
+            click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo(json.dumps(s.results_to_json(results), indent=2))
     elif as_paths or null:

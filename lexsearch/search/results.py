@@ -26,3 +26,10 @@ class Results(list):
     # Matching images whose file no longer exists (deleted or moved since the last index run): left out,
     # so nothing shown points nowhere; the caller says that a re-index is due.
     stale: int = 0
+    # One-line remarks about the query itself (a word the model was never trained on), shown beside the
+    # results: the CLI on stderr, the server with its answer. Each instance has its own list.
+    notes: list[str]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.notes = []
