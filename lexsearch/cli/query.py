@@ -165,7 +165,7 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
     import numpy as np
 
     from lexsearch.errors import UsageError
-    from lexsearch.explain import explain_image, heatmap_format
+    from lexsearch.explain import explain_image, heatmap_format, weak_words_note
     from lexsearch.explain import heatmap as draw_heatmap
     from lexsearch.index.store import Collection
     from lexsearch.model import Encoder
@@ -210,6 +210,9 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
             click.echo(f"  {x:7.4f}  {w}")
         if not words:
             click.echo("  (no word passes the sparsification threshold)")
+    weak = weak_words_note(encoder, img)  # after the words: it loads the model (measures the image)
+    if weak:
+        click.echo(f"note: {weak}", err=True)
     if heatmap:
         if word:
             cols = encoder.word_terms(word)
