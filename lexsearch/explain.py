@@ -86,6 +86,32 @@ def explain_image(encoder, image, top_k: int = 10, path: str = "") -> Explanatio
     )
 
 
+# An image's words are "weak" for its model when its strongest word stands out (``LexVLA.word_margin``) less
+# than on all but 0.5% of the model's own held-out images (``ModelConfig.word_margins``, measured at the end
+# of training). The weights a user sees cannot say it: they are L2-normalised, so a photo the model cannot
+# read still gets a top word near 0.6-0.9, as toy images do. Measured with bench/weak_words.py on two toy-world
+# models, each with 500 held-out toy images as the reference (docs/toy-results.md): below the line are 10 and
+# 12 of scikit-image's 13 real photos, and 2 of 200 unseen toy images / 2 of 500 toy training images.
+WEAK_PERCENTILE = "p0.5"
+
+
+def weak_words_note(encoder, image) -> str | None:
+    """One line saying that ``image``'s top words are weak for this model, or None (they are not, or the
+    model has no measured reference: checkpoints written before it stay silent)."""
+    ref = getattr(getattr(encoder, "config", None), "word_margins", None) or {}
+    line = ref.get(WEAK_PERCENTILE)
+    if line is None:
+        return None
+    margin = float(encoder.word_margins([image])[0])
+    if margin >= float(line):
+        return None
+    share = 100 - float(WEAK_PERCENTILE[1:])
+    return (
+        f"these words are weak for this model: its strongest word stands out by {margin:.1f}, less than on "
+        f"{share:g}% of its own held-out images ({float(line):.1f}); it may not know what this image shows"
+    )
+
+
 @dataclass(frozen=True)
 class HeatScale:
     """Fixed limits from patch score to brightness: ``floor`` and below is absent, ``top`` and above full."""

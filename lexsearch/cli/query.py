@@ -116,8 +116,6 @@ def query(
 
         with open_collection(collection, readonly=True) as col, decoder_noise_hidden():
             encoder = s.load_encoder(col, model_dir, device, text_encoder=text_encoder)
-            if getattr(encoder, "note", ""):  # e.g. why the LM answers rather than the model's student
-                click.echo(f"note: {encoder.note}", err=True)
             if image:
                 results = s.search_by_image(col, encoder, image, top=top, min_score=min_score)
             else:
@@ -185,7 +183,7 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
 
     from lexsearch.collection import open_collection
     from lexsearch.errors import UsageError
-    from lexsearch.explain import explain_image, heatmap_format
+    from lexsearch.explain import explain_image, heatmap_format, weak_words_note
     from lexsearch.explain import heatmap as draw_heatmap
     from lexsearch.model.images import open_image
     from lexsearch.model.lazy import LazyEncoder
@@ -238,6 +236,9 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
             click.echo(f"  {x:7.4f}  {w}")
         if not words:
             click.echo("  (no word passes the sparsification threshold)")
+    weak = weak_words_note(encoder, img)  # after the words: it loads the model (measures the image)
+    if weak:
+        click.echo(f"note: {weak}", err=True)
     if heatmap:
         if word_ids:
             term_ids, labels = word_ids, [word]

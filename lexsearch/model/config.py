@@ -73,6 +73,16 @@ class ModelConfig:
     # the paper keeps 17,149; 17,549 of Mistral's; 87,784 of Gemma 3's 262,144) | "latin" (the rule before,
     # 25,861 / 25,961 / 158,724; bench/vocab_counts.py)
     vocab_filter: str = "ascii-lower"
+    # What training taught: the distinct words (lower case, letters only) of the captions the model was
+    # trained on, sorted. A query word outside them gets a note, and prompt words outside them are masked
+    # out of every vector (lexsearch.model.vocab). Empty = not recorded (checkpoints written before the
+    # record, untrained ones): then no word is flagged and nothing is masked.
+    caption_words: list[str] = field(default_factory=list)
+    # How far the strongest word of the model's own held-out images stands out (LexVLA.word_margin), as
+    # percentiles {"p0": .., "p1": .., "p5": .., "p50": .., "n": images}, measured at the end of training.
+    # explain calls an image's words weak below the line lexsearch.explain.WEAK_PERCENTILE. Empty = not
+    # measured: no caveat.
+    word_margins: dict[str, float] = field(default_factory=dict)
     # --- sparsification at inference [paper] ----------------------------------------------------------------
     sparsify: str = "threshold"  # "threshold" (> 1/sqrt(V)) | "topk" | "none"
     top_k: int = 512  # used when sparsify == "topk" ("Q(512)")
@@ -107,6 +117,7 @@ class ModelConfig:
         self.image_std = tuple(self.image_std)
         self.lora_targets = tuple(self.lora_targets)
         self.vocab_ids = [int(i) for i in self.vocab_ids]
+        self.caption_words = sorted({str(w) for w in self.caption_words})
 
 
 def read_config(model_dir: Path) -> ModelConfig:

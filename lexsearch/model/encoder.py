@@ -136,6 +136,16 @@ class Encoder:
             patches = self.model.patch_vectors(pixels)[0]
         return patches.float().cpu().numpy()
 
+    @torch.inference_mode()
+    def word_margins(self, images: Sequence[Image.Image | str | Path], batch_size: int = 32) -> np.ndarray:
+        """How far each image's strongest word stands out (n,) (``LexVLA.word_margin``)."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            batch = np.stack([self.preprocess(self._load(im)) for im in images[start : start + batch_size]])
+            with autocast(self.device):
+                out.append(self.model.word_margin(torch.from_numpy(batch).to(self.device)).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
     # ----------------------------------------------------------------------------------------- texts
     @torch.inference_mode()
     def encode_texts(

@@ -110,8 +110,24 @@ class LazyEncoder:
         if self._student is None:
             from lexsearch.model.student import StudentEncoder
 
-            self._student = StudentEncoder.load(self.model_dir, self.vocab.backend)
+            student = StudentEncoder.load(self.model_dir, self.vocab.backend)
+            student.keep = self._keep()
+            self._student = student
         return self._student
+
+    def _keep(self):
+        """(V,) 0 for the columns the model masks (as ``LexVLA.keep``), or None when it masks none."""
+        from lexsearch.model.vocab import prompt_only_columns
+
+        cfg = self.config
+        masked = prompt_only_columns(self.vocab, cfg.prompt + cfg.prompt_end, cfg.caption_words)
+        if not masked:
+            return None
+        import numpy as np
+
+        keep = np.ones(len(self.vocab), np.float32)
+        keep[masked] = 0.0
+        return keep
 
     def encode_texts(self, texts, batch_size: int = 32, sparsify=None):
         """Texts through the chosen text encoder (the student needs no torch)."""
@@ -137,6 +153,7 @@ class LazyEncoder:
             "encode_pixels",
             "encode_words",
             "encode_patches",
+            "word_margins",
             "grid",
             "model",
             "device",

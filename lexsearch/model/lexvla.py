@@ -4,12 +4,15 @@ Li, Wang, Fu, Ru, Zhang, He. "Unified Lexical Representation for Interpretable V
 NeurIPS 2024 (arXiv 2407.17827). The whole forward pass is in this file, top to bottom:
 
     image --frozen ViT (DINOv2)--> tokens (B, T, Hv) --adapter--> z (B, T, H)
-          --z @ Z_img^T--> (B, T, V) --max over tokens--> elu1p --> L2 norm --> s_img (B, V)
+          --z @ Z_img^T--> (B, T, V) --max over tokens--> elu1p --> mask --> L2 norm --> s_img (B, V)
     text  --in-context prompt--> causal LM + LoRA --> final hidden state at the last position h (B, H)
-          --h @ Z_txt^T--> (B, V) --> elu1p --> L2 norm --> s_txt (B, V)
+          --h @ Z_txt^T--> (B, V) --> elu1p --> mask --> L2 norm --> s_txt (B, V)
 
 Z_txt are the frozen LM-head rows of the kept vocabulary ids; Z_img starts as a copy and is trained. The score
 of a pair is s_img . s_txt, an exact sum of per-word contributions: that sum is the explanation of a match.
+The mask (ours, not the paper's) zeroes the prompt's own words that no training caption used ("focus", "lies",
+"important"): no caption makes them a positive, so they can only be noise, and they are what an image unlike
+the training images drifts to (lexsearch.model.vocab.prompt_only_columns).
 Shapes: B batch, T tokens (CLS + patches), P patches, Hv backbone width, H LM width, V kept vocabulary.
 """
 
@@ -29,9 +32,14 @@ def elu1p(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x) + 1.0
 
 
-def lexical(logits: torch.Tensor) -> torch.Tensor:
-    """Logits over the vocabulary -> a non-negative, L2-normalised lexical vector (computed in float32)."""
-    return F.normalize(elu1p(logits.float()), dim=-1)
+def lexical(logits: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits over the vocabulary -> a non-negative, L2-normalised lexical vector (computed in float32).
+
+    ``keep`` (V,) is 1 for the columns a vector may use and 0 for masked ones (zeroed before the norm)."""
+    x = elu1p(logits.float())
+    if keep is not None:
+        x = x * keep
+    return F.normalize(x, dim=-1)
 
 
 def codebook_logits(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -93,6 +101,9 @@ class LexVLA(nn.Module):
         self.register_buffer("z_txt", head.detach()[ids].float().clone(), persistent=False)  # (V, H)
         # Z_img: trainable, initialised from Z_txt [paper].
         self.z_img = nn.Parameter(self.z_txt.clone())  # (V, H)
+        # 1 per column, 0 for the prompt's words no training caption used; follows config.caption_words.
+        self.register_buffer("keep", torch.ones(len(ids), device=head.device), persistent=False)  # (V,)
+        self.set_caption_words(config.caption_words)
 
         self.adapter = Adapter(
             vision_width, lm_width, config.adapter_heads, config.adapter_mlp_ratio, config.adapter_hidden
@@ -134,6 +145,22 @@ class LexVLA(nn.Module):
     @property
     def vocab_size(self) -> int:
         return self.z_txt.shape[0]
+
+    def set_caption_words(self, words) -> list[int]:
+        """Record the training captions' words in the config and mask the prompt-only columns; returns them."""
+        from lexsearch.model.vocab import Vocabulary, prompt_only_columns
+
+        self.config.caption_words = sorted(set(words))
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        masked = []
+        if backend is not None and self.config.caption_words:
+            vocab = Vocabulary(backend, self.config.vocab_ids)
+            masked = prompt_only_columns(
+                vocab, self.config.prompt + self.config.prompt_end, self.config.caption_words
+            )
+        self.keep.fill_(1.0)
+        self.keep[masked] = 0.0
+        return masked
 
     def logit_scale(self) -> torch.Tensor:
         """exp(log scale), clamped at ``max_logit_scale`` (100, as CLIP) [paper]."""
@@ -242,7 +269,7 @@ class LexVLA(nn.Module):
         logits = codebook_logits(h, self.z_txt)  # (B, V)
         if a:
             h, logits = h[:-1], logits[:-1] - a * logits[-1:]
-        s_txt = lexical(logits)  # (B, V)
+        s_txt = lexical(logits, self.keep)  # (B, V)
         dense = (
             F.normalize(self.dense_txt(self._dense_input(h)), dim=-1) if self.dense_txt is not None else None
         )
@@ -261,7 +288,7 @@ class LexVLA(nn.Module):
 
     def word_vectors(self, vocab_columns: torch.Tensor) -> torch.Tensor:
         """Word-level vectors of single-piece words: L2norm(elu1p(Z_txt[w] @ Z_txt^T)) [paper]. (W, V)."""
-        return lexical(codebook_logits(self.z_txt[vocab_columns], self.z_txt))
+        return lexical(codebook_logits(self.z_txt[vocab_columns], self.z_txt), self.keep)
 
     # ------------------------------------------------------------------------------------------- image
     def backbone_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -284,16 +311,28 @@ class LexVLA(nn.Module):
         """
         z = self.image_tokens(pixels)  # (B, T, H)
         logits = codebook_logits(z, self.z_img)  # (B, T, V)
-        s_img = lexical(logits.max(dim=1).values)  # (B, V)
+        s_img = lexical(logits.max(dim=1).values, self.keep)  # (B, V)
         dense = None
         if self.dense_img is not None:
             dense = F.normalize(self.dense_img(self._dense_input(z.mean(1))), dim=-1)
         return s_img, dense
 
+    def word_margin(self, pixels: torch.Tensor) -> torch.Tensor:
+        """How far each image's strongest word stands out (B,): its read-out (max over tokens of z_t . Z_img,
+        before elu1p) minus the median read-out over the unmasked vocabulary.
+
+        The lexical vector is L2-normalised, so its weights say which words lead, not how strongly the image
+        shows them: a photo unlike anything in training still gets a top word of weight ~0.6. The raw margin
+        keeps that strength (bench/weak_words.py measures it).
+        """
+        logits = codebook_logits(self.image_tokens(pixels), self.z_img).max(dim=1).values  # (B, V)
+        kept = logits[:, self.keep > 0]
+        return kept.max(dim=1).values - kept.median(dim=1).values
+
     def patch_vectors(self, pixels: torch.Tensor) -> torch.Tensor:
         """Patch-level lexical vectors (B, P, V): the same read-out on each patch token, no max [paper]."""
         z = self.image_tokens(pixels)[:, self.num_prefix_tokens :]  # (B, P, H)
-        return lexical(codebook_logits(z, self.z_img))
+        return lexical(codebook_logits(z, self.z_img), self.keep)
 
     def _dense_input(self, x: torch.Tensor) -> torch.Tensor:
         """What a dense head reads: detached from the adapter / LoRA unless ``dense_backprop`` (the dense

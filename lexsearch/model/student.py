@@ -162,6 +162,8 @@ class StudentEncoder:
         self.dense_dim = arch.dense_dim
         # Identifies this student's vectors in a query cache (LM vectors and student vectors never mix).
         self.id = str(record.get("id", ""))
+        # (V,) 0 for the columns the model masks (its prompt-only words), set by the loader; None = none.
+        self.keep: np.ndarray | None = None
 
     @classmethod
     def load(cls, model_dir: str | Path, backend: Any) -> StudentEncoder:
@@ -207,7 +209,8 @@ class StudentEncoder:
             if ids
             else np.zeros((0, self.arch.width), np.float32)
         )
-        s = _normalize(_elu1p(c @ self.w["out.weight"].T + self.w["out.bias"]))
+        s = _elu1p(c @ self.w["out.weight"].T + self.w["out.bias"])
+        s = _normalize(s if self.keep is None else s * self.keep)
         dense = None
         if self.arch.dense_dim:
             dense = _normalize(c @ self.w["dense.weight"].T + self.w["dense.bias"]).astype(np.float32)

@@ -9,6 +9,12 @@ SentencePiece model (32,000 pieces, Llama-2 family) it keeps 17,549, within 2.3%
 ``latin`` (the earlier rule) keeps every piece whose letters are all Latin, any case, punctuation allowed
 (25,961 there). Sub-word pieces are kept (the paper keeps them) and shown marked. No stop-word list: the
 overuse penalty handles frequent junk.
+
+What a model was trained on is narrower than its vocabulary: the words of its training captions, recorded in
+its config (``ModelConfig.caption_words``, :func:`caption_words`). A query word outside them gets a note
+(:func:`unknown_words`), and the words of the in-context prompt that no caption used (``focus``, ``lies``,
+``important`` ...) are masked out of every vector (:func:`prompt_only_columns`): the LM reads them in every
+prompt, so they are what an image the model cannot name drifts to, and no caption ever taught them.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 # Markers tokenizers use for "this piece starts a word": SentencePiece (Llama) and byte-level BPE (GPT-2).
@@ -68,6 +74,40 @@ def filter_vocabulary(tokenizer, rule: str = "ascii-lower") -> list[int]:
         if _keep(text, rule):
             kept.append(token_id)
     return kept
+
+
+# A word of a caption or query for the trained-words record: a run of letters (no digits, no "_"), any script.
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
+def text_words(text: str) -> list[str]:
+    """The words of a text as the trained-words record keeps them: runs of letters, lower case."""
+    return _LETTERS.findall(text.lower())
+
+
+def caption_words(texts: Iterable[str]) -> set[str]:
+    """The distinct words (:func:`text_words`) of ``texts``."""
+    words: set[str] = set()
+    for text in texts:
+        words.update(text_words(text))
+    return words
+
+
+def unknown_words(words: Iterable[str], trained: Iterable[str]) -> list[str]:
+    """The words (in order, once each) that are not words of the model's training captions ``trained``.
+
+    A word made of several letter runs ("t-shirt") is unknown when any of them is. An empty record (a
+    checkpoint written before the record existed) knows nothing to compare with: no word is flagged.
+    """
+    known = trained if isinstance(trained, (set, frozenset)) else set(trained)
+    if not known:
+        return []
+    out: dict[str, None] = {}
+    for word in words:
+        parts = text_words(word)
+        if parts and any(p not in known for p in parts):
+            out.setdefault(word)
+    return list(out)
 
 
 def word_key(word: str) -> str:
@@ -162,3 +202,32 @@ class Vocabulary:
             vals = arr[cols]
         order = np.argsort(-vals, kind="stable")[:top_k]
         return [(self.words[int(cols[i])], float(vals[i])) for i in order]
+
+    def columns(self, words: Iterable[str]) -> set[int]:
+        """Kept columns of the pieces of ``words`` (each as it appears inside a text), all at once."""
+        words = [w.strip() for w in words if w.strip()]
+        cols: set[int] = set()
+        # One batch call (Rust, parallel): a large model's record holds tens of thousands of words.
+        for ids, word in zip(self.backend.encode_batch(words, add_special_tokens=False), words):
+            ids = ids.ids
+            first = self.backend.id_to_token(ids[0]) if ids else ""
+            if not (first and first[0] in WORD_START_MARKERS):
+                ids = self.backend.encode(" " + word, add_special_tokens=False).ids
+            cols.update(self._column[t] for t in ids if t in self._column)
+        return cols
+
+
+def prompt_only_columns(vocab: Vocabulary, prompt: str, trained: Iterable[str]) -> list[int]:
+    """Columns of the prompt's words (its frame and its demonstration) that no training caption used.
+
+    ``prompt`` is the whole prompt text around ``[TEXT]``; ``trained`` the record of caption words. A piece
+    that a caption word also needs ("▁focus" of "focused") stays: only pieces no caption word has are taken
+    out. An empty record gives none (nothing is known about the captions).
+    """
+    trained = set(trained)
+    if not trained:
+        return []
+    prompt_words = caption_words([prompt.replace("[TEXT]", " ")]) - trained
+    if not prompt_words:
+        return []
+    return sorted(vocab.columns(sorted(prompt_words)) - vocab.columns(sorted(trained)))

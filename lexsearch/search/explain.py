@@ -1,4 +1,5 @@
-"""The words behind a match: per-word contributions ``q_w * d_w`` of the scored vectors, merged for display."""
+"""The words behind a match: per-word contributions ``q_w * d_w`` of the scored vectors, merged for display;
+and what the model does not know about a query's words."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from lexsearch.errors import UsageError
-from lexsearch.model.vocab import word_key
+from lexsearch.model.vocab import unknown_words, word_key
 
 # Words shown per result (the rest is summed into ``Result.rest`` so words + rest == lexical).
 EXPLAIN_WORDS = 6
@@ -77,3 +78,19 @@ def heatmap_columns(
         pieces = ", ".join(words(cols))
         raise UsageError(f"{word!r} is not one vocabulary word (pieces: {pieces}); pass one of them")
     return cols
+
+
+def unknown_word_note(words: Sequence[str], trained: Sequence[str]) -> str | None:
+    """One line naming the query ``words`` that no training caption used (``trained``, the model's record),
+    or None when all are known or the model has no record.
+
+    The search still runs: a real LM may place a new word near ones it was trained on, but nothing in
+    training tied that word to images, so whatever comes back for it is a guess and is called one.
+    """
+    unknown = unknown_words(words, trained)
+    if not unknown:
+        return None
+    names = ", ".join(f"'{w}'" for w in unknown)
+    if len(unknown) == 1:
+        return f"{names} is not a word this model was trained on; results for it are guesses"
+    return f"{names} are not words this model was trained on; results for them are guesses"

@@ -9,8 +9,8 @@ import numpy as np
 
 from lexsearch.errors import UsageError
 from lexsearch.search.candidates import CANDIDATES, Candidates, PruneConfig, candidates
-from lexsearch.search.explain import EXPLAIN_WORDS, explain_row
-from lexsearch.search.parse import Filters, parse_query, query_word_clauses, resolve_operators
+from lexsearch.search.explain import EXPLAIN_WORDS, explain_row, unknown_word_note
+from lexsearch.search.parse import Filters, content_words, parse_query, query_word_clauses, resolve_operators
 from lexsearch.search.postings import PostingsIndex
 from lexsearch.search.rerank import DENSE_WEIGHT, ForwardRows, Ranked, lexical_scores, query_vector, rerank
 from lexsearch.search.results import Result, Results
@@ -88,14 +88,15 @@ def search(
     if top <= 0:
         raise UsageError("--top must be at least 1.")
     parsed = parse_query(query_text)
+    notes = _query_notes(parsed, encoder)
     filters = resolve_operators(parsed, encoder.word_terms) if parsed.must or parsed.exclude else Filters()
     if not expand:
         filters.any_of = query_word_clauses(parsed, encoder.word_terms)
         if not filters.any_of:
-            return Results()  # no word of the query is in the vocabulary: nothing can honestly match it
+            return _noted(Results(), notes)  # no query word is in the vocabulary: nothing honestly matches it
     q_sparse, q_dense = encode_query(collection, encoder, parsed.text, use_cache)
     if q_sparse.nnz == 0:
-        return Results()
+        return _noted(Results(), notes)
     vocab = max(int(encoder.vocab_size), int(q_sparse.shape[1]))
     terms, weights = _strongest(q_sparse.indices, q_sparse.data, query_terms)
     cands = _candidate_stage(collection, index, terms, weights, filters, max(n_candidates, top), prune)
@@ -110,7 +111,22 @@ def search(
             with_dense = q_dense
     rows, dense = _candidate_rows(collection, cands.ids, with_dense)
     ranked = rerank(rows, qvec, dense, dense_weight if dense is not None else 0.0, min_score)
-    return _results(collection, encoder, ranked, qvec, top, explain_words)
+    return _noted(_results(collection, encoder, ranked, qvec, top, explain_words), notes)
+
+
+def _query_notes(parsed, encoder: Any) -> list[str]:
+    """Lines about the query as a whole: why the LM answers rather than the model's student (the encoder's
+    ``note``), and the query's words that the model was never trained on (none without a record)."""
+    notes = [encoder.note] if getattr(encoder, "note", "") else []
+    trained = getattr(getattr(encoder, "config", None), "caption_words", None) or []
+    words = [w for part in parsed.terms for w in content_words(part)]  # +must parts are terms too
+    note = unknown_word_note(words, trained)
+    return notes + [note] if note else notes
+
+
+def _noted(results: Results, notes: list[str]) -> Results:
+    results.notes = results.notes + notes
+    return results
 
 
 def search_by_image(

@@ -70,7 +70,7 @@ def notes_text(notes: list[str]) -> str:
         return ""
     from lexsearch.display import shown
 
-    return "".join(shown(n) + "\n" for n in notes)
+    return "".join(f"note: {shown(n)}\n" for n in notes)
 
 
 def collection_tag(folder: str) -> str:

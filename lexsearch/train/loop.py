@@ -399,6 +399,9 @@ class _Trainer:
             self.model, self.root = initial_model(
                 config, self.pairs, self.out, dtype, info.is_main, lambda: D.barrier(info)
             )
+        from lexsearch.train.words import CaptionWords
+
+        self.words = CaptionWords.start(self.model, self.pairs, config.init)
         for p in self.model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()  # trainable weights and Adam moments in float32, always
@@ -446,6 +449,7 @@ class _Trainer:
         from lexsearch.model.checkpoint import save_checkpoint
         from lexsearch.model.config import fingerprint
 
+        self.words.record(self.info)  # the captions' words so far, into the checkpoint's config
         rng = self._rng()
         if self.info.is_main:
             save_checkpoint(self.model, self.out, root=self.root)
@@ -507,6 +511,7 @@ class _Trainer:
         data = self.batches.iterate(self.step)
         while self.step < self.total_steps:
             epoch, pixels, captions = next(data)
+            self.words.see(captions)
             ids, mask = self.model.tokenize(captions)
             self.optimizer.zero_grad(set_to_none=True)
             stats = train_step(
@@ -556,6 +561,7 @@ class _Trainer:
                 or (not config.save_every and epoch_end)
             ):
                 self.save()
+        self.words.measure(self.val, info)  # how sure the model is of its own images' words (explain)
         self.save()
         if not paused:
             val = self._validate(final=True)
