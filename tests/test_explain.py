@@ -398,3 +398,18 @@ def test_explain_text_refusals_are_one_line_before_the_model_loads(tiny_model_di
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0], (args[3:], err)
     assert not (tmp_path / "h.png").exists()
+
+
+def test_explain_text_takes_the_querys_text_encoder_and_says_its_note(tiny_model_dir, monkeypatch):
+    """--text-encoder is the query's choice (a model without a student refuses 'student' as a query does),
+    and auto's note (why the LM answers) is printed as `lexsearch query` prints it."""
+    from lexsearch.model import lazy
+
+    res = CliRunner().invoke(
+        cli, ["explain", "--text", "red", "--model", str(tiny_model_dir), "--text-encoder", "student"]
+    )
+    assert res.exit_code != 0 and "has no student query encoder" in res.stderr, res.output
+
+    monkeypatch.setattr(lazy, "choose_text_encoder", lambda *a: ("lm", "queries use the LM: why"))
+    res = _explain_text("--text", "red", "--model", str(tiny_model_dir), "--json")
+    assert "note: queries use the LM: why" in res.stderr and json.loads(res.stdout)["words"]
