@@ -311,3 +311,105 @@ def test_explain_checks_every_flag_before_loading_the_model(tiny_model_dir, tmp_
         lines = err.strip().splitlines()
         assert code != 0 and len(lines) == 1 and message in lines[0], (args, err)
     assert not (tmp_path / "h.png").exists()
+
+
+# ------------------------------------------------------------------------------------- explain --text
+def _explain_text(*args):
+    res = CliRunner().invoke(cli, ["explain", *args])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_explain_text_words_are_the_vector_the_search_scores(small_collection):
+    """Every active word of the query vector, strongest first, as the search encodes the text (parsed: the
+    -word is no part of it) and as its cache answers the next time."""
+    from lexsearch.index.store import Collection
+    from lexsearch.search import load_encoder
+    from lexsearch.search.query import encode_query
+
+    _, col = small_collection
+    first = json.loads(
+        _explain_text("--text", "a red circle -blue", "--collection", str(col), "--json").stdout
+    )
+    again = json.loads(
+        _explain_text("--text", "a red circle -blue", "--collection", str(col), "--json").stdout
+    )
+    assert again == first and first["text"] == "a red circle -blue"
+    with Collection.open(col, readonly=True) as c:
+        encoder = load_encoder(c, device="cpu")
+        sparse, _ = encode_query(c, encoder, "a red circle", use_cache=False)
+    expected = dict(zip(encoder.words(sparse.indices), sparse.data.tolist()))
+    got = {w["word"]: w["weight"] for w in first["words"]}
+    assert len(first["words"]) == sparse.nnz > 10  # every active word, not a top few
+    assert got.keys() == expected.keys()
+    assert all(abs(got[w] - expected[w]) < 1e-6 for w in got)
+    weights = [w["weight"] for w in first["words"]]
+    assert weights == sorted(weights, reverse=True)
+
+
+def test_explain_text_table_shows_the_top_words(small_collection):
+    _, col = small_collection
+    words = json.loads(_explain_text("--text", "red circle", "--collection", str(col), "--json").stdout)[
+        "words"
+    ]
+    lines = _explain_text("--text", "red circle", "--collection", str(col), "--top", "3").stdout.splitlines()
+    assert lines[0] == "red circle"
+    assert lines[1:] == [f"  {w['weight']:7.4f}  {w['word']}" for w in words[:3]]
+
+
+def test_explain_text_with_a_bare_model_equals_the_collections(small_collection):
+    root, col = small_collection
+    by_model = _explain_text("--text", "red circle", "--model", str(root / "model"), "--json").stdout
+    by_collection = _explain_text("--text", "red circle", "--collection", str(col), "--json").stdout
+    assert json.loads(by_model) == json.loads(by_collection)
+
+
+def test_explain_text_refusals_are_one_line_before_the_model_loads(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from lexsearch.limits import MAX_QUERY_CHARS
+
+    path = _image(tmp_path / "a.png")
+    base = ["explain", "--model", str(tiny_model_dir)]
+    cases = [
+        (base, "Give an IMAGE or --text TEXT"),
+        ([*base, str(path), "--text", "red"], "Give an IMAGE or --text TEXT"),
+        ([*base, "--text", "red", "--heatmap", str(tmp_path / "h.png")], "do not go with --text"),
+        ([*base, "--text", "red", "--word", "red"], "do not go with --text"),
+        ([*base, "--text", "   "], "The query is empty"),
+        ([*base, "--text", "-red"], "only excludes"),
+        ([*base, "--text", "x" * (MAX_QUERY_CHARS + 1)], f"the limit is {MAX_QUERY_CHARS}"),
+        ([*base, "--text", "caf\udce9"], "not UTF-8"),
+    ]
+    script = (
+        "import json, sys\n"
+        "from click.testing import CliRunner\n"
+        "from lexsearch.cli import cli\n"
+        "out = [(r.exit_code, r.stderr) for r in (CliRunner().invoke(cli, a) for a in json.loads(sys.argv[1]))]\n"
+        "print(json.dumps({'results': out, 'torch': 'torch' in sys.modules}))\n"
+    )
+    arg = json.dumps([a for a, _ in cases])
+    proc = subprocess.run([sys.executable, "-c", script, arg], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["torch"] is False
+    for (args, message), (code, err) in zip(cases, report["results"]):
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], (args[3:], err)
+    assert not (tmp_path / "h.png").exists()
+
+
+def test_explain_text_takes_the_querys_text_encoder_and_says_its_note(tiny_model_dir, monkeypatch):
+    """--text-encoder is the query's choice (a model without a student refuses 'student' as a query does),
+    and auto's note (why the LM answers) is printed as `lexsearch query` prints it."""
+    from lexsearch.model import lazy
+
+    res = CliRunner().invoke(
+        cli, ["explain", "--text", "red", "--model", str(tiny_model_dir), "--text-encoder", "student"]
+    )
+    assert res.exit_code != 0 and "has no student query encoder" in res.stderr, res.output
+
+    monkeypatch.setattr(lazy, "choose_text_encoder", lambda *a: ("lm", "queries use the LM: why"))
+    res = _explain_text("--text", "red", "--model", str(tiny_model_dir), "--json")
+    assert "note: queries use the LM: why" in res.stderr and json.loads(res.stdout)["words"]

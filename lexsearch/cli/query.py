@@ -157,13 +157,22 @@ def query(
 
 
 @click.command()
-@click.argument("image", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("image", required=False, type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--text",
+    help="Show the words this query text lights up (the vector a query with it scores), instead of IMAGE.",
+)
 @click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
 @click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
 @click.option(
     "--top", "top_k", default=10, show_default=True, type=click.IntRange(min=1), help="Words to show."
 )
-@click.option("--json", "as_json", is_flag=True, help='Print {"path", "words": [{"word", "weight"}]}.')
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"path", "words": [{"word", "weight"}]}; with --text {"text", "words": [...]}, every active word.',
+)
 @click.option(
     "--heatmap",
     type=click.Path(dir_okay=False, path_type=str),
@@ -171,18 +180,28 @@ def query(
 )
 @click.option("--word", help="Heat map of this one word's patch scores instead of the top words.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
+@TEXT_ENCODER
 @handle_errors
-def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device) -> None:
-    """Show the words an image lights up, and where (heat map).
+def explain(image, text, model_dir, collection, top_k, as_json, heatmap, word, device, text_encoder) -> None:
+    """Show the words an image lights up, and where (heat map); or, with --text, what a query means.
 
     With an indexed image the words are read from the index, i.e. from the very vector that queries score.
+    With --text TEXT the words are those of the very vector a query with that text scores.
     """
+    from lexsearch.errors import UsageError
+
+    if (image is None) == (text is None):
+        raise UsageError(
+            "Give an IMAGE or --text TEXT (one of them), e.g. lexsearch explain --text 'white horse'."
+        )
+    if text is not None:
+        _explain_text(text, model_dir, collection, top_k, as_json, heatmap, word, device, text_encoder)
+        return
     import json
 
     import numpy as np
 
     from lexsearch.collection import open_collection
-    from lexsearch.errors import UsageError
     from lexsearch.explain import explain_image, heatmap_format, weak_words_note
     from lexsearch.explain import heatmap as draw_heatmap
     from lexsearch.model.images import open_image
@@ -248,6 +267,50 @@ def explain(image, model_dir, collection, top_k, as_json, heatmap, word, device)
         drawn = [vector.get(t, 0.0) for t in term_ids]
         out = draw_heatmap(encoder, img, term_ids, labels, Path(heatmap), weights=drawn)
         click.echo(f"heat map written to {shown(str(out))}", err=True)
+
+
+def _explain_text(text, model_dir, collection, top_k, as_json, heatmap, word, device, text_encoder) -> None:
+    """``explain --text``: the words of the query vector of ``text``, encoded as ``lexsearch query`` encodes
+    it (the same text encoder, the collection's query cache), strongest first."""
+    import json
+
+    from lexsearch.errors import UsageError
+    from lexsearch.search.parse import parse_query
+
+    # Refused before anything loads: a query's text has no picture to draw on.
+    if heatmap or word is not None:
+        raise UsageError("--heatmap and --word draw over an image; they do not go with --text.")
+    parse_query(text)  # the query's own refusals (not UTF-8, empty, too long), before the model loads
+    from lexsearch.search import explain_text
+
+    with decoder_noise_hidden():
+        if model_dir is None:
+            from lexsearch.collection import open_collection
+            from lexsearch.search import load_encoder
+
+            with open_collection(collection, readonly=True) as col:
+                encoder = load_encoder(col, device=device, text_encoder=text_encoder)
+                _note(encoder)
+                answer = explain_text(col, encoder, text)
+        else:
+            from lexsearch.model.lazy import LazyEncoder
+
+            encoder = LazyEncoder(model_dir, device=device, text_encoder=text_encoder)
+            _note(encoder)
+            answer = explain_text(None, encoder, text)
+    if as_json:
+        click.echo(json.dumps(answer))
+        return
+    click.echo(shown(text))
+    for item in answer["words"][:top_k]:
+        click.echo(f"  {item['weight']:7.4f}  {item['word']}")
+    if not answer["words"]:
+        click.echo("  (no word passes the sparsification threshold)")
+
+
+def _note(encoder) -> None:
+    if getattr(encoder, "note", ""):  # e.g. why the LM answers rather than the model's student
+        click.echo(f"note: {encoder.note}", err=True)
 
 
 def _heatmap_word(encoder, word: str | None) -> list[int]:

@@ -32,6 +32,7 @@ _NAMES = {
     "PruneConfig": "lexsearch.search.candidates",
     "Result": "lexsearch.search.results",
     "Results": "lexsearch.search.results",
+    "explain_text": "lexsearch.search.query",
     "format_paths": "lexsearch.search.output",
     "format_table": "lexsearch.search.output",
     "paths_bytes": "lexsearch.search.output",

@@ -50,6 +50,26 @@ def encode_query(
     return sparse, dense
 
 
+def explain_text(collection: Any, encoder: Any, text: str, use_cache: bool = True) -> dict[str, Any]:
+    """What ``text`` means to the model: every active word of the very vector a query with this text scores
+    (parsed, encoded or read from the query cache as :func:`search` does), strongest first.
+
+    ``{"text", "words": [{"word", "weight"}, ...]}``: the JSON of ``lexsearch explain --text`` and of a
+    server's ``/api/explain?text=``. ``collection`` may be None (a bare model: no query cache).
+    """
+    parsed = parse_query(text)  # the query's own refusals: empty, only -words, not UTF-8, too long
+    q_sparse, _ = encode_query(collection, encoder, parsed.text, use_cache and collection is not None)
+    terms, weights = q_sparse.indices, q_sparse.data
+    keep = np.flatnonzero(weights != 0)
+    # Strongest first; equal weights by column, so the order is the same on every run and every path.
+    order = keep[np.lexsort((terms[keep], -weights[keep]))]
+    names = encoder.words(terms[order])
+    return {
+        "text": text,
+        "words": [{"word": w, "weight": round(float(x), 6)} for w, x in zip(names, weights[order])],
+    }
+
+
 def _strongest(terms: np.ndarray, weights: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     if terms.size > n:
         top = np.argpartition(-weights, n - 1)[:n]

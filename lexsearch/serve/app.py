@@ -10,6 +10,7 @@
     POST /api/search/image      the request body (an image file, at most MAX_UPLOAD_BYTES) as the query
     GET  /api/similar/{id}      "more like this": the collection image as the query
     GET  /api/explain/{id}      the image's own words
+    GET  /api/explain?text=     what a query of that text means: ``lexsearch explain --text TEXT --json``
     GET  /api/heatmap/{id}?word=   the heat map of one word over the image (PNG)
     GET  /image/{id}, /thumb/{id}  the image (upright, at most 1600 px) and its cached thumbnail
 
@@ -158,6 +159,12 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
     async def explain(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(service.explain, _image_id(request)))
 
+    async def explain_text(request: Request) -> Response:
+        text = request.query_params.get("text")
+        if text is None:
+            raise UsageError("give the text to explain: /api/explain?text=TEXT")
+        return JSONResponse(await run_in_threadpool(service.explain_text, text))
+
     async def heatmap(request: Request) -> Response:
         image_id = _image_id(request)
         word = request.query_params.get("word", "").strip()
@@ -199,6 +206,7 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
         Route("/api/search", api_search),
         Route("/api/search/image", api_search_image, methods=["POST"]),
         Route("/api/similar/{id}", similar),
+        Route("/api/explain", explain_text),
         Route("/api/explain/{id}", explain),
         Route("/api/heatmap/{id}", heatmap),
         Route("/image/{id}", image),

@@ -27,7 +27,14 @@ from lexsearch.errors import DataError, UsageError
 from lexsearch.index.dense import inner_products
 from lexsearch.index.postings import RowBlock
 from lexsearch.limits import MAX_TOP
-from lexsearch.search import PostingsIndex, PruneConfig, results_to_json, search, search_by_image
+from lexsearch.search import (
+    PostingsIndex,
+    PruneConfig,
+    explain_text,
+    results_to_json,
+    search,
+    search_by_image,
+)
 from lexsearch.search.explain import heatmap_columns, shown_columns
 
 logger = logging.getLogger(__name__)
@@ -267,6 +274,12 @@ class SearchService:
             words = [{"word": w, "weight": round(float(x), 6)} for w, x in zip(names, weights[order])]
         # JSON is UTF-8 text: a non-UTF-8 byte of a file name shows as \xNN (as in ``query --json``).
         return {"id": image_id, "path": utf8_text(path), "words": words}
+
+    def explain_text(self, text: str) -> dict[str, Any]:
+        """What a query of ``text`` means to the model: ``lexsearch explain --text TEXT --json``, from the very
+        vector this server's search of ``text`` scores (same encoder, same query cache)."""
+        with self._lock:
+            return explain_text(self.collection, self.encoder, text)
 
     def info(self) -> dict[str, Any]:
         # Every `lexsearch query` asks this first (discovery's liveness check): the count (a scan of the

@@ -162,6 +162,34 @@ def test_no_match_and_bookmarked_search(browser, served):
     assert browser.switch_to.active_element.get_attribute("data-index") == "0"
 
 
+def test_the_page_shows_what_the_query_means(browser, served):
+    """The row under the status holds the query vector's strongest words (/api/explain?text=, the JSON of
+    `lexsearch explain --text`), the rest on demand; a search by image has no such row."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(served.url + "/api/explain?text=a%20red%20circle") as resp:
+        words = [w["word"] for w in json.load(resp)["words"]]
+    assert len(words) > 8
+    browser.get(served.url + "/?q=a+red+circle")
+    row = _wait(browser, lambda d: d.find_element(By.ID, "means"))
+    _wait(browser, lambda d: row.is_displayed() and d.find_elements(By.CSS_SELECTOR, "#means .chip"))
+    shown = [c.get_attribute("data-word") for c in row.find_elements(By.CSS_SELECTOR, ".chip")]
+    assert row.text.startswith("Your query means:") and shown == words[:8]
+    more = row.find_element(By.CSS_SELECTOR, "button.all")
+    assert more.text == f"+{len(words) - 8} more"
+    more.click()
+    shown = [c.get_attribute("data-word") for c in row.find_elements(By.CSS_SELECTOR, ".chip")]
+    assert shown == words and not row.find_elements(By.CSS_SELECTOR, "button.all")
+
+    cards = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .card"))
+    cards[0].click()
+    _wait(browser, lambda d: d.find_element(By.ID, "detail").get_attribute("open") is not None)
+    browser.find_element(By.ID, "d-similar").click()  # a search by image: no query text to explain
+    _wait(browser, lambda d: "Images like this image" in d.find_element(By.ID, "status").text)
+    assert not browser.find_element(By.ID, "means").is_displayed()
+
+
 # ------------------------------------------------------------------------------------- phone, "Show more"
 PHONE = {"width": 375, "height": 812, "deviceScaleFactor": 2, "mobile": True}
 
@@ -193,6 +221,10 @@ def test_no_sideways_scroll_at_phone_width(browser, served, tmp_path):
         assert _sideways(browser) == [375, 375, 375], name
     browser.get(served.url + "/?q=a+red+circle")
     cards = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .card"))
+    # The query's own words, every one of them shown: still no wider than the phone.
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#means button.all"))[0].click()
+    browser.save_screenshot(str(tmp_path / "phone-means.png"))
+    assert _sideways(browser) == [375, 375, 375], "means"
     cards[0].click()
     dialog = browser.find_element(By.ID, "detail")
     _wait(browser, lambda d: dialog.get_attribute("open") is not None)

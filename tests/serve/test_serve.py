@@ -504,3 +504,25 @@ def test_notes_print_the_same_whoever_searched(small_collection, service, monkey
     ):
         assert said.search(err), err
         assert (code, out, said.sub("", err)) == (0, alone.stdout, alone.stderr)
+
+
+def test_api_explain_text_is_cli_explain_text_json(small_collection, client):
+    """The page's "your query means" row and `lexsearch explain --text T --json` are one answer."""
+    _, col = small_collection
+    for text in (QUERY, "red +circle -blue"):
+        res = CliRunner().invoke(cli, ["explain", "--text", text, "--collection", str(col), "--json"])
+        assert res.exit_code == 0, res.output
+        resp = client.get("/api/explain", params={"text": text})
+        assert resp.status_code == 200 and resp.json() == json.loads(res.stdout)
+        assert resp.json()["text"] == text and len(resp.json()["words"]) > 10
+
+
+def test_api_explain_text_errors_are_the_querys(client):
+    for params, needle in (
+        ({}, "give the text"),
+        ({"text": "  "}, "empty"),
+        ({"text": "-red"}, "only excludes"),
+        ({"text": "x" * 1001}, "the limit is 1000"),
+    ):
+        resp = client.get("/api/explain", params=params)
+        assert resp.status_code == 400 and needle in resp.json()["error"], (params, resp.text)

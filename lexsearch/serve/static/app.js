@@ -56,6 +56,41 @@ function chip(word, weight, maxWeight, clickable) {
   return node;
 }
 
+// "Your query means": the words the query's own vector lights up (GET /api/explain?text=, the JSON of
+// `lexsearch explain --text`), the strongest MEANS_SHOWN at once and every one on demand.
+const MEANS_SHOWN = 8;
+
+async function showMeaning(gen) {
+  const row = $("means");
+  row.replaceChildren();
+  row.hidden = true;
+  if (state.mode !== "text") return;
+  let info;
+  try {
+    info = await getJSON(`/api/explain?text=${encodeURIComponent(state.q)}`);
+  } catch (err) {
+    return; // the search itself says what is wrong with the query
+  }
+  if (gen !== state.gen || !info.words.length) return;
+  const max = Math.max(1e-9, info.words[0].weight);
+  const chips = info.words.map((w) => {
+    const c = chip(w.word, w.weight, max, false);
+    c.style.fontSize = "";
+    c.title = `${w.word}: weight ${w.weight.toFixed(4)} in the query's vector`;
+    return c;
+  });
+  row.append(el("span", "label", "Your query means:"), ...chips.slice(0, MEANS_SHOWN));
+  const rest = chips.length - MEANS_SHOWN;
+  if (rest > 0) {
+    const all = el("button", "all", `+${rest} more`);
+    all.type = "button";
+    all.title = "Show every word of the query's vector";
+    all.addEventListener("click", () => { all.replaceWith(...chips.slice(MEANS_SHOWN)); });
+    row.append(all);
+  }
+  row.hidden = false;
+}
+
 function setStatus(text, kind) {
   const s = $("status");
   s.textContent = text;
@@ -86,6 +121,7 @@ async function run(mode, { push = true } = {}) {
     history.pushState({ q: state.q, like: state.like }, "", url);
   }
   document.title = mode === "text" ? `${state.q} - lexsearch` : "lexsearch";
+  showMeaning(state.gen);
   await more();
 }
 
