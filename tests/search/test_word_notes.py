@@ -85,8 +85,8 @@ def test_the_cli_prints_the_note_on_stderr(_tiny_model_master, tmp_path, fmt):
     res = runner.invoke(cli, ["query", "red", "zebra", "--collection", col, *flag])
     assert res.exit_code == 0, res.output
     note = "note: 'zebra' is not a word this model was trained on; results for it are guesses\n"
-    # Table and JSON say it on stderr (stdout stays parseable); --paths prints only paths, for pipes.
-    assert res.stderr == ("" if fmt == "paths" else note)
+    # Every format says it on stderr: stdout stays parseable (--json) and pipeable (--paths).
+    assert res.stderr == note
     assert "zebra" not in res.stdout
     if fmt == "json":
         json.loads(res.stdout)

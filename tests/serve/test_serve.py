@@ -473,7 +473,7 @@ def test_notes_print_the_same_whoever_searched(small_collection, service, monkey
 
     _, col = small_collection
     real = query_module.search
-    note = "note: 'caf\u00e9' is new to the model \x1b[31m"  # a control character is shown escaped
+    note = "'caf\u00e9' is new to the model \x1b[31m"  # a control character is shown escaped
 
     def noted(*args, **kwargs):
         results = real(*args, **kwargs)
