@@ -115,14 +115,18 @@ def query(
                     expand=expand,
                 )
     if results.stale:
+        import shlex
+
         from lexsearch.index.store import Collection
 
         with Collection.open(collection, readonly=True) as col:
-            roots = " ".join(col.meta.get("roots") or ["DIR"])
+            roots = col.meta.get("roots") or ["DIR"]
         n = results.stale
+        # Quoted, so that it runs as printed (index reuses the collection's model when --model is not given).
+        update = shlex.join(["lexsearch", "index", *roots, "--collection", collection])
         click.echo(
             f"note: {n} matching file{'s' if n > 1 else ''} no longer exist{'' if n > 1 else 's'} (not shown); "
-            f"the index is out of date: lexsearch index {shown(roots)} --collection {shown(collection)}",
+            f"the index is out of date: {shown(update)}",
             err=True,
         )
     if as_json:
