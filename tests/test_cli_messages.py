@@ -260,3 +260,34 @@ def test_suggested_commands_run_as_printed(tmp_path, tiny_model_dir):
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli, [*query, "--model", str(tiny_model_dir)])
     assert res.exit_code == 0 and len(res.stdout.splitlines()) == 4
+
+
+def test_the_distill_hint_names_the_models_own_captions(tmp_path, tiny_model_dir, monkeypatch):
+    import lexsearch.train.distill as distill_module
+    from lexsearch.train.config import TrainConfig
+
+    captions = tmp_path / "my captions"
+    make_images(captions / "images", 2)
+    (captions / "captions.jsonl").write_text(
+        "".join(
+            json.dumps({"image": f"images/img_0000{i}.png", "caption": "a red circle"}) + "\n" for i in (0, 1)
+        )
+    )
+    TrainConfig(data=str(captions), out=str(tiny_model_dir)).save(tiny_model_dir)  # as `lexsearch train` does
+    make_images(tmp_path / "p", 2)
+    runner = CliRunner()
+    col = str(tmp_path / "col")
+    assert _index(runner, tmp_path / "p", tiny_model_dir, col).exit_code == 0
+    line = _one_line_error(
+        runner.invoke(cli, ["query", "red", "--collection", col, "--text-encoder", "student"])
+    )
+    assert "CAPTIONS" not in line
+    seen = []
+
+    def distill(model, texts, cfg, **kw):
+        seen.append((model, texts))
+        raise KeyboardInterrupt  # reached with the right arguments: no need to train the student here
+
+    monkeypatch.setattr(distill_module, "distill", distill)
+    res = _pasted(runner, line)
+    assert seen == [(str(tiny_model_dir), ["a red circle"])] and res.exit_code == 130, res.output
