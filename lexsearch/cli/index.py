@@ -41,6 +41,7 @@ def index(
     from lexsearch.errors import ModelError, UsageError
     from lexsearch.index import Collection, IndexOptions, build_index, check_roots, resolve
     from lexsearch.index.build import Shard
+    from lexsearch.model.config import read_config
     from lexsearch.model.lazy import LazyEncoder
 
     # Everything that can be checked cheaply is checked before anything is created or loaded: a typo in a
@@ -60,6 +61,7 @@ def index(
             )
     if not os.path.isdir(model_dir):
         raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
+    read_config(model_dir)  # a folder that is not a complete model is refused before anything is created
     # A rebuild empties the whole collection, so the command that does it names every folder it holds
     # (those that still exist), not only the ones given now: pasted, it loses nothing.
     held = [r for r in recorded.get("roots") or [] if os.path.exists(r)]

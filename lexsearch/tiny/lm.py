@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,6 +39,9 @@ from lexsearch.model.config import ModelConfig
 from lexsearch.tiny.config import DEFAULT_STOP_WORDS, PretrainConfig, Progress, warmup_cosine
 
 log = logging.getLogger(__name__)
+
+# Steps timed before a deadline shortens the schedule: past the first steps' one-off costs, ~2% of it.
+DEADLINE_PROBE_STEPS = 20
 
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
@@ -243,8 +247,13 @@ def pretrain_lm(
     model_config: ModelConfig,
     cfg: PretrainConfig,
     progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> dict:
-    """Train ``lm`` in place as a causal LM on prompt-format sequences of ``captions``; returns figures."""
+    """Train ``lm`` in place as a causal LM on prompt-format sequences of ``captions``; returns figures.
+
+    ``deadline`` (a ``time.monotonic()`` value): after a few steps the schedule is shortened to the steps
+    that fit before it (a whole cosine, not a cut one), and the run stops there in any case.
+    """
     fmt = PromptFormat(tokenizer, model_config)
     stop_words = prompt_stop_words(model_config, cfg.stop_words)
     rng = np.random.default_rng(cfg.seed)
@@ -252,11 +261,15 @@ def pretrain_lm(
     probe = list(captions[: min(256, len(captions))])
     before = content_hit_rate(lm, fmt, probe, stop_words)
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.lm_lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, cfg.lm_steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, cfg.lm_steps))
+    total = cfg.lm_steps
+    warmup = max(1, total // 20)
+    # The lambda reads `warmup` and `total` when called, so a deadline can shorten the schedule below.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
     lm.train()
     loss_value = float("nan")
-    for step in range(cfg.lm_steps):
+    started = time.monotonic()
+    step = 0
+    while step < total:
         pick = rng.integers(0, len(captions), size=cfg.lm_batch_size)
         ids, mask, answer, readout = _lm_batch(
             fmt, [captions[i] for i in pick], stop_words, rng, pad_id, cfg.lm_query_share
@@ -268,9 +281,30 @@ def pretrain_lm(
         opt.step()
         sched.step()
         loss_value = float(loss.detach())
+        step += 1
         if progress is not None:
-            progress("lm", step + 1, cfg.lm_steps, {"loss": loss_value})
+            progress("lm", step, total, {"loss": loss_value})
+        if deadline is not None:
+            now = time.monotonic()
+            if step == DEADLINE_PROBE_STEPS:  # the steps that fit, at the rate of the first ones
+                fit = step + int((deadline - now) / ((now - started) / step))
+                if fit < total:
+                    total = max(step, fit)
+                    warmup = min(warmup, max(1, total // 20))
+            if now >= deadline:
+                break
     lm.eval()
     after = content_hit_rate(lm, fmt, probe, stop_words)
-    log.info("tiny LM pretraining: loss %.3f, content-word read-out %.2f -> %.2f", loss_value, before, after)
-    return {"lm_loss": loss_value, "lm_content_hit_before": before, "lm_content_hit_after": after}
+    log.info(
+        "tiny LM pretraining: %d steps, loss %.3f, content-word read-out %.2f -> %.2f",
+        step,
+        loss_value,
+        before,
+        after,
+    )
+    return {
+        "lm_loss": loss_value,
+        "lm_content_hit_before": before,
+        "lm_content_hit_after": after,
+        "lm_steps_done": step,
+    }
