@@ -259,6 +259,9 @@ def backbone_tokens(
             "backbone tokens not cached: %d images would take %.1f GB (> %.1f)", len(pairs.images), gb, max_gb
         )
         return None
+    if max_seconds <= 0:
+        log.info("backbone tokens not cached: no time is left for them")
+        return None
     rows = []
     t0 = time.monotonic()
     n_batches = math.ceil(len(pairs.images) / batch_size)

@@ -562,7 +562,8 @@ class _Trainer:
         """(held-out images the final validation uses, its estimated seconds) under ``max_minutes``.
 
         The estimate is measured: the final validation's own code on a few held-out images, timed. It gets
-        at most FINAL_SHARE of the budget, on fewer held-out images when all of them would not fit.
+        at most FINAL_SHARE of the budget (nor more than is left), on fewer held-out images when all of them
+        would not fit, and never fewer than the probe's.
         """
         n = len(self.val.images)
         if not (math.isfinite(self.deadline) and self.info.is_main):
@@ -576,7 +577,8 @@ class _Trainer:
         toy_validation(self.model, probe, self.info.device, seed=self.config.seed)
         per_image = (time.monotonic() - t0) / k  # fixed costs spread over k images: an overestimate
         budget = self.config.max_minutes * 60.0
-        fit = max(k, int(FINAL_SHARE * budget / per_image))
+        room = min(FINAL_SHARE * budget, self.deadline - time.monotonic())
+        fit = max(k, int(room / per_image))
         if fit < n:
             log.info("final validation on %d of %d held-out images, to end within --max-minutes", fit, n)
         return min(n, fit), min(n, fit) * per_image
