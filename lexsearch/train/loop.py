@@ -341,10 +341,12 @@ def _check_out(config: TrainConfig, out: Path) -> None:
         return
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
-    if (out / STATE_JSON).is_file() or (out / MODEL_CONFIG).is_file():
+    if (out / STATE_JSON).is_file():
         raise UsageError(
             f"{out} already holds a training run: pass --resume to continue it, or choose another --out"
         )
+    if (out / MODEL_CONFIG).is_file():
+        raise UsageError(f"{out} already holds a model: choose another --out (or fine-tune it with --init)")
     # A log without a checkpoint is a run that stopped before its first one: nothing to keep, start over.
 
 

@@ -123,7 +123,7 @@ def test_a_model_without_its_weights_is_refused_in_one_line(tmp_path, tiny_model
 
 
 def test_an_existing_model_or_run_is_not_overwritten(toy, tmp_path, tiny_model_dir):
-    with pytest.raises(UsageError, match="--resume"):
+    with pytest.raises(UsageError, match="already holds a model"):
         train(train_config("tiny", data=str(toy), out=str(tiny_model_dir), batch_size=8))
 
 
