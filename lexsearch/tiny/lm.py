@@ -40,7 +40,8 @@ from lexsearch.tiny.config import DEFAULT_STOP_WORDS, PretrainConfig, Progress, 
 
 log = logging.getLogger(__name__)
 
-# Steps timed before a deadline shortens the schedule: past the first steps' one-off costs, ~2% of it.
+# Under a deadline the schedule is fitted every this many steps, at the rate timed after the first ones
+# (which pay one-off costs: timing them made a loaded machine's 1,500-step run stop one step short).
 DEADLINE_PROBE_STEPS = 20
 DEADLINE_PROBE_CAPTIONS = 64
 
@@ -270,8 +271,7 @@ def pretrain_lm(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
     lm.train()
     loss_value = float("nan")
-    started = time.monotonic()
-    step = 0
+    step, mark = 0, 0.0
     if deadline is not None and time.monotonic() >= deadline:
         total = 0  # no time left: the LM stays as built (random), and says so in lm_steps_done
     while step < total:
@@ -291,8 +291,11 @@ def pretrain_lm(
             progress("lm", step, total, {"loss": loss_value})
         if deadline is not None:
             now = time.monotonic()
-            if step == DEADLINE_PROBE_STEPS:  # the steps that fit, at the rate of the first ones
-                fit = step + int((deadline - now) / ((now - started) / step))
+            if step == DEADLINE_PROBE_STEPS:
+                mark = now  # the steady rate is timed from here: the first steps pay one-off costs
+            elif step % DEADLINE_PROBE_STEPS == 0 and step > DEADLINE_PROBE_STEPS:
+                # The steps that fit at the rate so far; the schedule only ever gets shorter.
+                fit = step + int((deadline - now) / ((now - mark) / (step - DEADLINE_PROBE_STEPS)))
                 if fit < total:
                     total = max(step, fit)
                     warmup = min(warmup, max(1, total // 20))
