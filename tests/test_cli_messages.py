@@ -174,3 +174,120 @@ def test_heatmap_transparency_format_and_folder(tmp_path, tiny_model_dir):
         res = runner.invoke(cli, [*base, str(tmp_path / bad)])
         assert words in _one_line_error(res, 2)
         assert res.stdout == ""  # refused before any work, not after the words
+
+
+def _pasted(runner, line: str):
+    """Run the ``lexsearch ...`` command a message line ends with, as a user pasting it into a shell would."""
+    import re
+    import shlex
+
+    command = re.search(r"(lexsearch .*)$", line).group(1)
+    args = shlex.split(command)
+    assert args[0] == "lexsearch"
+    return runner.invoke(cli, args[1:])
+
+
+def _other_model(src, dest):
+    """A copy of the model ``src`` with other weights (another model id, the same vocabulary)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dest)
+    weights = load_file(str(dest / "lexvla.safetensors"))
+    save_file(
+        {k: v + 0.01 * torch.ones_like(v) for k, v in weights.items()}, str(dest / "lexvla.safetensors")
+    )
+    return dest
+
+
+def test_index_without_model_reuses_the_collections_model(tmp_path, tiny_model_dir):
+    runner = CliRunner()
+    make_images(tmp_path / "a", 2)
+    make_images(tmp_path / "b", 2, start=2)
+    col = str(tmp_path / "my col")
+    res = runner.invoke(cli, ["index", str(tmp_path / "a"), "--collection", col])
+    assert "--model" in _one_line_error(res, 2)  # a new collection has no model to reuse
+    assert not (tmp_path / "my col").exists()
+    assert _index(runner, tmp_path / "a", tiny_model_dir, col).exit_code == 0
+    res = runner.invoke(cli, ["index", str(tmp_path / "b"), "--collection", col, "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "2 indexed" in res.stdout
+    with Collection.open(col) as c:
+        assert c.count() == 4 and c.meta["model_path"] == str(tiny_model_dir)
+
+
+def test_suggested_commands_run_as_printed(tmp_path, tiny_model_dir):
+    runner = CliRunner()
+    a, b = tmp_path / "holiday photos", tmp_path / "b"  # a space: the command must be quoted
+    make_images(a, 3)
+    make_images(b, 2, start=3)
+    col = str(tmp_path / "col")
+    for folder in (a, b):
+        assert _index(runner, folder, tiny_model_dir, col).exit_code == 0
+    query = ["query", "--image", str(a / "img_00000.png"), "--collection", col, "--top", "10", "--paths"]
+
+    # After a deletion, query's note names the re-index; pasted, it runs (no --model) and the note goes.
+    (a / "img_00001.png").unlink()
+    res = runner.invoke(cli, query)
+    note = [ln for ln in res.stderr.splitlines() if "no longer exist" in ln]
+    assert len(note) == 1 and "--model" not in note[0]
+    res = _pasted(runner, note[0])
+    assert res.exit_code == 0, res.output
+    assert "1 removed" in res.stdout
+    res = runner.invoke(cli, query)
+    assert res.exit_code == 0 and "no longer exist" not in res.stderr and len(res.stdout.splitlines()) == 4
+
+    # Another model on one of the folders: refused; the rebuild it names keeps every folder of the collection.
+    other = _other_model(tiny_model_dir, tmp_path / "other model")
+    line = _one_line_error(_index(runner, b, other, col))
+    assert "--rebuild" in line
+    res = _pasted(runner, line)
+    assert res.exit_code == 0, res.output
+    with Collection.open(col) as c:
+        assert sorted(os.path.basename(r.path) for r in c.rows()) == [
+            "img_00000.png",
+            "img_00002.png",
+            "img_00003.png",
+            "img_00004.png",
+        ]
+        assert c.meta["model_path"] == str(other)
+
+    # Querying with the first model now: refused with the rebuild for it, which also runs as printed.
+    line = _one_line_error(runner.invoke(cli, [*query, "--model", str(tiny_model_dir)]))
+    res = _pasted(runner, line)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, [*query, "--model", str(tiny_model_dir)])
+    assert res.exit_code == 0 and len(res.stdout.splitlines()) == 4
+
+
+def test_the_distill_hint_names_the_models_own_captions(tmp_path, tiny_model_dir, monkeypatch):
+    import lexsearch.train.distill as distill_module
+    from lexsearch.train.config import TrainConfig
+
+    captions = tmp_path / "my captions"
+    make_images(captions / "images", 2)
+    (captions / "captions.jsonl").write_text(
+        "".join(
+            json.dumps({"image": f"images/img_0000{i}.png", "caption": "a red circle"}) + "\n" for i in (0, 1)
+        )
+    )
+    TrainConfig(data=str(captions), out=str(tiny_model_dir)).save(tiny_model_dir)  # as `lexsearch train` does
+    make_images(tmp_path / "p", 2)
+    runner = CliRunner()
+    col = str(tmp_path / "col")
+    assert _index(runner, tmp_path / "p", tiny_model_dir, col).exit_code == 0
+    line = _one_line_error(
+        runner.invoke(cli, ["query", "red", "--collection", col, "--text-encoder", "student"])
+    )
+    assert "CAPTIONS" not in line
+    seen = []
+
+    def distill(model, texts, cfg, **kw):
+        seen.append((model, texts))
+        raise KeyboardInterrupt  # reached with the right arguments: no need to train the student here
+
+    monkeypatch.setattr(distill_module, "distill", distill)
+    res = _pasted(runner, line)
+    assert seen == [(str(tiny_model_dir), ["a red circle"])] and res.exit_code == 130, res.output

@@ -13,7 +13,11 @@ from lexsearch.display import shown
 
 @click.command()
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--model", "model_dir", required=True, help="Model checkpoint folder.")
+@click.option(
+    "--model",
+    "model_dir",
+    help="Model checkpoint folder (default: the model that wrote the collection; a new one needs it).",
+)
 @click.option("--collection", default="default", show_default=True, help="Collection name or folder path.")
 @click.option("--exclude", multiple=True, help="Glob of names or paths to skip (repeatable).")
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
@@ -34,27 +38,63 @@ def index(
     import shlex
     import shutil
 
-    from lexsearch.errors import ModelError
+    from lexsearch.errors import ModelError, UsageError
     from lexsearch.index import Collection, IndexOptions, build_index, check_roots, resolve
     from lexsearch.index.build import Shard
+    from lexsearch.model.config import read_config
     from lexsearch.model.lazy import LazyEncoder
 
     # Everything that can be checked cheaply is checked before anything is created or loaded: a typo in a
     # folder leaves no empty collection behind, and a busy collection is refused before the model loads.
     # Every rank checks, so under torchrun each stops with the same line instead of waiting for rank 0.
-    check_roots(dirs)
-    if not os.path.isdir(model_dir):
-        raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
+    roots = check_roots(dirs)
     from lexsearch.collection.opening import is_qdrant
 
     if is_qdrant(collection):  # every rank writes its own points: no rank 0 writer
+        if model_dir is None:  # the model the collection records, as for the embedded store
+            from lexsearch.collection import open_collection
+
+            with open_collection(collection, readonly=True) as col:
+                model_dir = col.meta.get("model_path")
+            if not model_dir:
+                raise UsageError(
+                    f"Collection {collection} records no model (it was never indexed); give the model that "
+                    "should index it: --model MODEL_DIR"
+                )
+        if not os.path.isdir(model_dir):
+            raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
+        read_config(model_dir)
         return _index_qdrant(
             dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet
         )
     path = resolve(collection)
     fresh = not path.exists()
+    recorded = recorded_model_and_roots(path)
+    if model_dir is None:
+        model_dir = recorded.get("model_path")
+        if not model_dir:
+            raise UsageError(
+                f"Collection {shown(str(path))} records no model (it was never indexed"
+                + ("" if fresh else ", or its index.db cannot be read")
+                + "); give the model that should index it: --model MODEL_DIR"
+            )
+    if not os.path.isdir(model_dir):
+        raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
+    read_config(model_dir)  # a folder that is not a complete model is refused before anything is created
+    # A rebuild empties the whole collection, so the command that does it names every folder it holds
+    # (those that still exist), not only the ones given now: pasted, it loses nothing.
+    held = [r for r in recorded.get("roots") or [] if os.path.exists(r)]
     rebuild_cmd = shlex.join(
-        ["lexsearch", "index", *dirs, "--model", model_dir, "--collection", collection, "--rebuild"]
+        [
+            "lexsearch",
+            "index",
+            *dict.fromkeys([*held, *roots]),
+            "--model",
+            os.path.abspath(model_dir),
+            "--collection",
+            collection,
+            "--rebuild",
+        ]
     )
     options = IndexOptions(
         exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers
@@ -103,6 +143,26 @@ def index(
             cleanup(info)
     if not quiet:
         click.echo(f"{shown(str(col.path))}: {summary.line()}")
+
+
+def recorded_model_and_roots(path) -> dict:
+    """``model_path`` and ``roots`` as the collection at ``path`` records them ({} for a new collection or
+    an index.db that cannot be read): read directly, without the writer's lock or a migration."""
+    import json
+    import sqlite3
+
+    db = path / "index.db"
+    if not db.is_file():
+        return {}
+    try:
+        conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            rows = conn.execute("SELECT key, value FROM meta WHERE key IN ('model_path', 'roots')").fetchall()
+        finally:
+            conn.close()
+        return {key: json.loads(value) for key, value in rows}
+    except (sqlite3.Error, ValueError):
+        return {}
 
 
 class _IndexProgress:

@@ -135,14 +135,18 @@ def query(
         # The same lines whether this process searched or a server did (its answer carries them).
         click.echo(notes_text(results.notes), err=True, nl=False)
     if results.stale:
+        import shlex
+
         from lexsearch.collection import open_collection
 
         with open_collection(collection, readonly=True) as col:
-            roots = " ".join(col.meta.get("roots") or ["DIR"])
+            roots = col.meta.get("roots") or ["DIR"]
         n = results.stale
+        # Quoted, so that it runs as printed (index reuses the collection's model when --model is not given).
+        update = shlex.join(["lexsearch", "index", *roots, "--collection", collection])
         click.echo(
             f"note: {n} matching file{'s' if n > 1 else ''} no longer exist{'' if n > 1 else 's'} (not shown); "
-            f"the index is out of date: lexsearch index {shown(roots)} --collection {shown(collection)}",
+            f"the index is out of date: {shown(update)}",
             err=True,
         )
     if as_json:

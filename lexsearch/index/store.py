@@ -192,7 +192,14 @@ class Collection(StoreReader, StoreWriter, TieredPostings, DenseSegments):
                         f"Collection {path} has an empty {DB_NAME} (nothing is indexed); {rebuild}"
                     )
                 if readonly:
-                    raise IndexError_(f"Collection {path} needs an upgrade: run 'lexsearch index' on it.")
+                    import shlex
+
+                    # Its folders and model are read from the old schema's meta: the command runs as printed.
+                    roots = col._meta_value("roots") or ["DIR"]
+                    update = shlex.join(
+                        ["lexsearch", "index", *roots, "--collection", os.fspath(name_or_path)]
+                    )
+                    raise IndexError_(f"Collection {path} needs an upgrade: run {update}")
                 fresh = "meta" not in col.db.table_names()
                 migrations().apply(col.db)
                 if fresh:

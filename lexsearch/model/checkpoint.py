@@ -132,7 +132,11 @@ def save_checkpoint(model: LexVLA, out_dir: Path, root: Path | None = None) -> P
     tmp.replace(out_dir / WEIGHTS_FILE)
     # V stated on its own (the model's vocab_ids hold the kept ids): what a reader checks first.
     payload = {"format_version": FORMAT_VERSION, "vocab_size": config.vocab_size, "model": to_dict(config)}
-    (out_dir / CONFIG_FILE).write_text(json.dumps(payload, indent=1))
+    # Last, and atomically: a folder is a model once config.json is there (read_config), so a save cut
+    # short (a kill, a full disk) never leaves one that loads with missing or torn parts.
+    tmp = out_dir / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(out_dir / CONFIG_FILE)
     return out_dir
 
 

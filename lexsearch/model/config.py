@@ -126,9 +126,18 @@ def read_config(model_dir: Path) -> ModelConfig:
     if not Path(model_dir).is_dir():
         raise ModelError(f"model folder not found: {model_dir}")
     if not path.is_file():
+        # config.json is the last file a checkpoint writes: without it a training run's folder holds bases
+        # and logs, never a model to index with.
+        if (Path(model_dir) / "train_config.json").is_file():
+            raise ModelError(
+                f"{model_dir} holds no model yet: its training run has not written a checkpoint (still "
+                "running, or it stopped before its first one; train again with the same --out)"
+            )
         raise ModelError(
             f"{model_dir} is not a lexsearch model (no {CONFIG_FILE}); train one with 'lexsearch train'"
         )
+    if not (Path(model_dir) / WEIGHTS_FILE).is_file():
+        raise ModelError(f"{model_dir} is not a complete model: it has {CONFIG_FILE} but no {WEIGHTS_FILE}")
     try:
         payload = json.loads(path.read_text())
         return from_dict(ModelConfig, payload["model"])

@@ -35,7 +35,7 @@ def choose_text_encoder(model_dir: str | Path, model_id: str, want: str = "auto"
         raise UsageError(f"unknown text encoder {want!r} (use {', '.join(TEXT_ENCODERS)})")
     if want == "lm":
         return "lm", ""
-    distil = f"lexsearch distill --model {model_dir} --data CAPTIONS"
+    distil = distill_command(model_dir)
     if not student_exists(model_dir):
         if want == "student":
             raise ModelError(f"{model_dir} has no student query encoder; make one with: {distil}")
@@ -60,6 +60,23 @@ def choose_text_encoder(model_dir: str | Path, model_id: str, want: str = "auto"
         "lm",
         f"queries use the LM, not the student in {model_dir}: {why}; distil again (longer): {distil} --minutes N",
     )
+
+
+def distill_command(model_dir: str | Path) -> str:
+    """The ``lexsearch distill`` command for a model, quoted to run as printed: on the captions it was trained
+    on when its folder records them (``train_config.json``), else with ``CAPTIONS`` to fill in."""
+    import json
+    import os
+    import shlex
+
+    data = "CAPTIONS"
+    try:
+        trained_on = json.loads((Path(model_dir) / "train_config.json").read_text()).get("data")
+        if trained_on and os.path.exists(trained_on):
+            data = trained_on
+    except (OSError, ValueError, AttributeError):
+        pass
+    return shlex.join(["lexsearch", "distill", "--model", str(model_dir), "--data", data])
 
 
 class LazyEncoder:

@@ -285,11 +285,9 @@ def load_encoder(
         raise ModelError(f"No model at {path} (the collection's model folder); pass --model MODEL_DIR.")
     # The networks load only if the query is not in the cache (or searches by image).
     encoder = LazyEncoder(path, device=device, text_encoder=text_encoder)
-    roots = " ".join(meta.get("roots") or ["DIR"])
-    check_model(
-        meta,
-        model_meta(encoder),
-        collection.path,
-        f"lexsearch index {roots} --model {path} --collection {collection.path} --rebuild",
-    )
+    import shlex
+
+    roots = [r for r in meta.get("roots") or [] if os.path.exists(r)] or ["DIR"]
+    rebuild = ["index", *roots, "--model", os.path.abspath(path), "--collection", str(collection.path)]
+    check_model(meta, model_meta(encoder), collection.path, shlex.join(["lexsearch", *rebuild, "--rebuild"]))
     return encoder

@@ -45,6 +45,9 @@ class TinyBases:
     lm_dir: Path
     report: dict
     cached: bool  # True when loaded from the cache without pretraining
+    # True when a deadline cut the pretraining short: ``root`` is then a scratch folder outside the cache
+    # (the bases of these inputs are not these), which the caller removes once it has copied them.
+    scratch: bool = False
 
 
 def read_captions(data_root: Path) -> list[str]:
@@ -107,8 +110,12 @@ def pretrain_tiny_bases(
     image_keys: Sequence[str] | None = None,
     cache_root: Path | None = None,
     progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> TinyBases:
     """Pretrained tiny bases for the ``--data`` folder ``data_root``, from the cache or built now.
+
+    ``deadline`` (``time.monotonic()``) bounds the LM pretraining (see ``pretrain_lm``); bases it cut short
+    are returned from a scratch folder and not cached.
 
     ``captions`` / ``image_keys`` restrict pretraining to the training split (default: the whole folder), so
     held-out images and captions are never seen by the bases.
@@ -150,7 +157,8 @@ def pretrain_tiny_bases(
         )
         torch.manual_seed(cfg.seed + 1)
         report: dict = {"key": key, "n_captions": len(captions)}
-        report.update(pretrain_lm(lm, tokenizer, captions, model_config, cfg, progress))
+        report.update(pretrain_lm(lm, tokenizer, captions, model_config, cfg, progress, deadline))
+        cut_short = report["lm_steps_done"] < cfg.lm_steps
         t_lm = time.perf_counter()
         if shipped is not None:
             # DINOv2's way: a backbone pretrained once on other data, not on this training set.
@@ -175,6 +183,8 @@ def pretrain_tiny_bases(
         lm.save_pretrained(tmp / "lm")
         tokenizer.save_pretrained(tmp / "lm")
         (tmp / "pretrain.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+        if cut_short:
+            return TinyBases(tmp, tmp / "vision", tmp / "lm", report, cached=False, scratch=True)
         if root.exists():  # a concurrent run finished first: keep its copy (same inputs, same result)
             shutil.rmtree(tmp)
         else:
@@ -183,6 +193,60 @@ def pretrain_tiny_bases(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TinyBases(root, root / "vision", root / "lm", report, cached=False)
+
+
+def write_pretrained_bases(
+    out_dir: Path,
+    data_root: Path,
+    captions: Sequence[str],
+    image_keys: Sequence[str] | None,
+    cfg: PretrainConfig | None = None,
+    progress: Progress | None = None,
+    deadline: float | None = None,
+    **overrides,
+) -> None:
+    """The tiny preset's pretrained (cached) bases, copied to ``out_dir/base`` (``base/vision``, ``base/lm``
+    and ``base/pretrain.json``): what a checkpoint in ``out_dir`` loads. No model is written. ``overrides``
+    are ModelConfig fields of the tiny preset."""
+    from lexsearch.model.presets import preset_config
+
+    cfg = cfg or PretrainConfig()
+    out_dir = Path(out_dir)
+    bases = pretrain_tiny_bases(
+        data_root,
+        preset_config("tiny", **overrides),
+        cfg,
+        captions=captions,
+        image_keys=image_keys,
+        progress=progress,
+        deadline=deadline,
+    )
+    try:
+        for name, src in (("vision", bases.vision_dir), ("lm", bases.lm_dir)):
+            dest = out_dir / "base" / name
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.copytree(src, dest)
+        (out_dir / "base" / "pretrain.json").write_text(json.dumps(bases.report, indent=1, sort_keys=True))
+    finally:
+        if bases.scratch:
+            shutil.rmtree(bases.root, ignore_errors=True)
+
+
+def untrained_tiny_model(out_dir: Path, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """A fresh ``tiny`` LexVLA (trainable parts at their seeded initial values) on the bases under
+    ``out_dir/base``, in memory. ``overrides`` are ModelConfig fields of the tiny preset."""
+    from lexsearch.model.checkpoint import build_model
+    from lexsearch.model.presets import preset_config
+
+    torch.manual_seed(seed)
+    # Initialised in float32 whatever the bases' dtype, so every dtype (and rank) starts from the same values.
+    model = build_model(preset_config("tiny", **overrides), root=Path(out_dir))
+    if dtype != torch.float32:
+        state = model.trainable_state_dict()
+        model = build_model(model.config, root=Path(out_dir), dtype=dtype)
+        model.load_state_dict(state, strict=False)
+    return model
 
 
 def write_pretrained_checkpoint(
@@ -199,24 +263,12 @@ def write_pretrained_checkpoint(
     The bases are copied to ``out_dir/base`` so the checkpoint is self-contained. ``overrides`` are
     ModelConfig fields of the tiny preset.
     """
-    from lexsearch.model.checkpoint import build_model, save_checkpoint
-    from lexsearch.model.presets import preset_config
+    from lexsearch.model.checkpoint import save_checkpoint
 
     cfg = cfg or PretrainConfig()
-    out_dir = Path(out_dir)
-    config = preset_config("tiny", **overrides)
-    bases = pretrain_tiny_bases(
-        data_root, config, cfg, captions=captions, image_keys=image_keys, progress=progress
-    )
-    for name, src in (("vision", bases.vision_dir), ("lm", bases.lm_dir)):
-        dest = out_dir / "base" / name
-        if dest.exists():
-            shutil.rmtree(dest)
-        shutil.copytree(src, dest)
-    (out_dir / "base" / "pretrain.json").write_text(json.dumps(bases.report, indent=1, sort_keys=True))
-    torch.manual_seed(cfg.seed)
-    model = build_model(config, root=out_dir)
-    return save_checkpoint(model, out_dir, root=out_dir)
+    write_pretrained_bases(out_dir, data_root, captions, image_keys, cfg, progress, **overrides)
+    model = untrained_tiny_model(out_dir, cfg.seed, **overrides)
+    return save_checkpoint(model, Path(out_dir), root=Path(out_dir))
 
 
 def training_captions(pairs) -> list[str]:
@@ -226,17 +278,25 @@ def training_captions(pairs) -> list[str]:
     return [p.caption for p in islice(iter(pairs), MAX_TOKENIZER_CAPTIONS)]
 
 
-def prepare_tiny_bases(out_dir: Path, pairs, seed: int = 0) -> Path:
-    """Write an untrained ``tiny`` LexVLA checkpoint (with its base models under ``base/``) into ``out_dir``.
+def prepare_tiny_bases(out_dir: Path, pairs, seed: int = 0, deadline: float | None = None) -> None:
+    """Write the base models of a ``tiny`` training run under ``out_dir/base``; no model is written (the
+    run's model is :func:`untrained_tiny_model` until its first checkpoint).
 
     ``pairs`` are the training pairs (images and captions). A folder source gets pretrained bases
-    (:mod:`lexsearch.tiny`, cached under LEXSEARCH_HOME); shard streams keep random bases.
+    (:mod:`lexsearch.tiny`, cached under LEXSEARCH_HOME; ``deadline`` bounds their pretraining); shard
+    streams keep random bases.
     """
-    from lexsearch.tiny.builder import build_tiny_checkpoint
+    from lexsearch.model.presets import preset_config
+    from lexsearch.tiny.builder import build_tiny_bases
 
     source = Path(getattr(pairs, "source", ""))
     if hasattr(pairs, "images") and source.is_dir():
-        return write_pretrained_checkpoint(
-            Path(out_dir), source, list(pairs.captions), list(pairs.images), PretrainConfig(seed=seed)
+        cfg = PretrainConfig(seed=seed)
+        write_pretrained_bases(
+            Path(out_dir), source, list(pairs.captions), list(pairs.images), cfg, deadline=deadline
         )
-    return build_tiny_checkpoint(Path(out_dir), training_captions(pairs), seed=seed)
+        return
+    config = preset_config("tiny")
+    build_tiny_bases(
+        Path(out_dir) / "base", training_captions(pairs), config.vision_config, config.lm_config, seed=seed
+    )

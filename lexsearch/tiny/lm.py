@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,6 +39,11 @@ from lexsearch.model.config import ModelConfig
 from lexsearch.tiny.config import DEFAULT_STOP_WORDS, PretrainConfig, Progress, warmup_cosine
 
 log = logging.getLogger(__name__)
+
+# Under a deadline the schedule is fitted every this many steps, at the rate timed after the first ones
+# (which pay one-off costs: timing them made a loaded machine's 1,500-step run stop one step short).
+DEADLINE_PROBE_STEPS = 20
+DEADLINE_PROBE_CAPTIONS = 64
 
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
@@ -243,20 +249,32 @@ def pretrain_lm(
     model_config: ModelConfig,
     cfg: PretrainConfig,
     progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> dict:
-    """Train ``lm`` in place as a causal LM on prompt-format sequences of ``captions``; returns figures."""
+    """Train ``lm`` in place as a causal LM on prompt-format sequences of ``captions``; returns figures.
+
+    ``deadline`` (a ``time.monotonic()`` value): after a few steps the schedule is shortened to the steps
+    that fit before it (a whole cosine, not a cut one), and the run stops there in any case.
+    """
     fmt = PromptFormat(tokenizer, model_config)
     stop_words = prompt_stop_words(model_config, cfg.stop_words)
     rng = np.random.default_rng(cfg.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    probe = list(captions[: min(256, len(captions))])
-    before = content_hit_rate(lm, fmt, probe, stop_words)
+    # The read-out check before and after (~a second each on a CPU): under a deadline only after, and on
+    # fewer captions (a random LM's read-out is ~0: "before" is a figure, not a need).
+    probe = list(captions[: min(256 if deadline is None else DEADLINE_PROBE_CAPTIONS, len(captions))])
+    before = content_hit_rate(lm, fmt, probe, stop_words) if deadline is None else None
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.lm_lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, cfg.lm_steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, cfg.lm_steps))
+    total = cfg.lm_steps
+    warmup = max(1, total // 20)
+    # The lambda reads `warmup` and `total` when called, so a deadline can shorten the schedule below.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
     lm.train()
     loss_value = float("nan")
-    for step in range(cfg.lm_steps):
+    step, mark = 0, 0.0
+    if deadline is not None and time.monotonic() >= deadline:
+        total = 0  # no time left: the LM stays as built (random), and says so in lm_steps_done
+    while step < total:
         pick = rng.integers(0, len(captions), size=cfg.lm_batch_size)
         ids, mask, answer, readout = _lm_batch(
             fmt, [captions[i] for i in pick], stop_words, rng, pad_id, cfg.lm_query_share
@@ -268,9 +286,28 @@ def pretrain_lm(
         opt.step()
         sched.step()
         loss_value = float(loss.detach())
+        step += 1
         if progress is not None:
-            progress("lm", step + 1, cfg.lm_steps, {"loss": loss_value})
+            progress("lm", step, total, {"loss": loss_value})
+        if deadline is not None:
+            now = time.monotonic()
+            if step == DEADLINE_PROBE_STEPS:
+                mark = now  # the steady rate is timed from here: the first steps pay one-off costs
+            elif step % DEADLINE_PROBE_STEPS == 0 and step > DEADLINE_PROBE_STEPS:
+                # The steps that fit at the rate so far; the schedule only ever gets shorter.
+                fit = step + int((deadline - now) / ((now - mark) / (step - DEADLINE_PROBE_STEPS)))
+                if fit < total:
+                    total = max(step, fit)
+                    warmup = min(warmup, max(1, total // 20))
+            if now >= deadline:
+                break
     lm.eval()
-    after = content_hit_rate(lm, fmt, probe, stop_words)
-    log.info("tiny LM pretraining: loss %.3f, content-word read-out %.2f -> %.2f", loss_value, before, after)
-    return {"lm_loss": loss_value, "lm_content_hit_before": before, "lm_content_hit_after": after}
+    after = content_hit_rate(lm, fmt, probe, stop_words) if step else before
+    log.info("tiny LM pretraining: %d steps, loss %.3f, content-word read-out %s", step, loss_value, after)
+    return {
+        "lm_loss": loss_value,
+        "lm_content_hit_before": before,
+        "lm_content_hit_after": after,
+        "lm_steps_done": step,
+        "lm_probe_captions": len(probe),
+    }

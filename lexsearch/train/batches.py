@@ -7,6 +7,9 @@ sampler state. Images are decoded and preprocessed in DataLoader workers, ahead 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import time
 
 import numpy as np
 import torch
@@ -100,30 +103,69 @@ def count_shard_samples(urls: list[str]) -> int:
     return total
 
 
+def steps_per_epoch(pairs, config: TrainConfig, info: D.DistInfo) -> int:
+    """Global batches in one epoch of ``pairs`` (0 for remote shards of unknown size); a UsageError when the
+    pairs cannot fill one batch. Cheap: the training loop calls it before any base model is built."""
+    if config.batch_size % info.world_size:
+        raise UsageError(f"--batch-size {config.batch_size} is not divisible by {info.world_size} ranks")
+    per_rank = config.batch_size // info.world_size
+    streaming = not hasattr(pairs, "__len__")
+    if streaming:
+        if any("://" in u for u in pairs.urls):
+            n = 0  # remote shards: their size is unknown without reading them all
+        else:
+            n = count_shard_samples(pairs.urls) - len(pairs.exclude)
+    else:
+        n = len(pairs)
+    steps = (n // info.world_size) // per_rank if n else 0
+    if steps == 0 and not (streaming and config.max_steps > 0):
+        held = " (after holding out the validation images)" if not streaming and not config.val_data else ""
+        raise UsageError(
+            f"{pairs.source}: {n} training pairs{held} cannot fill one batch of {config.batch_size}; "
+            f"lower --batch-size (at most {n})"
+            + (" or give max_steps for remote shards" if streaming else "")
+        )
+    return steps
+
+
+# Caption folders up to this many images are decoded in full before training (~1 ms per toy image with two
+# threads); beyond it only the first ones are, so the check stays within seconds on COCO-sized folders.
+CHECK_IMAGES = 5000
+
+
+def check_images(pairs, limit: int = CHECK_IMAGES) -> int:
+    """Decode the images of a caption folder (``FolderPairs``; up to ``limit``) so that a missing or broken
+    file stops the run at once with its name, not minutes later in a DataLoader worker. Returns the number
+    checked; shard streams are read as they train (0)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not hasattr(pairs, "images"):
+        return 0
+    keys = pairs.images[:limit]
+
+    def decode(key: str) -> None:
+        pairs.load_image(key)  # DataError naming the file and the reason
+
+    # Pillow releases the GIL while decoding: threads overlap the files.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(decode, keys):
+            pass
+    return len(keys)
+
+
 class Batches:
     """Per-rank batches of each step: a pure function of (seed, epoch, step), so resume needs no state."""
 
-    def __init__(self, pairs, config: TrainConfig, info: D.DistInfo, model_config) -> None:
+    def __init__(
+        self, pairs, config: TrainConfig, info: D.DistInfo, model_config, steps: int | None = None
+    ) -> None:
+        """``steps``: :func:`steps_per_epoch` of these pairs when the caller has it already."""
         self.pairs, self.config, self.info = pairs, config, info
         self.image = (model_config.image_size, model_config.image_mean, model_config.image_std)
-        if config.batch_size % info.world_size:
-            raise UsageError(f"--batch-size {config.batch_size} is not divisible by {info.world_size} ranks")
+        self.steps_per_epoch = steps_per_epoch(pairs, config, info) if steps is None else steps
         self.per_rank = config.batch_size // info.world_size
         self.tokens: torch.Tensor | None = None  # backbone tokens per image (use_backbone_tokens)
         self.streaming = not hasattr(pairs, "__len__")
-        if self.streaming:
-            if any("://" in u for u in pairs.urls):
-                n = 0  # remote shards: their size is unknown without reading them all
-            else:
-                n = count_shard_samples(pairs.urls) - len(pairs.exclude)
-        else:
-            n = len(pairs)
-        self.steps_per_epoch = (n // info.world_size) // self.per_rank if n else 0
-        if self.steps_per_epoch == 0 and not (self.streaming and config.max_steps > 0):
-            raise UsageError(
-                f"{pairs.source}: {n} training pairs cannot fill one batch of {config.batch_size}; "
-                "lower --batch-size" + (" or give max_steps for remote shards" if self.streaming else "")
-            )
 
     def use_backbone_tokens(self, tokens: torch.Tensor) -> None:
         """Yield rows of ``tokens`` (N_images, T, Hv: the frozen backbone's output for ``pairs.images``)
@@ -192,9 +234,18 @@ class Batches:
 
 
 @torch.no_grad()
-def backbone_tokens(model, pairs, device: torch.device, batch_size: int, num_workers: int, max_gb: float):
+def backbone_tokens(
+    model,
+    pairs,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    max_gb: float,
+    max_seconds: float = math.inf,
+):
     """The frozen backbone's tokens of every image of a caption folder (N_images, T, Hv) on ``device``, or
-    None (with a log line) for shard streams and folders whose tokens would take more than ``max_gb``."""
+    None (with a log line) for shard streams, folders whose tokens would take more than ``max_gb``, and
+    those whose first batch projects more than ``max_seconds`` for all of them."""
     from lexsearch.model.encoder import autocast
 
     if not hasattr(pairs, "images"):
@@ -208,10 +259,18 @@ def backbone_tokens(model, pairs, device: torch.device, batch_size: int, num_wor
             "backbone tokens not cached: %d images would take %.1f GB (> %.1f)", len(pairs.images), gb, max_gb
         )
         return None
+    if max_seconds <= 0:
+        log.info("backbone tokens not cached: no time is left for them")
+        return None
     rows = []
+    t0 = time.monotonic()
+    n_batches = math.ceil(len(pairs.images) / batch_size)
     for pixels in image_batches(pairs, model.config, batch_size, num_workers):
         with autocast(device):
             rows.append(model.backbone_tokens(pixels.to(device)).float())
+        if len(rows) == 1 and (time.monotonic() - t0) * n_batches > max_seconds:
+            log.info("backbone tokens not cached: they would take longer than the time left allows")
+            return None
     log.info("backbone tokens of %d images cached (%.2f GB)", len(pairs.images), gb)
     return torch.cat(rows)
 

@@ -33,7 +33,14 @@ from torch import nn
 from lexsearch.errors import UsageError
 from lexsearch.model.encoder import autocast, sparsify_vectors
 from lexsearch.train import distributed as D
-from lexsearch.train.batches import Batches, backbone_tokens, image_batches, load_data
+from lexsearch.train.batches import (
+    Batches,
+    backbone_tokens,
+    check_images,
+    image_batches,
+    load_data,
+    steps_per_epoch,
+)
 from lexsearch.train.config import TrainConfig
 from lexsearch.train.losses import get_regulariser, info_nce_terms, quadratic_ramp
 from lexsearch.train.state import STATE_JSON, load_state, save_state
@@ -41,6 +48,21 @@ from lexsearch.train.state import STATE_JSON, load_state, save_state
 log = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
+MODEL_CONFIG = "config.json"  # lexsearch.model.config.CONFIG_FILE: written last by every checkpoint
+
+# Under --max-minutes, the share of the budget the tiny preset's base pretraining may take (the rest trains
+# the model). At the demo's 8 minutes that is the LM's full 1,500 steps on an idle 2-core CPU (~4 min).
+BASES_SHARE = 0.6
+# Under --max-minutes, at most this share of the budget goes to the final validation (on fewer held-out
+# images when all of them would take longer), and the held-out images its cost is measured on beforehand.
+FINAL_SHARE = 0.25
+# The backbone-token cache saves ~35% of each tiny step: under --max-minutes it is built only when its
+# projected time (from its first batch) is at most this share of the time left.
+CACHE_SHARE = 0.25
+# Kept free at the end of a budget: the estimates above are timed on CPUs other jobs share, and a load that
+# changed during the demo (~15 -> ~6 on 2 cores) made its final validation outrun the estimate by ~18 s of 480.
+SAFETY_SHARE = 0.05
+PROBE_IMAGES = 24
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -312,18 +334,23 @@ def build_optimizer(model, config: TrainConfig, total_steps: int):
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def _prepare_out(config: TrainConfig, out: Path) -> None:
+def _check_out(config: TrainConfig, out: Path) -> None:
+    """Refuse an ``--out`` that would lose a model or a resumable run (nothing is created here)."""
     if config.resume:
         if not (out / STATE_JSON).is_file():
             raise UsageError(
                 f"--resume: {out} holds no training state ({STATE_JSON}); start without --resume"
             )
         return
-    if (out / STATE_JSON).is_file() or (out / LOG_FILE).is_file():
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    if (out / STATE_JSON).is_file():
         raise UsageError(
             f"{out} already holds a training run: pass --resume to continue it, or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    if (out / MODEL_CONFIG).is_file():
+        raise UsageError(f"{out} already holds a model: choose another --out (or fine-tune it with --init)")
+    # A log without a checkpoint is a run that stopped before its first one: nothing to keep, start over.
 
 
 class _Log:
@@ -347,26 +374,34 @@ class _Log:
                 fh.write(json.dumps(record) + "\n")
 
 
-def train(config: TrainConfig, progress: Callable[[Progress], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    progress: Callable[[Progress], None] | None = None,
+    started: float | None = None,
+) -> TrainResult:
     """Train LexVLA as ``config`` says; returns when done, out of time, or at ``stop_at_step``.
 
     Works alone or under ``torchrun`` (every rank calls it; rank 0 writes). Raises UsageError / DataError /
-    ModelError for bad input.
+    ModelError for bad input, before any base model is built where the data can tell. ``config.out`` holds
+    a model (``config.json``, written last) only from the first checkpoint on, and ``max_minutes`` counts
+    from ``started`` (``time.monotonic()``, default now: a command passes its own start), so it bounds the
+    whole run: data checks, base pretraining, training, the last checkpoint and the final validation.
     """
+    started = time.monotonic() if started is None else started
     config.validate()
     info = D.init_distributed(config.device)
     try:
-        return _Trainer(config, info, progress).run()
+        return _Trainer(config, info, progress, started).run()
     finally:
         D.cleanup(info)
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, info: D.DistInfo, progress) -> None:
+    def __init__(self, config: TrainConfig, info: D.DistInfo, progress, started: float) -> None:
         self.info, self.progress = info, progress
         self.out = Path(config.out)
         if info.is_main:
-            _prepare_out(config, self.out)
+            _check_out(config, self.out)
         D.barrier(info)
         if config.resume:
             # The run's own recipe, with what may change between invocations taken from this call.
@@ -384,9 +419,22 @@ class _Trainer:
             saved.resume = True
             config = saved
         self.config = config
-        self.started = time.monotonic()
+        self.started = started
+        budget = config.max_minutes * 60.0 if config.max_minutes > 0 else math.inf
+        self.deadline = started + budget
 
+        # Fail fast: what the data can tell is checked before any base model is built (minutes for the
+        # tiny preset's LM): enough pairs for one batch, and every image of a caption folder decodes.
         self.pairs, self.val = load_data(config)
+        steps = steps_per_epoch(self.pairs, config, info)
+        t0 = time.monotonic()
+        checked = check_images(self.pairs) + check_images(self.val)
+        log.info("data checked: %d images decode (%.1f s)", checked, time.monotonic() - t0)
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not config.resume:
+                (self.out / LOG_FILE).unlink(missing_ok=True)  # of a run that never checkpointed
+        D.barrier(info)
         dtype = (
             torch.bfloat16 if info.device.type == "cuda" else torch.float32
         )  # frozen bases in bf16 on GPUs
@@ -396,9 +444,18 @@ class _Trainer:
         if config.resume:
             self.model, self.root = load_checkpoint(self.out, dtype=dtype), self.out
         else:
+            bases_deadline = started + BASES_SHARE * budget if math.isfinite(budget) else None
+            t0 = time.monotonic()
             self.model, self.root = initial_model(
-                config, self.pairs, self.out, dtype, info.is_main, lambda: D.barrier(info)
+                config,
+                self.pairs,
+                self.out,
+                dtype,
+                info.is_main,
+                lambda: D.barrier(info),
+                bases_deadline,
             )
+            log.info("initial model ready (%.1f s)", time.monotonic() - t0)
         from lexsearch.train.words import CaptionWords
 
         self.words = CaptionWords.start(self.model, self.pairs, config.init)
@@ -411,8 +468,9 @@ class _Trainer:
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         self.towers = D.wrap_ddp(Towers(self.model), info)
-        self.batches = Batches(self.pairs, config, info, self.model.config)
+        self.batches = Batches(self.pairs, config, info, self.model.config, steps)
         if config.cache_backbone:
+            t0 = time.monotonic()
             tokens = backbone_tokens(
                 self.model,
                 self.pairs,
@@ -420,9 +478,12 @@ class _Trainer:
                 config.val_batch_size,
                 config.num_workers,
                 config.cache_backbone_gb,
+                # A cache that would take more than a quarter of the time left is not worth its saving.
+                max_seconds=CACHE_SHARE * (self.deadline - t0),
             )
             if tokens is not None:
                 self.batches.use_backbone_tokens(tokens)
+            log.info("backbone tokens (%.1f s)", time.monotonic() - t0)
         if config.max_steps > 0:
             self.total_steps = config.max_steps
         else:
@@ -488,26 +549,69 @@ class _Trainer:
         self.log.truncate_after(self.step)
 
     # ---------------------------------------------------------------------------------------- loop
-    def _validate(self, final: bool = False) -> dict | None:
+    def _validate(self, final: bool = False, images: int | None = None) -> dict | None:
+        """Validation on the held-out pairs (their first ``images`` images when given), logged."""
         val = None
         if self.info.is_main:
-            val = validate(self.model, self.val, self.info.device, self.config.val_batch_size)
+            pairs = self.val
+            if images is not None and images < len(pairs.images):
+                pairs = pairs.subset_images(list(range(images)))
+            val = validate(self.model, pairs, self.info.device, self.config.val_batch_size)
             if final:  # on a toy world: do the words mean something? (explanations, PatchDis, controls)
                 from lexsearch.eval.toy import toy_validation
 
-                toy = toy_validation(self.model, self.val, self.info.device, seed=self.config.seed)
+                toy = toy_validation(self.model, pairs, self.info.device, seed=self.config.seed)
                 if toy is not None:
                     val["toy"] = toy
             self.log.write({"step": self.step, "val": val})
         D.barrier(self.info)
         return val
 
+    def _final_plan(self) -> tuple[int, float]:
+        """(held-out images the final validation uses, its estimated seconds) under ``max_minutes``.
+
+        The estimate is measured: the final validation's own code on a few held-out images, timed. It gets
+        at most FINAL_SHARE of the budget (nor more than is left), on fewer held-out images when all of them
+        would not fit, and never fewer than the probe's.
+        """
+        n = len(self.val.images)
+        if not (math.isfinite(self.deadline) and self.info.is_main):
+            return n, 0.0
+        from lexsearch.eval.toy import toy_validation
+
+        def timed(k: int) -> float:
+            probe = self.val.subset_images(list(range(k)))
+            t0 = time.monotonic()
+            validate(self.model, probe, self.info.device, self.config.val_batch_size)
+            toy_validation(self.model, probe, self.info.device, seed=self.config.seed)
+            return time.monotonic() - t0
+
+        # Two sizes separate the fixed costs (the toy queries, PatchDis' set-up) from the per-image ones:
+        # one size spread the fixed costs over every image and, at 500 held-out images, reserved ~4x the
+        # final validation's real time.
+        small, large = min(PROBE_IMAGES // 2, n), min(PROBE_IMAGES, n)
+        t_small, t_large = timed(small), timed(large)
+        per_image = (t_large - t_small) / (large - small) if large > small else t_large / large
+        per_image = max(per_image, 0.25 * t_large / large)  # timing noise must not make images free
+        fixed = max(0.0, t_large - large * per_image)
+        budget = self.config.max_minutes * 60.0
+        room = min(FINAL_SHARE * budget, self.deadline - time.monotonic()) - fixed
+        fit = max(large, int(room / per_image))
+        if fit < n:
+            log.info("final validation on %d of %d held-out images, to end within --max-minutes", fit, n)
+        n = min(n, fit)
+        log.info("final validation of %d images estimated at %.1f s", n, fixed + n * per_image)
+        return n, fixed + n * per_image
+
     def run(self) -> TrainResult:
         config, info = self.config, self.info
-        deadline = config.max_minutes * 60.0 if config.max_minutes > 0 else math.inf
+        final_images, final_s = self._final_plan()
         stop_at = config.stop_at_step if config.stop_at_step > 0 else self.total_steps
         vocab = self.model.vocab_size
         t0, first_step, stats, stopped, paused, val = time.monotonic(), self.step, None, False, False, None
+        step_began, save_s = t0, 0.0
+        periodic_s = final_s * len(self.val.images) / max(final_images, 1)  # all held-out images, no toy
+        margin = SAFETY_SHARE * config.max_minutes * 60.0  # 0 without a budget
         data = self.batches.iterate(self.step)
         while self.step < self.total_steps:
             epoch, pixels, captions = next(data)
@@ -548,10 +652,19 @@ class _Trainer:
             if self.progress is not None and info.is_main:
                 self.progress(Progress(self.step, self.total_steps, epoch, stats.loss, lr, rate))
             done = self.step >= self.total_steps
-            if config.val_every and self.step % config.val_every == 0 and not done:
-                self._validate()
+            now = time.monotonic()
+            step_s = now - step_began
+            step_began = now
+            # What must still fit before the deadline: one more step, the last checkpoint (as long as the
+            # last one took), the final validation (measured by _final_plan).
+            left = self.deadline - margin - now - final_s - step_s - save_s
+            if config.val_every and self.step % config.val_every == 0 and not done and left > periodic_s:
+                self._validate()  # skipped when it would eat into what the end of the run needs
+                now = time.monotonic()
+                left = self.deadline - margin - now - final_s - step_s - save_s
+                step_began = now
             epoch_end = self.batches.steps_per_epoch and self.step % self.batches.steps_per_epoch == 0
-            timeout = D.any_rank(time.monotonic() - self.started > deadline, info)
+            timeout = D.any_rank(left < 0, info)
             if timeout or self.step >= stop_at:
                 stopped = not done
                 paused = not done and not timeout  # stop_at_step: a pause to be resumed, no validation
@@ -560,11 +673,16 @@ class _Trainer:
                 (config.save_every and self.step % config.save_every == 0)
                 or (not config.save_every and epoch_end)
             ):
+                t_save = time.monotonic()
                 self.save()
+                save_s = time.monotonic() - t_save
+                step_began = time.monotonic()
+        t_end = time.monotonic()
         self.words.measure(self.val, info)  # how sure the model is of its own images' words (explain)
         self.save()
         if not paused:
-            val = self._validate(final=True)
+            val = self._validate(final=True, images=final_images)
+        log.info("final checkpoint and validation (%.1f s)", time.monotonic() - t_end)
         minutes = (self.elapsed_before + time.monotonic() - self.started) / 60.0
         rate = (self.step - first_step) / max(time.monotonic() - t0, 1e-9)
         log.info("stopped at step %d/%d after %.1f min", self.step, self.total_steps, minutes)

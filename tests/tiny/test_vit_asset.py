@@ -104,8 +104,7 @@ def test_pretrain_tiny_bases_uses_the_asset_without_pretraining_the_vit(world, t
 
 def test_prepare_tiny_bases_starts_from_the_shipped_vit(world, tmp_path, monkeypatch):
     from lexsearch.data.pairs import load_folder
-    from lexsearch.model.checkpoint import load_checkpoint
-    from lexsearch.tiny.bases import prepare_tiny_bases
+    from lexsearch.tiny.bases import prepare_tiny_bases, untrained_tiny_model
 
     monkeypatch.setattr(tiny_bases, "pretrain_vision", lambda *a, **k: pytest.fail("ViT pretrained"))
     # Keep the LM pretraining to two steps: this test is about where the ViT comes from.
@@ -113,7 +112,8 @@ def test_prepare_tiny_bases_starts_from_the_shipped_vit(world, tmp_path, monkeyp
     out = tmp_path / "run"
     prepare_tiny_bases(out, load_folder(world.root), seed=0)
     assert json.loads((out / "base" / "pretrain.json").read_text())["vit_source"] == "shipped"
-    model = load_checkpoint(out)
+    assert not (out / "config.json").exists()  # bases only: a model is written by the run's first checkpoint
+    model = untrained_tiny_model(out)
     shipped = TV.load_shipped_vit()
     for (name, a), (_, b) in zip(model.vision.named_parameters(), shipped.named_parameters()):
         assert torch.equal(a, b), name

@@ -57,9 +57,10 @@ def test_resume_continues_the_same_curve(toy, tmp_path):
 
 def test_an_existing_run_is_not_overwritten_and_resume_needs_state(toy, tmp_path):
     from lexsearch.errors import UsageError
+    from lexsearch.train.state import STATE_JSON
 
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / LOG_FILE).write_text("")
+    (tmp_path / "run" / STATE_JSON).write_text("{}")  # a run with a checkpoint to resume
     with pytest.raises(UsageError, match="--resume"):
         train(_config(toy, tmp_path / "run"))
     with pytest.raises(UsageError, match="no training state"):
