@@ -65,9 +65,18 @@ def test_damaged_or_empty_index_db_names_the_rebuild(tmp_path, tiny_model_dir):
     (col / "index.db").write_bytes(b"")
     line = _one_line_error(runner.invoke(cli, ["query", "red", "--collection", str(col)]))
     assert "upgrade" not in line and "empty" in line and "--rebuild" in line
-    # The named fix works.
+    # The named fix works as printed: the record beside index.db names the collection's folders and model.
     (col / "index.db").write_bytes(b"garbage" * 100)
-    res = _index(runner, tmp_path / "p", tiny_model_dir, col, "--rebuild")
+    line = _one_line_error(runner.invoke(cli, ["query", "red", "--collection", str(col)]))
+    assert "DIR" not in line and "MODEL_DIR" not in line, line
+    res = _pasted(runner, line)
+    assert res.exit_code == 0, res.output
+    with Collection.open(col) as c:
+        assert c.count() == 2
+    # index.db lost altogether: index reuses the recorded model, with no --model.
+    for name in ("index.db", "index.db-wal", "index.db-shm"):
+        (col / name).unlink(missing_ok=True)
+    res = runner.invoke(cli, ["index", str(tmp_path / "p"), "--collection", str(col), "--quiet"])
     assert res.exit_code == 0, res.output
     with Collection.open(col) as c:
         assert c.count() == 2

@@ -28,10 +28,12 @@ def handle_errors(fn):
             click.echo(f"Error: {shown(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except sqlite3.DatabaseError as exc:  # damage found after opening (a torn page, a bad copy)
+            from lexsearch.index.store import rebuild_command
+
+            # The collection's record beside index.db names its folders and model: the command runs as printed.
+            command = rebuild_command(kwargs.get("collection") or "default")
             click.echo(
-                f"Error: the collection's index.db is damaged ({exc}); rebuild it with: lexsearch index "
-                "DIR --model MODEL_DIR --collection NAME --rebuild",
-                err=True,
+                f"Error: the collection's index.db is damaged ({exc}); rebuild it with: {command}", err=True
             )
             sys.exit(1)
         except KeyboardInterrupt as exc:  # its text, when a command gives one, says what was kept

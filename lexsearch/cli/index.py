@@ -151,9 +151,11 @@ def recorded_model_and_roots(path) -> dict:
     import json
     import sqlite3
 
+    from lexsearch.index.store import read_record
+
     db = path / "index.db"
     if not db.is_file():
-        return {}
+        return read_record(path)  # index.db lost: the record beside it still names the folders and model
     try:
         conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
         try:
@@ -162,7 +164,7 @@ def recorded_model_and_roots(path) -> dict:
             conn.close()
         return {key: json.loads(value) for key, value in rows}
     except (sqlite3.Error, ValueError):
-        return {}
+        return read_record(path)  # index.db damaged: the record beside it still names them
 
 
 class _IndexProgress:

@@ -68,6 +68,45 @@ from lexsearch.index.tiered import FANOUT, FLUSH_POSTINGS, MAX_SEGMENTS, Posting
 logger = logging.getLogger(__name__)
 
 
+# Beside index.db, the collection's folders and model as plain JSON (rewritten with them): when index.db
+# itself is damaged or lost, the rebuild command can still name them, so it runs as printed.
+RECORD_NAME = "collection.json"
+
+
+def write_record(path: Path, values: dict[str, Any]) -> None:
+    """Merge ``values`` (``roots``, ``model_path``) into the collection's record, atomically."""
+    record = read_record(path)
+    record.update({k: v for k, v in values.items() if k in ("roots", "model_path")})
+    tmp = path / f".{RECORD_NAME}.tmp"
+    try:
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path / RECORD_NAME)
+    except OSError as exc:  # a read-only or full disk: the record is a convenience, the index is not
+        logger.debug("could not write %s: %s", path / RECORD_NAME, exc)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """The collection's record (``roots``, ``model_path``), {} when it has none or it cannot be read."""
+    try:
+        record = json.loads((path / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def rebuild_command(name_or_path: str | os.PathLike[str], recorded: dict[str, Any] | None = None) -> str:
+    """``lexsearch index ... --rebuild`` for a collection, naming its recorded folders (those that still
+    exist) and model, so it runs as printed; placeholders only for what nothing recorded."""
+    import shlex
+
+    if recorded is None:
+        recorded = read_record(resolve(name_or_path))
+    roots = [r for r in recorded.get("roots") or [] if os.path.exists(r)] or ["DIR"]
+    model = recorded.get("model_path") or "MODEL_DIR"
+    args = ["lexsearch", "index", *roots, "--model", model, "--collection", os.fspath(name_or_path)]
+    return shlex.join([*args, "--rebuild"])
+
+
 class _ReaderDb:
     """The part of sqlite-utils' ``Database`` a reader uses, over a plain sqlite3 connection."""
 
@@ -147,9 +186,7 @@ class Collection(StoreReader, StoreWriter, TieredPostings, DenseSegments):
             raise UsageError(
                 f"{path} is a file, not a collection folder; give a collection name or a folder."
             )
-        rebuild = (
-            f"rebuild it with: lexsearch index DIR --model MODEL_DIR --collection {name_or_path} --rebuild"
-        )
+        rebuild = f"rebuild it with: {rebuild_command(name_or_path)}"
         if not db_path.exists() and readonly:
             raise CollectionNotFoundError(
                 f"No collection at {path}. Create it with: lexsearch index DIR --model MODEL_DIR"
@@ -258,6 +295,10 @@ class Collection(StoreReader, StoreWriter, TieredPostings, DenseSegments):
     def _set_meta(self, values: dict[str, Any]) -> None:
         with self._write():
             self._write_meta(values)
+        if "roots" in values or "model_path" in values:
+            write_record(
+                self.path, {"roots": self._meta_value("roots"), "model_path": self._meta_value("model_path")}
+            )
 
     def _write_meta(self, values: dict[str, Any]) -> None:
         self.db.conn.executemany(
