@@ -59,10 +59,16 @@ class DemoReport:
     distilled: str = ""  # the distillation's outcome, one line ("" when an earlier demo's student was reused)
 
 
+# Raised when what a demo model holds changes, so an earlier demo's model is not reused: 2 records its
+# training words (the unknown-word note, the prompt-word mask) and its images' word margins (explain's caveat).
+DEMO_MODEL_VERSION = 2
+
+
 def _model_key(n_images: int, seed: int, minutes: float) -> str:
     from lexsearch import __version__
 
-    payload = json.dumps({"v": __version__, "n": n_images, "seed": seed, "minutes": minutes}, sort_keys=True)
+    payload = {"v": __version__, "model": DEMO_MODEL_VERSION, "n": n_images, "seed": seed, "minutes": minutes}
+    payload = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
