@@ -21,6 +21,8 @@ def test_demo_runs_the_whole_loop_and_reuses_its_model(tmp_path, lexsearch_home)
     assert "t2i R@1" in out and "240 indexed" in out
     assert "$ lexsearch query 'a red circle' --collection demo" in out
     assert "$ lexsearch query 'zebra' --collection demo" in out
+    # The word the toy world never names is called one, as `lexsearch query zebra` says it.
+    assert "$ lexsearch query 'zebra' --collection demo\nnote: 'zebra' is not a word this model" in out
     assert "the image shows:" in out
     # The demo distils a student, and its queries go through it if (and only if) it passed its check.
     assert "Distilling a torch-free query encoder" in first.stderr

@@ -63,6 +63,9 @@ def demo(directory, n_images, minutes, seed, device) -> None:
     click.echo(f"Index: {report.index_summary}")
     for query, results in report.queries:
         click.echo(f"\n$ lexsearch query {query!r} --collection demo")
+        for note in results.notes:  # as the command says them (the encoder's note is said once, above)
+            if note != report.note:
+                click.echo(f"note: {note}")
         click.echo(format_table(results).rstrip() if results else "No image matches this query.")
     click.echo(f"\n$ lexsearch explain {report.explained} --collection demo")
     if report.truth:
