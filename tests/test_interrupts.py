@@ -16,7 +16,7 @@ def _train_interrupted(tmp_path, monkeypatch, leave):
 
     out = tmp_path / "model"
 
-    def interrupted(config, progress=None):
+    def interrupted(config, progress=None, started=None):
         leave(out)
         raise KeyboardInterrupt
 
