@@ -47,7 +47,7 @@ function chip(word, weight, maxWeight, clickable) {
   const node = el(clickable ? "button" : "span", "chip");
   if (clickable) { node.type = "button"; node.setAttribute("aria-pressed", "false"); }
   const share = maxWeight > 0 ? Math.min(1, weight / maxWeight) : 0;
-  node.style.fontSize = (0.78 + 0.6 * Math.sqrt(share)).toFixed(3) + "rem";
+  node.style.setProperty("--share", Math.sqrt(share).toFixed(3)); // style.css turns it into a size
   if (share >= 0.5) node.classList.add("strong");
   node.append(document.createTextNode(word));
   node.append(el("span", "w", weight.toFixed(3)));
