@@ -100,25 +100,27 @@ def meta_words(
     folder: str | None = None,
     orientation: str | None = None,
     sort: str | None = None,
+    resolve: bool = True,
 ) -> str:
-    """The CLI's / API's options as query words (``after:2023 in:"/x/my trips"``); a folder given as a
-    path (``./trips``, ``~/p``) becomes absolute here, where its relative meaning is known."""
+    """The CLI's / API's options as query words (``after:2023 in:"/x/my trips"``); with ``resolve`` a
+    folder given as a path (``./trips``, ``~/p``) becomes absolute here, where its relative meaning is
+    known."""
     out = []
     for key, value in (("after", after), ("before", before), ("camera", camera), ("in", folder)):
         if value is None or value == "":
             continue
         value = str(value)
-        if key == "in" and (os.sep in value or value.startswith((".", "~"))):
+        if key == "in" and resolve and (os.sep in value or value.startswith((".", "~"))):
             value = os.path.abspath(os.path.expanduser(value))
         out.append(f'{key}:"{value}"' if (" " in value or '"' in value) else f"{key}:{value}")
     if orientation:
         out.append(f"orientation:{orientation}")
-    if sort and sort != "score":
+    if sort and sort != "score":  # a bad value is refused by the search, as the typed word would be
         out.append(f"sort:{sort}")
     return " ".join(out)
 
 
-def with_meta(text: str, **options: str | None) -> str:
+def with_meta(text: str, resolve: bool = True, **options: str | None) -> str:
     """``text`` with the options' query words appended (the text unchanged when there are none)."""
-    words = meta_words(**options)
+    words = meta_words(resolve=resolve, **options)
     return f"{text} {words}" if words else text

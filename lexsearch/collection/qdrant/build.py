@@ -45,6 +45,7 @@ from lexsearch.index.build import (
     check_roots,
     model_meta,
 )
+from lexsearch.index.photometa import PHOTO_FIELDS
 from lexsearch.index.scan import scan, under_roots
 
 logger = logging.getLogger(__name__)
@@ -247,8 +248,14 @@ def _handle(b: _Builder, d: _Done, writer: _Writer, col: QdrantCollection, moved
             _handle(b, b.embed([b.prepare(p.work, allow_move=False)])[0], writer, col, moved_from)
             return
         keep = {
-            k: v for k, v in (copied.payload or {}).items() if k in ("width", "height", "exif_time", "terms")
-        }
+            k: v
+            for k, v in (copied.payload or {}).items()
+            if k
+            in ("width", "height", "exif_time", "terms", *PHOTO_FIELDS, "taken_key", "camera", "orientation")
+        }  # the folders of the new path, not the old one's
+        if "taken_source" in keep:
+            fresh = pt.photo_payload(f.path, None, None, {"taken_source": keep["taken_source"]})
+            keep.update(folders=fresh["folders"], folder_names=fresh["folder_names"])
         payload = pt.image_payload(f.path, f.size, f.mtime_ns, p.hash, status="ok", **keep)
         writer.point(pid, copied.vector, payload)
         moved_from.add(old)
@@ -270,6 +277,7 @@ def _handle(b: _Builder, d: _Done, writer: _Writer, col: QdrantCollection, moved
             height=p.height,
             exif_time=p.exif_time,
             terms=[int(t) for t in d.terms],
+            **pt.photo_payload(f.path, p.width, p.height, p.photo),
         )
         writer.point(pid, _vectors(writer.models, d.terms, d.weights, d.dense), payload)
         b.summary.indexed += 1
