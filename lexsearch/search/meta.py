@@ -24,7 +24,7 @@ SORTS = ("score", "date", "date-asc")
 SORT_CAP = 5000
 
 # key:value or key:"quoted value", standing alone (not inside a word), anywhere in the text.
-_META = re.compile(r'(?<!\S)(after|before|camera|in|orientation|sort):(?:"([^"]*)"?|(\S+))', re.IGNORECASE)
+_META = re.compile(r'(?<!\S)(after|before|camera|in|orientation|sort):(?:"([^"]*)"?|(\S*))', re.IGNORECASE)
 _DATE = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?$")
 
 
