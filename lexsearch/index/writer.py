@@ -22,7 +22,7 @@ from lexsearch.index import segments as sg
 from lexsearch.index.paths import db_path as _db_path
 from lexsearch.index.paths import db_text as _db_text
 from lexsearch.index.paths import folder_digest
-from lexsearch.index.photometa import PHOTO_FIELDS
+from lexsearch.index.photometa import PHOTO_FIELDS, mtime_taken
 from lexsearch.index.schema import _chunks, _folder_key, _folder_name, _marks
 
 
@@ -170,6 +170,11 @@ class StoreWriter:
                 conn.execute(
                     "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
                     [_db_path(path), size, mtime_ns, image_id],
+                )
+                # A date that is the file's mtime follows it (an EXIF date stays).
+                conn.execute(
+                    "UPDATE images SET taken = ?, taken_offset = ? WHERE id = ? AND taken_source = 'mtime'",
+                    [*(mtime_taken(mtime_ns)[k] for k in ("taken", "taken_offset")), image_id],
                 )
             now = time.time()
             if changes.insert:

@@ -45,7 +45,7 @@ from lexsearch.index.build import (
     check_roots,
     model_meta,
 )
-from lexsearch.index.photometa import PHOTO_FIELDS
+from lexsearch.index.photometa import PHOTO_FIELDS, mtime_taken
 from lexsearch.index.scan import scan, under_roots
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class _Writer:
         self.shared_engine = shared_engine
         self.points: list[Any] = []
         self.facts: list[tuple[int, dict]] = []
+        self.mtime_dated: set[int] = set()
         self.deletes: list[int] = []
         self.models = col._models
 
@@ -166,6 +167,8 @@ def build_qdrant(
 
     reporter.total(len(work))
     writer = _Writer(collection, shared_engine)
+    # Points dated by their file's mtime: a touched file's date follows its new mtime.
+    writer.mtime_dated = {pid for pid, facts in stored.items() if facts.get("taken_source") == "mtime"}
     moved_from: set[int] = set()
     try:
         _run(b, work, writer, collection, moved_from, options)
@@ -238,7 +241,11 @@ def _handle(b: _Builder, d: _Done, writer: _Writer, col: QdrantCollection, moved
     f = p.work.file
     pid = pt.point_id(f.path)
     if p.kind == "touch":
-        writer.facts.append((pid, {"size": f.size, "mtime_ns": f.mtime_ns}))
+        facts: dict[str, Any] = {"size": f.size, "mtime_ns": f.mtime_ns}
+        if pid in writer.mtime_dated:
+            facts.update(mtime_taken(f.mtime_ns))
+            facts["taken_key"] = pt.taken_key(facts["taken"])
+        writer.facts.append((pid, facts))
         b.summary.unchanged += 1
     elif p.kind == "move":
         olds = b.missing_by_hash.get(p.hash or "")
