@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -299,3 +301,31 @@ def test_a_filter_keeping_one_percent_still_fills_the_top(tmp_path):
         assert sorted(int(r.path.rsplit("/", 1)[1][:-4]) for r in found) == list(range(7, 1000, 100))
         dated = search(col, _OneWord(), "horse camera:leica sort:date", top=3, n_candidates=10)
         assert [r.path.rsplit("/", 1)[1] for r in dated] == ["907.jpg", "807.jpg", "707.jpg"]
+
+
+def test_what_a_query_means_leaves_its_filters_out(indexed):
+    _, col, _ = indexed
+    res = CliRunner().invoke(
+        cli, ["explain", "--text", "red after:2021 camera:pixel", "--collection", str(col), "--json"]
+    )
+    plain = CliRunner().invoke(cli, ["explain", "--text", "red", "--collection", str(col), "--json"])
+    assert res.exit_code == plain.exit_code == 0, res.output
+    assert json.loads(res.stdout)["words"] == json.loads(plain.stdout)["words"]
+
+
+def test_a_date_from_the_files_time_follows_a_touch_and_an_exif_date_stays(indexed, tmp_path):
+    photos, col, model = indexed
+    copy, folder = tmp_path / "col", tmp_path / "photos"
+    shutil.copytree(col, copy)
+    shutil.copytree(photos, folder)
+    res = CliRunner().invoke(cli, ["index", str(folder), "--collection", str(copy), "--model", str(model)])
+    assert res.exit_code == 0, res.output
+    for name in ("home/no-exif.png", "home/2023-june.jpg"):
+        ts = time.mktime((2010, 3, 4, 12, 0, 0, 0, 0, -1))
+        os.utime(folder / name, (ts, ts))
+    res = CliRunner().invoke(cli, ["index", str(folder), "--collection", str(copy), "--model", str(model)])
+    assert res.exit_code == 0, res.output
+    with open_collection(copy) as c:
+        rows = c.rows_at([str(folder / "home/no-exif.png"), str(folder / "home/2023-june.jpg")])
+        meta = {p[len(str(folder)) + 1 :]: c.metadata([r.id])[r.id]["taken"] for p, r in rows.items()}
+    assert meta == {"home/no-exif.png": "2010-03-04T12:00:00", "home/2023-june.jpg": "2023-06-14T09:00:00"}

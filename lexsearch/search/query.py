@@ -59,7 +59,8 @@ def explain_text(collection: Any, encoder: Any, text: str, use_cache: bool = Tru
     ``{"text", "words": [{"word", "weight"}, ...]}``: the JSON of ``lexsearch explain --text`` and of a
     server's ``/api/explain?text=``. ``collection`` may be None (a bare model: no query cache).
     """
-    parsed = parse_query(text)  # the query's own refusals: empty, only -words, not UTF-8, too long
+    words, _ = split_meta(text)  # photo filters (after:2023 ...) are no words of the vector
+    parsed = parse_query(words)  # the query's own refusals: empty, only -words, not UTF-8, too long
     q_sparse, _ = encode_query(collection, encoder, parsed.text, use_cache and collection is not None)
     terms, weights = q_sparse.indices, q_sparse.data
     keep = np.flatnonzero(weights != 0)
