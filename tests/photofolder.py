@@ -51,6 +51,28 @@ PHOTOS = [
 ]
 
 
+def _heic_writable() -> bool:
+    try:
+        import pillow_heif
+
+        return bool(pillow_heif.libheif_info().get("encoders", {}).get("x265"))
+    except ImportError:
+        return False
+
+
+if _heic_writable():  # a phone's HEIC, with a UTC offset west of Greenwich
+    PHOTOS.append(
+        Photo(
+            "trips/2024-phone.heic",
+            "2024-01-02T03:04:05",
+            "exif",
+            "Apple iPhone 12",
+            "landscape",
+            offset="-05:00",
+        )
+    )
+
+
 def _exif(p: Photo) -> Image.Exif | bytes:
     if p.broken:
         # A TIFF header whose first IFD points far past the block's end: every reader gives up on it.
@@ -89,7 +111,12 @@ def make_photo_folder(root: Path, seed: int = 0) -> list[Photo]:
             rng.integers(0, 256, (3, 4, 3), dtype=np.uint8), np.ones((h // 3 + 1, w // 4 + 1, 1), np.uint8)
         )
         im = Image.fromarray(arr[:h, :w])
-        if p.source == "exif" or p.broken:
+        if path.suffix == ".heic":
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            im.save(path, exif=_exif(p).tobytes())
+        elif p.source == "exif" or p.broken:
             im.save(path, exif=_exif(p))
         else:
             im.save(path)
