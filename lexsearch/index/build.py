@@ -546,26 +546,14 @@ def fill_photo_meta(collection: Collection, batch: int = 500) -> int:
     """Read the header metadata of indexed images that have none yet (rows from before schema 4): only the
     headers, no pixel and no vector. A file gone or unreadable since gets the date of its stored mtime.
     Returns how many rows were filled."""
-    from PIL import Image
-
     from lexsearch.index.paths import py_path
-    from lexsearch.index.photometa import mtime_taken, read_photo_meta
-    from lexsearch.model.images import _register_heif
+    from lexsearch.index.photometa import header_facts
 
-    _register_heif()
     q = "SELECT id, path, mtime_ns FROM images WHERE status = 'ok' AND taken_source IS NULL AND id > ? "
     q += "ORDER BY id LIMIT ?"
     filled, last = 0, 0
     while rows := collection.db.execute(q, [last, batch]).fetchall():
-        found: dict[int, dict] = {}
-        for image_id, stored, mtime_ns in rows:
-            path = py_path(stored)
-            try:
-                with Image.open(path) as im:
-                    found[image_id] = read_photo_meta(im, mtime_ns, path)
-            except Exception as exc:  # noqa: BLE001 - the row keeps its vectors whatever the file says now
-                logger.info("%s: header unreadable (%s); its date is the stored file time", path, exc)
-                found[image_id] = {"gps": 0, **mtime_taken(mtime_ns)}
+        found = {image_id: header_facts(py_path(p), mtime_ns)[2] for image_id, p, mtime_ns in rows}
         collection.set_photo_meta(found)
         filled += len(found)
         last = rows[-1][0]

@@ -102,6 +102,28 @@ def read_photo_meta(im: Any, mtime_ns: int, name: str = "") -> dict[str, Any]:
     return out
 
 
+def header_facts(path: str, mtime_ns: int) -> tuple[int | None, int | None, dict[str, Any]]:
+    """(upright width, height, ``PHOTO_FIELDS``) from a file's header alone (no pixel decoded): what an index
+    run reads for an image indexed before photo metadata. A file unreadable now keeps its stored mtime's date."""
+    from PIL import Image
+
+    from lexsearch.model.images import _register_heif
+
+    _register_heif()
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            try:
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # a 90-degree rotation swaps the sides
+                    width, height = height, width
+            except Exception:  # noqa: BLE001 - read_photo_meta logs the broken block
+                pass
+            return width, height, read_photo_meta(im, mtime_ns, path)
+    except Exception as exc:  # noqa: BLE001 - the image keeps its vectors whatever its file says now
+        logger.info("%s: header unreadable (%s); its date is the stored file time", path, exc)
+        return None, None, {**{f: None for f in PHOTO_FIELDS}, "gps": 0, **mtime_taken(mtime_ns)}
+
+
 def orientation(width: int | None, height: int | None) -> str | None:
     """landscape | portrait | square of upright pixel sizes (None when unknown)."""
     if not width or not height:

@@ -45,7 +45,7 @@ from lexsearch.index.build import (
     check_roots,
     model_meta,
 )
-from lexsearch.index.photometa import PHOTO_FIELDS, mtime_taken
+from lexsearch.index.photometa import PHOTO_FIELDS, header_facts, mtime_taken
 from lexsearch.index.scan import scan, under_roots
 
 logger = logging.getLogger(__name__)
@@ -178,6 +178,20 @@ def build_qdrant(
         writer.deletes.extend(gone)
         b.summary.removed += sum(vanished[pid].get("status") == "ok" for pid in gone)
         writer.deletes.extend(moved_from)
+        writer.flush()
+        # Points written before photo metadata existed: their headers, read once, fill it (no embedding).
+        redone = {pt.point_id(w.file.path) for w in work}
+        older = [
+            pid
+            for pid in seen - redone
+            if stored.get(pid, {}).get("status") == "ok" and "taken_source" not in stored[pid]
+        ]
+        for pid in older:
+            path = pt.payload_path(stored[pid])
+            width, height, photo = header_facts(path, int(stored[pid].get("mtime_ns") or 0))
+            writer.facts.append((pid, {**pt.photo_payload(path, width, height, photo)}))
+            if len(writer.facts) >= 256:
+                writer.flush()
         writer.flush()
     except BaseException:
         try:  # Ctrl-C: keep what is already embedded, then let the interrupt through
