@@ -160,6 +160,7 @@ def test_sort_by_date_keeps_min_score_and_each_results_words(indexed):
     taken = {str(photos / p.rel): p.taken for p in PHOTOS}
     assert [taken[r["path"]] for r in rows] == sorted((taken[r["path"]] for r in rows), reverse=True)
     assert all(r["words"] for r in rows)
+    assert [r["taken"] for r in rows] == [taken[r["path"]] for r in rows]  # each shows the date it sorts by
 
 
 @pytest.mark.parametrize(
@@ -213,6 +214,7 @@ def _downgrade(col) -> None:
     """Make ``col`` a collection written before photo metadata: schema 3, no photo columns."""
     conn = sqlite3.connect(col / "index.db")
     conn.execute("DROP INDEX images_taken")
+    conn.execute("DROP INDEX images_unread")
     for c in ("taken", "taken_offset", "taken_source", "camera_make", "camera_model", "lens", "gps"):
         conn.execute(f"ALTER TABLE images DROP COLUMN {c}")
     conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm004_photo_metadata'")

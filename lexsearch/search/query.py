@@ -142,12 +142,16 @@ def search(
     if by_date:
         if cands.ids.size >= SORT_CAP:
             notes = [*notes, f"over {SORT_CAP} images match: the best {SORT_CAP} are sorted by date"]
-        ranked = _by_date(collection, ranked, newest_first=meta.sort == "date")
+        ranked, taken = _by_date(collection, ranked, newest_first=meta.sort == "date")
+        results = _results(collection, encoder, ranked, qvec, top, explain_words)
+        results[:] = [r._replace(taken=taken.get(r.image_id)) for r in results]
+        return _noted(results, notes)
     return _noted(_results(collection, encoder, ranked, qvec, top, explain_words), notes)
 
 
-def _by_date(collection: Any, ranked: Ranked, newest_first: bool) -> Ranked:
-    """``ranked`` reordered by date taken (ties, and images with no date, by score as before)."""
+def _by_date(collection: Any, ranked: Ranked, newest_first: bool) -> tuple[Ranked, dict[int, str]]:
+    """``ranked`` reordered by date taken (ties, and images with no date, by score as before), and each
+    image's date."""
     taken = collection.metadata(ranked.ids.tolist(), ["taken"])
     dates = [(taken.get(int(i)) or {}).get("taken") or "" for i in ranked.ids.tolist()]
     order = list(range(len(dates)))  # the score order: the tie-break
@@ -163,7 +167,7 @@ def _by_date(collection: Any, ranked: Ranked, newest_first: bool) -> Ranked:
         dense=None if ranked.dense is None else ranked.dense[idx],
         positions=ranked.positions[idx],
         rows=ranked.rows,
-    )
+    ), {int(i): d for i, d in zip(ranked.ids.tolist(), dates) if d}
 
 
 def _query_notes(parsed, encoder: Any) -> list[str]:

@@ -206,6 +206,7 @@ function card(r, index) {
   const meta = el("span", "meta");
   meta.append(el("span", "rank", `#${r.rank}`), el("span", "name", baseName(r.path)),
               el("span", "score", r.score.toFixed(3)));
+  if (r.taken) meta.append(el("span", "taken", r.taken.slice(0, 10))); // sorted by date: the date it sorts by
   const chips = el("span", "chips");
   r.words.forEach((w) => chips.append(chip(w.word, w.weight, state.maxWeight, false)));
   if (!r.words.length) chips.append(el("span", "faint", "similar overall, no shared word"));
