@@ -303,6 +303,19 @@ def test_a_filter_keeping_one_percent_still_fills_the_top(tmp_path):
         assert sorted(int(r.path.rsplit("/", 1)[1][:-4]) for r in found) == list(range(7, 1000, 100))
         dated = search(col, _OneWord(), "horse camera:leica sort:date", top=3, n_candidates=10)
         assert [r.path.rsplit("/", 1)[1] for r in dated] == ["907.jpg", "807.jpg", "707.jpg"]
+        # Past the cap the best-scoring matches are sorted, and a note says so.
+        import lexsearch.search.query as sq
+
+        cap = sq.SORT_CAP
+        sq.SORT_CAP = 50
+        try:
+            capped = search(col, _OneWord(), "horse sort:date-asc", top=3, n_candidates=10)
+        finally:
+            sq.SORT_CAP = cap
+        assert capped.notes == ["50 or more images match: the best 50 are sorted by date"]
+        # The best 50 are among 950..999 (all of 2009): equal dates keep the score order.
+        assert all(950 <= int(r.path.rsplit("/", 1)[1][:-4]) for r in capped) and len(capped) == 3
+        assert [r.score for r in capped] == sorted((r.score for r in capped), reverse=True)
 
 
 def test_what_a_query_means_leaves_its_filters_out(indexed):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -140,8 +141,9 @@ def search(
     rows, dense = _candidate_rows(collection, cands.ids, with_dense)
     ranked = rerank(rows, qvec, dense, dense_weight if dense is not None else 0.0, min_score)
     if by_date:
-        if cands.ids.size >= SORT_CAP:
-            notes = [*notes, f"over {SORT_CAP} images match: the best {SORT_CAP} are sorted by date"]
+        if cands.ids.size >= (k if prune is None else math.ceil(k * prune.pool)):  # the stage was full
+            n = int(cands.ids.size)
+            notes = [*notes, f"{n} or more images match: the best {n} are sorted by date"]
         ranked, taken = _by_date(collection, ranked, newest_first=meta.sort == "date")
         results = _results(collection, encoder, ranked, qvec, top, explain_words)
         results[:] = [r._replace(taken=taken.get(r.image_id)) for r in results]
