@@ -119,7 +119,7 @@ def query(
         raise UsageError(f"No such option: {unknown[0]} (see lexsearch query --help).")
     text = " ".join(text) if text else None
     meta = {"after": after, "before": before, "camera": camera, "folder": folder, "orientation": orientation}
-    if text is not None:
+    if text is not None and (any(meta.values()) or sort != "score"):
         from lexsearch.search.meta import with_meta
 
         # The options become the query's own words: a server (and the page) answer them exactly alike.
