@@ -154,6 +154,8 @@ def search(
 def _by_date(collection: Any, ranked: Ranked, newest_first: bool) -> tuple[Ranked, dict[int, str]]:
     """``ranked`` reordered by date taken (ties, and images with no date, by score as before), and each
     image's date."""
+    if not hasattr(collection, "metadata"):
+        raise UsageError("This collection cannot sort by date (it keeps no photo metadata).")
     taken = collection.metadata(ranked.ids.tolist(), ["taken"])
     dates = [(taken.get(int(i)) or {}).get("taken") or "" for i in ranked.ids.tolist()]
     order = list(range(len(dates)))  # the score order: the tie-break
