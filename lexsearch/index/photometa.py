@@ -107,8 +107,6 @@ def header_facts(path: str, mtime_ns: int) -> tuple[int | None, int | None, dict
     run reads for an image indexed before photo metadata. A file unreadable now keeps its stored mtime's date."""
     from PIL import Image
 
-    from lexsearch.model.images import _register_heif
-
     _register_heif()
     try:
         with Image.open(path) as im:
@@ -122,6 +120,22 @@ def header_facts(path: str, mtime_ns: int) -> tuple[int | None, int | None, dict
     except Exception as exc:  # noqa: BLE001 - the image keeps its vectors whatever its file says now
         logger.info("%s: header unreadable (%s); its date is the stored file time", path, exc)
         return None, None, {**{f: None for f in PHOTO_FIELDS}, "gps": 0, **mtime_taken(mtime_ns)}
+
+
+_heif = False
+
+
+def _register_heif() -> None:
+    # As lexsearch.model.images does (that module imports this one: no import back).
+    global _heif
+    if not _heif:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+        except ImportError:  # HEIC headers then read as unreadable files: their stored time is the date
+            pass
+        _heif = True
 
 
 def orientation(width: int | None, height: int | None) -> str | None:
