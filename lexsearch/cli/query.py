@@ -45,6 +45,32 @@ from lexsearch.limits import MAX_TOP
     is_flag=True,
     help="Also match images that share none of the query's words, only words the model relates to them.",
 )
+@click.option(
+    "--after",
+    metavar="DATE",
+    help="Only photos taken on or after DATE: 2023 (from 2023-01-01), 2023-06 (from June 1st) or 2023-06-14.",
+)
+@click.option(
+    "--before",
+    metavar="DATE",
+    help="Only photos taken before DATE: 2023 (before 2023-01-01), 2023-06 or 2023-06-14 (that day excluded).",
+)
+@click.option(
+    "--camera", metavar="TEXT", help="Only photos whose camera make + model contains TEXT (any case)."
+)
+@click.option(
+    "--folder", metavar="PATH", help="Only images under this folder (a path), or in any folder of this name."
+)
+@click.option(
+    "--orientation", type=click.Choice(["landscape", "portrait", "square"]), help="Only this shape."
+)
+@click.option(
+    "--sort",
+    type=click.Choice(["score", "date", "date-asc"]),
+    default="score",
+    show_default=True,
+    help="date: the matches newest first (date-asc: oldest first), up to the best 5000 matches.",
+)
 @click.option("--model", "model_dir", help="Model folder (default: the collection's model).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @TEXT_ENCODER
@@ -61,6 +87,12 @@ def query(
     min_score,
     pruned,
     expand,
+    after,
+    before,
+    camera,
+    folder,
+    orientation,
+    sort,
     model_dir,
     device,
     text_encoder,
@@ -68,7 +100,10 @@ def query(
     """Search a collection by text; each result shows the words behind the match.
 
     TEXT takes words, "quoted phrases", +must and -exclude words, e.g. 'white horse -night +beach'
-    (quote it as one argument, or give the words as several).
+    (quote it as one argument, or give the words as several). The photo filters can also be written in
+    TEXT (a bookmarked page keeps them): after:2023 before:2024-06 camera:pixel in:trips
+    orientation:portrait sort:date (in: takes a folder name or an absolute path; quote values with spaces:
+    in:"my trips"). Dates are when the photo was taken (EXIF, else the file's time).
     """
     # One BLAS thread: a query's matrix products are small, and OpenBLAS's spinning workers make them 5-20x
     # slower on shared cores (bench/query_cold.py). Only effective before numpy loads; a user's setting wins.
@@ -83,6 +118,14 @@ def query(
     if unknown:
         raise UsageError(f"No such option: {unknown[0]} (see lexsearch query --help).")
     text = " ".join(text) if text else None
+    meta = {"after": after, "before": before, "camera": camera, "folder": folder, "orientation": orientation}
+    if text is not None and (any(meta.values()) or sort != "score"):
+        from lexsearch.search.meta import with_meta
+
+        # The options become the query's own words: a server (and the page) answer them exactly alike.
+        text = with_meta(text, sort=sort, **meta)
+    elif any(meta.values()) or sort != "score":
+        raise UsageError("The photo filters and --sort apply to a text query, not to --image.")
     if as_json and (as_paths or null):
         raise UsageError("--json and --paths are alternatives; pick one.")
     if image and text:

@@ -7,6 +7,7 @@ beyond it: the candidate stage over the store's postings, and per-image metadata
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -15,11 +16,12 @@ import numpy as np
 from lexsearch.collection.interface import Where
 from lexsearch.errors import UsageError
 from lexsearch.index.paths import db_text
+from lexsearch.index.photometa import PHOTO_FIELDS
 from lexsearch.index.schema import _chunks, _marks
 from lexsearch.index.store import Collection
 
-# The facts ``images`` holds per image beside its path (photo metadata adds columns here).
-METADATA_FIELDS = ("width", "height", "exif_time", "size", "mtime_ns")
+# The facts ``images`` holds per image beside its path; the photo ones exist from schema 4 on.
+METADATA_FIELDS = ("width", "height", "exif_time", "size", "mtime_ns", *PHOTO_FIELDS)
 
 
 class EmbeddedCollection(Collection):
@@ -40,12 +42,30 @@ class EmbeddedCollection(Collection):
         from lexsearch.search.candidates import candidates
         from lexsearch.search.postings import PostingsIndex
 
-        _check_where(where)
+        only = self.allowed_ids(where) if where else None
         index = index or PostingsIndex.from_collection(self)
-        return candidates(index, terms, weights, filters, k=k, prune=prune)
+        return candidates(index, terms, weights, filters, k=k, prune=prune, only=only)
+
+    def has_photo_meta(self) -> bool:
+        """Whether every indexed image has its photo metadata (schema 4, filled by an index run)."""
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(images)")}
+        if "taken_source" not in cols:
+            return False
+        q = "SELECT 1 FROM images WHERE status = 'ok' AND taken_source IS NULL LIMIT 1"
+        return self.db.execute(q).fetchone() is None
+
+    def allowed_ids(self, where: Where) -> np.ndarray:
+        """The ids of the 'ok' images that pass every condition of ``where`` (ascending intp)."""
+        _check_photo_meta(self)
+        sql, params = where_sql(where)
+        rows = self.db.execute(f"SELECT id FROM images WHERE status = 'ok' AND {sql} ORDER BY id", params)
+        return np.fromiter((r[0] for r in rows), np.intp)
 
     def metadata(self, image_ids: Iterable[int], fields: Sequence[str] | None = None) -> dict[int, dict]:
-        wanted = tuple(fields or METADATA_FIELDS)
+        present = {r[1] for r in self.db.execute("PRAGMA table_info(images)")}
+        wanted = tuple(fields or (f for f in METADATA_FIELDS if f in present))
+        if any(f in PHOTO_FIELDS for f in wanted):
+            _check_photo_meta(self)
         unknown = [f for f in wanted if f not in METADATA_FIELDS]
         if unknown:
             raise UsageError(f"No such image field: {unknown[0]} (known: {', '.join(METADATA_FIELDS)}).")
@@ -60,8 +80,39 @@ class EmbeddedCollection(Collection):
         return out
 
 
-def _check_where(where: Where | None) -> None:
-    # Photo metadata (dates, camera, folder) arrives as columns of ``images`` in a later schema; until then
-    # a condition cannot be answered, and silently ignoring it would show images the user filtered out.
-    if where:
-        raise UsageError("Metadata filters need photo metadata, which this collection does not hold yet.")
+def _check_photo_meta(col: EmbeddedCollection) -> None:
+    # Filtering or sorting on metadata that some images lack would silently drop or misplace them.
+    if not col.has_photo_meta():
+        raise UsageError(
+            f"Collection {col.path} holds no photo metadata yet (dates, cameras): run 'lexsearch index' on it "
+            "once; it reads the files' headers, nothing is embedded again."
+        )
+
+
+def where_sql(where: Where) -> tuple[str, list[Any]]:
+    """``where``'s conditions as one SQL condition on ``images`` and its parameters."""
+    parts: list[str] = []
+    params: list[Any] = []
+    for c in where.conditions:
+        if c.field == "taken" and c.op in ("gte", "lt", "lte"):
+            parts.append(f"taken {dict(gte='>=', lt='<', lte='<=')[c.op]} ?")
+            params.append(str(c.value))
+        elif c.field == "camera" and c.op == "contains":
+            # instr on lower(): a substring, case-insensitive, with no LIKE wildcards to escape.
+            parts.append(
+                "instr(lower(coalesce(camera_make, '') || ' ' || coalesce(camera_model, '')), ?) > 0"
+            )
+            params.append(str(c.value).lower())
+        elif c.field == "folder" and c.op == "under":
+            folder = str(c.value).rstrip(os.sep) + os.sep
+            parts.append("substr(path, 1, ?) = ?")
+            params += [len(folder), folder]
+        elif c.field == "folder" and c.op == "named":
+            parts.append("instr(lower(path), ?) > 0")
+            params.append(f"{os.sep}{str(c.value).strip(os.sep).lower()}{os.sep}")
+        elif c.field == "orientation" and c.op == "eq":
+            cmp = {"landscape": "width > height", "portrait": "width < height", "square": "width = height"}
+            parts.append(cmp[str(c.value)])
+        else:
+            raise UsageError(f"Cannot filter on {c.field} {c.op} {c.value!r}.")
+    return " AND ".join(parts) or "1", params

@@ -16,14 +16,19 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Condition:
-    """One test on an image's metadata field: ``date_taken >= 2023-01-01``, ``camera == "X100V"``.
+    """One test on an image's photo metadata (``lexsearch.index.photometa``), as ``lexsearch.search.meta``
+    builds them from ``after:`` / ``before:`` / ``camera:`` / ``in:`` / ``orientation:``:
 
-    The fields come with photo metadata (a later change): columns of ``images`` in the embedded store,
-    payload keys in Qdrant (``lexsearch.collection.qdrant.points.where_filter`` already maps them).
+    - ``taken`` ``gte`` / ``lt`` a date ``YYYY-MM-DD`` (the capture wall clock, text order);
+    - ``camera`` ``contains`` a text (case-insensitive, in make + " " + model);
+    - ``folder`` ``under`` an absolute folder, or ``named`` a folder name anywhere in the path;
+    - ``orientation`` ``eq`` landscape | portrait | square (upright pixel size).
+
+    Columns of ``images`` in the embedded store, payload keys in Qdrant (``qdrant.points.where_conditions``).
     """
 
     field: str
-    op: Literal["eq", "in", "gte", "lte"]
+    op: Literal["eq", "in", "gte", "lte", "lt", "contains", "under", "named"]
     value: Any
 
 

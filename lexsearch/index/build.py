@@ -168,6 +168,7 @@ class _Prepared:
     width: int | None = None
     height: int | None = None
     exif_time: str | None = None
+    photo: dict | None = None  # the header's photo metadata (``photometa.PHOTO_FIELDS``)
     error: str | None = None
 
 
@@ -271,7 +272,9 @@ class _Builder:
         if f.size == 0:
             return _Prepared(work, "failed", hash=digest, error=describe_error(OSError(), 0))
         try:
-            image, facts = load_image(f.path, max_pixels=self.max_pixels, draft_size=self.draft_size)
+            image, facts = load_image(
+                f.path, max_pixels=self.max_pixels, draft_size=self.draft_size, mtime_ns=f.mtime_ns
+            )
             pixels = np.asarray(self.encoder.preprocess(image), dtype=np.float32)
         except Exception as exc:  # any per-file failure is recorded and reported, never fatal
             return _Prepared(work, "failed", hash=digest, error=describe_error(exc, f.size))
@@ -373,6 +376,7 @@ class _Builder:
                     p.width,
                     p.height,
                     p.exif_time,
+                    photo=p.photo,
                     terms=d.terms,
                     weights=d.weights,
                     dense=d.dense,
@@ -538,6 +542,26 @@ def _scan(roots: list[str], options: IndexOptions, b: _Builder) -> Iterable[Fold
     )
 
 
+def fill_photo_meta(collection: Collection, batch: int = 500) -> int:
+    """Read the header metadata of indexed images that have none yet (rows from before schema 4): only the
+    headers, no pixel and no vector. A file gone or unreadable since gets the date of its stored mtime.
+    Returns how many rows were filled."""
+    from lexsearch.index.paths import py_path
+    from lexsearch.index.photometa import header_facts
+
+    q = "SELECT id, path, mtime_ns FROM images WHERE status = 'ok' AND taken_source IS NULL AND id > ? "
+    q += "ORDER BY id LIMIT ?"
+    filled, last = 0, 0
+    while rows := collection.db.execute(q, [last, batch]).fetchall():
+        found = {image_id: header_facts(py_path(p), mtime_ns)[2] for image_id, p, mtime_ns in rows}
+        collection.set_photo_meta(found)
+        filled += len(found)
+        last = rows[-1][0]
+    if filled:
+        logger.info("photo metadata read from the headers of %d indexed images", filled)
+    return filled
+
+
 def build_index(
     roots: Iterable[str | os.PathLike[str]],
     encoder: Any,
@@ -599,6 +623,7 @@ def build_index(
         b.maybe_commit(force=True)
         # Only now that every scanned file has its row: the digests of the folders read this run.
         collection.seal_folders(p.seal)
+        fill_photo_meta(collection)
     except BaseException as exc:
         # Ctrl-C: keep what is already embedded (one more commit), then let the interrupt through.
         try:

@@ -6,11 +6,13 @@ Schema (created and changed only by the named migrations below):
 - ``meta(key, value)``: JSON values. model_id, vocab_hash, vocab_size, dense_dim, sparsify, model_path,
   roots, schema, postings_format, ``generation`` (bumped by every commit that adds or removes images), and
   the write counters behind the benchmark's write amplification (``postings_written``, ``postings_rewritten``).
-- ``images(id, path, size, mtime_ns, hash, width, height, exif_time, status, error, indexed_at)``: one row
+- ``images(id, path, size, mtime_ns, hash, width, height, exif_time, status, error, indexed_at, taken,
+  taken_offset, taken_source, camera_make, camera_model, lens, gps)``: one row
   per file seen, ``status`` 'ok' or 'failed' (with ``error``). ``path`` is text, or the raw bytes of a name
   that is not valid UTF-8 (see ``paths.py``): every file name the OS can give is stored losslessly. ``id``
   is AUTOINCREMENT, so ids are never reused: a deleted or changed image's id stays dead and tombstones stay
-  unambiguous.
+  unambiguous. The photo columns (``photometa.py``) are NULL on 'failed' rows and, until the next index run
+  fills them, on rows indexed before schema 4.
 - ``forward(image_id, terms, weights, dense)``: the sparse vector (and dense vector) of each 'ok' image.
   It is the source of truth: postings and FAISS can always be rebuilt from it.
 - ``segments(name, n, min_id, max_id, gen, bytes)``: the immutable posting files (``segments.py``) that hold
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 DB_NAME = "index.db"
 FAISS_NAME = "dense.faiss"  # the single FAISS file of schema 1; read once by the upgrade, then deleted
 LOCK_NAME = "index.lock"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PAGE_SIZE = 16384
 
 # A reader waits this long for a writer's commit instead of failing with "database is locked". Writers
@@ -120,9 +122,28 @@ def m003_folder_digests(db: Database) -> None:
     db.conn.executemany("INSERT INTO folders (dir) VALUES (?)", [(d,) for d in dirs])
 
 
+def m004_photo_metadata(db: Database) -> None:
+    # The header facts a query filters and sorts on (``photometa.py``). Rows already indexed get them from
+    # the next index run, which re-reads the headers of 'ok' rows with no ``taken_source`` (no re-embedding).
+    for col, kind in (
+        ("taken", "TEXT"),
+        ("taken_offset", "TEXT"),
+        ("taken_source", "TEXT"),
+        ("camera_make", "TEXT"),
+        ("camera_model", "TEXT"),
+        ("lens", "TEXT"),
+        ("gps", "INTEGER"),
+    ):
+        db.execute(f"ALTER TABLE images ADD COLUMN {col} {kind}")
+    db.execute("CREATE INDEX images_taken ON images(taken)")
+    # What a filtered query checks first ("does any image still lack its metadata?") answers from this
+    # partial index at once, instead of scanning every row.
+    db.execute("CREATE INDEX images_unread ON images(id) WHERE status = 'ok' AND taken_source IS NULL")
+
+
 # In order. Registered with sqlite-utils only when a writer opens a collection: readers check what is
 # applied with one SELECT, so a query process does not import sqlite-utils (~100 ms).
-MIGRATIONS = [m001_create_tables, m002_segment_files, m003_folder_digests]
+MIGRATIONS = [m001_create_tables, m002_segment_files, m003_folder_digests, m004_photo_metadata]
 
 
 def migrations() -> Migrations:
@@ -136,7 +157,7 @@ def migrations() -> Migrations:
 
 # Migrations only a writer needs: a reader opens a collection they are still pending on (the next index run
 # applies them), so upgrading lexsearch never makes a search wait for an index run.
-WRITER_ONLY = frozenset({"m003_folder_digests"})
+WRITER_ONLY = frozenset({"m003_folder_digests", "m004_photo_metadata"})
 
 
 def _pending(conn: sqlite3.Connection) -> list[str]:

@@ -22,6 +22,7 @@ from lexsearch.index import segments as sg
 from lexsearch.index.paths import db_path as _db_path
 from lexsearch.index.paths import db_text as _db_text
 from lexsearch.index.paths import folder_digest
+from lexsearch.index.photometa import PHOTO_FIELDS, mtime_taken
 from lexsearch.index.schema import _chunks, _folder_key, _folder_name, _marks
 
 
@@ -36,10 +37,18 @@ class NewImage:
     width: int | None = None
     height: int | None = None
     exif_time: str | None = None
+    photo: dict | None = None  # ``photometa.PHOTO_FIELDS``
     terms: np.ndarray | None = None  # uint32 ascending; None for a failed file
     weights: np.ndarray | None = None  # float32
     dense: np.ndarray | None = None  # (D,) float32
     error: str | None = None
+
+
+def _photo_row(photo: dict | None) -> tuple:
+    # No metadata (a failed file): NULLs; an 'ok' row always has a ``taken_source``.
+    if not photo:
+        return (None,) * len(PHOTO_FIELDS)
+    return tuple(_db_text(v) if isinstance(v, str) else v for v in (photo.get(f) for f in PHOTO_FIELDS))
 
 
 @dataclass
@@ -101,6 +110,17 @@ class StoreWriter:
                 sealed += 1
         return sealed
 
+    def set_photo_meta(self, rows: dict[int, dict]) -> None:
+        """Store the header metadata of already indexed images (the upgrade to schema 4): their vectors,
+        postings and folder digests stay as they are."""
+        self._require_writer()
+        sets = ", ".join(f"{f} = ?" for f in PHOTO_FIELDS)
+        with self._write():
+            self.db.conn.executemany(
+                f"UPDATE images SET {sets} WHERE id = ?",
+                [(*_photo_row(photo), int(i)) for i, photo in rows.items()],
+            )
+
     def apply(self, changes: Changes) -> list[int]:
         """Apply one batch of changes in one transaction; returns the new ids of ``changes.insert``.
 
@@ -151,6 +171,11 @@ class StoreWriter:
                     "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
                     [_db_path(path), size, mtime_ns, image_id],
                 )
+                # A date that is the file's mtime follows it (an EXIF date stays).
+                conn.execute(
+                    "UPDATE images SET taken = ?, taken_offset = ? WHERE id = ? AND taken_source = 'mtime'",
+                    [*(mtime_taken(mtime_ns)[k] for k in ("taken", "taken_offset")), image_id],
+                )
             now = time.time()
             if changes.insert:
                 # One executemany for all rows: in one write transaction AUTOINCREMENT hands out consecutive
@@ -158,7 +183,7 @@ class StoreWriter:
                 first = self.max_image_id + 1
                 conn.executemany(
                     "INSERT INTO images (path, size, mtime_ns, hash, width, height, exif_time, status, "
-                    "error, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"error, indexed_at, {', '.join(PHOTO_FIELDS)}) VALUES ({_marks([0] * (10 + len(PHOTO_FIELDS)))})",
                     [
                         (
                             _db_path(im.path),
@@ -171,6 +196,7 @@ class StoreWriter:
                             "failed" if im.terms is None else "ok",
                             _db_text(im.error),
                             now,
+                            *_photo_row(im.photo),
                         )
                         for im in changes.insert
                     ],

@@ -75,13 +75,14 @@ class ImageTooLarge(Exception):
 
 
 def load_image(
-    path: str | BinaryIO, *, max_pixels: int, draft_size: int | None = None
+    path: str | BinaryIO, *, max_pixels: int, draft_size: int | None = None, mtime_ns: int | None = None
 ) -> tuple[Image.Image, dict]:
     """Open an image upright in RGB, refusing decompression bombs before decoding any pixel.
 
     Returns the image and facts for the ``images`` row: the original width/height (after rotation) and the
     EXIF capture time. ``draft_size`` lets JPEG decode at a reduced scale (DCT scaling) when the model only
-    needs a small input: much less work for a 12 MP photo that becomes 224 x 224.
+    needs a small input: much less work for a 12 MP photo that becomes 224 x 224. With the file's
+    ``mtime_ns`` the facts also hold ``photo``: its header's photo metadata (``lexsearch.index.photometa``).
     """
     _register_heif()
     with Image.open(path) as im:
@@ -90,6 +91,11 @@ def load_image(
             raise ImageTooLarge(
                 f"{width}x{height} = {width * height} pixels is over the {max_pixels / 1e6:g} megapixel guard"
             )
+        photo = None
+        if mtime_ns is not None:
+            from lexsearch.index.photometa import read_photo_meta
+
+            photo = read_photo_meta(im, mtime_ns, str(path))
         exif = im.getexif()
         orientation = exif.get(_EXIF_ORIENTATION, 1)
         taken = None
@@ -104,7 +110,10 @@ def load_image(
         if orientation in (5, 6, 7, 8):  # 90-degree rotations swap the stored dimensions
             width, height = height, width
         rgb = _to_rgb(upright)
-    return rgb, {"width": width, "height": height, "exif_time": str(taken).strip("\x00 ") if taken else None}
+    facts = {"width": width, "height": height, "exif_time": str(taken).strip("\x00 ") if taken else None}
+    if photo is not None:
+        facts["photo"] = photo
+    return rgb, facts
 
 
 # Modes whose values do not fit 8 bits: rescaled by the image's own range instead of clipped.

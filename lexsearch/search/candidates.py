@@ -235,8 +235,12 @@ def candidates(
     filters: Filters | None = None,
     k: int = CANDIDATES,
     prune: PruneConfig | None = None,
+    only: np.ndarray | None = None,
 ) -> Candidates:
-    """The candidate stage: accumulate, filter, take the top ``k`` (``prune.pool * k`` when pruned)."""
+    """The candidate stage: accumulate, filter, take the top ``k`` (``prune.pool * k`` when pruned).
+
+    ``only``: ascending ids the metadata conditions allow (``SearchCollection.candidates``' ``where``); the
+    top ``k`` is taken among them, so a filter that keeps 1% of the images still yields ``k`` of those."""
     index.begin_query()
     if prune is None:
         scores = accumulate(index, terms, weights)
@@ -245,4 +249,10 @@ def candidates(
         k = math.ceil(k * prune.pool)
     allowed = apply_filters(index, scores, filters) if filters else None
     index.mask_dead(scores)  # removed images still in posting files score nothing
+    if only is not None:
+        only = only[only < scores.size]  # ids past the postings (none expected) hold no word: no score
+        if allowed is None:
+            allowed = only
+        else:
+            allowed = np.intersect1d(allowed, only, assume_unique=True)
     return top_k(scores, k, among=allowed)

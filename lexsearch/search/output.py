@@ -26,6 +26,8 @@ def results_to_json(results: Sequence[Result], with_ids: bool = False) -> list[d
             dense=None if r.dense is None else round(r.dense, 6),
             words=[{"word": w, "weight": round(v, 6)} for w, v in r.words],
         )
+        if r.taken is not None:  # sorted by date: the date each result is sorted by
+            row["taken"] = r.taken
         out.append(row)
     return out
 
@@ -66,6 +68,7 @@ def format_table(results: Sequence[Result]) -> str:
         words = ", ".join(f"{w} {v:.3f}" for w, v in r.words)
         if r.rest > 0.0005:
             words += f" (+{r.rest:.3f} more)"
-        lines.append(f"{r.rank:>3}  {r.score:6.3f}  {shown(r.path)}")
+        taken = f"  ({r.taken.replace('T', ' ')})" if r.taken else ""
+        lines.append(f"{r.rank:>3}  {r.score:6.3f}  {shown(r.path)}{taken}")
         lines.append(f"{'':>3}  {'':>6}  {words or '(no shared words)'}")
     return "\n".join(lines) + ("\n" if lines else "")

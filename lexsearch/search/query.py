@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
 
+from lexsearch.collection.interface import Where
 from lexsearch.errors import UsageError
 from lexsearch.search.candidates import CANDIDATES, Candidates, PruneConfig, candidates
 from lexsearch.search.explain import EXPLAIN_WORDS, explain_row, unknown_word_note
+from lexsearch.search.meta import SORT_CAP, split_meta
 from lexsearch.search.parse import Filters, content_words, parse_query, query_word_clauses, resolve_operators
 from lexsearch.search.postings import PostingsIndex
 from lexsearch.search.rerank import DENSE_WEIGHT, ForwardRows, Ranked, lexical_scores, query_vector, rerank
@@ -57,7 +60,8 @@ def explain_text(collection: Any, encoder: Any, text: str, use_cache: bool = Tru
     ``{"text", "words": [{"word", "weight"}, ...]}``: the JSON of ``lexsearch explain --text`` and of a
     server's ``/api/explain?text=``. ``collection`` may be None (a bare model: no query cache).
     """
-    parsed = parse_query(text)  # the query's own refusals: empty, only -words, not UTF-8, too long
+    words, _ = split_meta(text)  # photo filters (after:2023 ...) are no words of the vector
+    parsed = parse_query(words)  # the query's own refusals: empty, only -words, not UTF-8, too long
     q_sparse, _ = encode_query(collection, encoder, parsed.text, use_cache and collection is not None)
     terms, weights = q_sparse.indices, q_sparse.data
     keep = np.flatnonzero(weights != 0)
@@ -107,7 +111,8 @@ def search(
     """
     if top <= 0:
         raise UsageError("--top must be at least 1.")
-    parsed = parse_query(query_text)
+    text, meta = split_meta(query_text)
+    parsed = parse_query(text)
     notes = _query_notes(parsed, encoder)
     filters = resolve_operators(parsed, encoder.word_terms) if parsed.must or parsed.exclude else Filters()
     if not expand:
@@ -119,9 +124,13 @@ def search(
         return _noted(Results(), notes)
     vocab = max(int(encoder.vocab_size), int(q_sparse.shape[1]))
     terms, weights = _strongest(q_sparse.indices, q_sparse.data, query_terms)
-    cands = _candidate_stage(collection, index, terms, weights, filters, max(n_candidates, top), prune)
+    by_date = meta.sort != "score"
+    if by_date:  # every match (up to SORT_CAP) is ordered by date, not only the best-scoring ones
+        n_candidates = max(n_candidates, SORT_CAP)
+    k = max(n_candidates, top)
+    cands = _candidate_stage(collection, index, terms, weights, filters, k, prune, meta.where)
     with_dense = None
-    if not rerank_candidates:
+    if not rerank_candidates and not by_date:
         # The candidate scores cover only the strongest terms: explain (and show) exactly those.
         cands = Candidates(cands.ids[: top * 2], cands.scores[: top * 2])
         qvec = query_vector(terms, weights, vocab)
@@ -131,7 +140,38 @@ def search(
             with_dense = q_dense
     rows, dense = _candidate_rows(collection, cands.ids, with_dense)
     ranked = rerank(rows, qvec, dense, dense_weight if dense is not None else 0.0, min_score)
+    if by_date:
+        if cands.ids.size >= (k if prune is None else math.ceil(k * prune.pool)):  # the stage was full
+            n = int(cands.ids.size)
+            notes = [*notes, f"{n} or more images match: the best {n} are sorted by date"]
+        ranked, taken = _by_date(collection, ranked, newest_first=meta.sort == "date")
+        results = _results(collection, encoder, ranked, qvec, top, explain_words)
+        results[:] = [r._replace(taken=taken.get(r.image_id)) for r in results]
+        return _noted(results, notes)
     return _noted(_results(collection, encoder, ranked, qvec, top, explain_words), notes)
+
+
+def _by_date(collection: Any, ranked: Ranked, newest_first: bool) -> tuple[Ranked, dict[int, str]]:
+    """``ranked`` reordered by date taken (ties, and images with no date, by score as before), and each
+    image's date."""
+    if not hasattr(collection, "metadata"):
+        raise UsageError("This collection cannot sort by date (it keeps no photo metadata).")
+    taken = collection.metadata(ranked.ids.tolist(), ["taken"])
+    dates = [(taken.get(int(i)) or {}).get("taken") or "" for i in ranked.ids.tolist()]
+    order = list(range(len(dates)))  # the score order: the tie-break
+    if newest_first:
+        order.sort(key=lambda j: dates[j], reverse=True)  # stable: equal dates keep score order
+    else:
+        order.sort(key=lambda j: (dates[j] == "", dates[j]))
+    idx = np.asarray(order, np.intp)
+    return Ranked(
+        ids=ranked.ids[idx],
+        score=ranked.score[idx],
+        lexical=ranked.lexical[idx],
+        dense=None if ranked.dense is None else ranked.dense[idx],
+        positions=ranked.positions[idx],
+        rows=ranked.rows,
+    ), {int(i): d for i, d in zip(ranked.ids.tolist(), dates) if d}
 
 
 def _query_notes(parsed, encoder: Any) -> list[str]:
@@ -192,13 +232,22 @@ def _candidate_stage(
     filters: Filters | None,
     k: int,
     prune: PruneConfig | None,
+    where: Where | None = None,
 ) -> Candidates:
     """The collection's own candidate stage (``SearchCollection.candidates``: postings in the embedded
-    store, the sparse index in Qdrant); a long-lived ``index`` or a bare store runs it over postings here."""
+    store, the sparse index in Qdrant); a long-lived ``index`` or a bare store runs it over postings here,
+    restricted to the ids the collection says pass ``where``."""
     if index is None and hasattr(collection, "candidates"):
+        if where:
+            return collection.candidates(terms, weights, filters, k=k, prune=prune, where=where)
         return collection.candidates(terms, weights, filters, k=k, prune=prune)
+    only = None
+    if where:
+        if not hasattr(collection, "allowed_ids"):
+            raise UsageError("This collection cannot filter on photo metadata.")
+        only = collection.allowed_ids(where)
     index = index or PostingsIndex.from_collection(collection)
-    return candidates(index, terms, weights, filters, k=k, prune=prune)
+    return candidates(index, terms, weights, filters, k=k, prune=prune, only=only)
 
 
 def _candidate_rows(

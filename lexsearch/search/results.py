@@ -18,6 +18,9 @@ class Result(NamedTuple):
     dense: float | None  # dense cosine, None when not used
     words: list[tuple[str, float]]  # strongest shared words and their contributions q_w * d_w
     rest: float = 0.0  # sum of the contributions of the shared words not listed
+    taken: str | None = (
+        None  # when the photo was taken (``photometa``), given when results are sorted by date
+    )
 
 
 class Results(list):

@@ -4,7 +4,9 @@
     GET  /api/info              the collection's name, folder and image count
     GET  /api/alive             the collection's folder, at once (no lock: the event loop alone answers)
     GET  /api/search?q=&top=    ``lexsearch query --json`` plus each result's ``id``
-                                (also ``expand=1``, ``rerank=0``, ``pruned=1``, ``min_score=X``; with
+                                (also ``expand=1``, ``rerank=0``, ``pruned=1``, ``min_score=X``, the photo
+                                filters ``after=``, ``before=``, ``camera=``, ``folder=``, ``orientation=``
+                                and ``sort=date|date-asc``, the same as those words in ``q``; with
                                 ``format=table|json|paths|null`` the very bytes ``lexsearch query`` prints;
                                 the search's notes in a ``Lexsearch-Notes`` header)
     POST /api/search/image      the request body (an image file, at most MAX_UPLOAD_BYTES) as the query
@@ -117,18 +119,17 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
             "min_score": None if min_score in (None, "") else _float(min_score),
         }
         t0 = time.perf_counter()
+        q = _with_meta(params)
         form = params.get("format")
         if form is not None:  # what `lexsearch query` prints, as bytes
-            q, top = params.get("q", ""), _top(request)
+            top = _top(request)
             body, rows = await run_in_threadpool(lambda: service.search_output(q, top, form, **options))
             ms = 1000 * (time.perf_counter() - t0)
             headers = {"Server-Timing": f"search;dur={ms:.2f}", STALE_HEADER: str(rows.stale)}
             if rows.notes:
                 headers[NOTES_HEADER] = encode_notes(rows.notes)
             return Response(body, media_type="application/octet-stream", headers=headers)
-        results = await run_in_threadpool(
-            lambda: service.search(params.get("q", ""), _top(request), **options)
-        )
+        results = await run_in_threadpool(lambda: service.search(q, _top(request), **options))
         headers = {STALE_HEADER: str(results.stale)} if getattr(results, "stale", 0) else {}
         if getattr(results, "exact_paths", False):
             headers[PATHS_HEADER] = EXACT_PATHS
@@ -253,6 +254,15 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _with_meta(params: Any) -> str:
+    """``q`` with the photo-filter parameters as its own words (``lexsearch.search.meta``): the search
+    then reads them as it reads them typed into the text. A folder is a name or an absolute path here."""
+    from lexsearch.search.meta import with_meta
+
+    keys = ("after", "before", "camera", "folder", "orientation", "sort")
+    return with_meta(params.get("q", ""), resolve=False, **{k: params.get(k) for k in keys})
 
 
 def _float(raw: str) -> float:

@@ -104,6 +104,7 @@ def results_from_rows(rows: list[dict[str, Any]]) -> Any:
             dense=r["dense"],
             words=[(w["word"], w["weight"]) for w in r["words"]],
             rest=max(0.0, r["lexical"] - sum(w["weight"] for w in r["words"])),
+            taken=r.get("taken"),
         )
         for r in rows
     )

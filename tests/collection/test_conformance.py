@@ -80,10 +80,27 @@ class _Encoded:
         self.sparse, self.dense = sparse, dense
 
 
+CAMERAS = [("Google", "Pixel 7"), ("FUJIFILM", "X100V"), (None, None)]
+SHAPES = [(4, 3), (3, 4), (4, 4)]
+
+
+def _photo(i: int) -> tuple[int, int, dict]:
+    """(width, height, photo metadata) of image i: dates over 2015-2024 with shared days, three cameras."""
+    make, model = CAMERAS[i % 3]
+    w, h = SHAPES[(i // 3) % 3]
+    taken = f"{2015 + i % 10}-{1 + i % 12:02d}-{1 + i % 5:02d}T12:00:00"
+    src = "exif" if make else "mtime"
+    photo = {"taken": taken, "taken_offset": None, "taken_source": src, "camera_make": make}
+    return w, h, {**photo, "camera_model": model, "lens": None, "gps": i % 2}
+
+
 def _images(root) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """(path, terms, weights, dense) of N_IMAGES synthetic images; each path is a real (empty) file."""
+    """(path, terms, weights, dense) of N_IMAGES synthetic images; each path is a real (empty) file, in
+    ``trips/`` or ``home/``."""
     rng = np.random.default_rng(0)
     out = []
+    for sub in ("trips", "home"):
+        (root / sub).mkdir(exist_ok=True)
     for i in range(N_IMAGES):
         n = int(rng.integers(3, 9))
         terms = np.sort(rng.choice(len(WORDS), n, replace=False)).astype(np.uint32)
@@ -91,7 +108,7 @@ def _images(root) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
         weights /= np.linalg.norm(weights)
         dense = rng.standard_normal(DENSE_DIM).astype(np.float32)
         dense /= np.linalg.norm(dense)
-        path = root / f"img_{i:04d}.jpg"
+        path = root / ("trips" if i % 4 == 0 else "home") / f"img_{i:04d}.jpg"
         path.write_bytes(b"")
         out.append((str(path), terms, weights, dense))
     return out
@@ -109,16 +126,18 @@ def both(tmp_path_factory):
     with open_collection(emb, readonly=False) as col:
         col.bind_model(model, "rebuild")
         # Two commits and a flush: postings both in a file and in the SQLite delta, as a real store has them.
-        for part in (images[:200], images[200:]):
+        for start, part in ((0, images[:200]), (200, images[200:])):
             col.apply(
                 Changes(
                     insert=[
-                        NewImage(p, 0, 0, f"h{k}", 4, 3, None, terms=t, weights=w, dense=d)
-                        for k, (p, t, w, d) in enumerate(part)
+                        NewImage(
+                            p, 0, 0, f"h{k}", *_photo(k)[:2], None, _photo(k)[2], terms=t, weights=w, dense=d
+                        )
+                        for k, (p, t, w, d) in enumerate(part, start=start)
                     ]
                 )
             )
-            if part is images[:200]:
+            if start == 0:
                 col.flush_postings()
         col.save_dense()
     address = f"qdrant://{tmp / 'qdrant'}/photos"
@@ -130,7 +149,15 @@ def both(tmp_path_factory):
                     id=pt.point_id(p),
                     vector=_vectors(col._models, t, w, d),
                     payload=pt.image_payload(
-                        p, 0, 0, f"h{k}", status="ok", width=4, height=3, terms=[int(x) for x in t]
+                        p,
+                        0,
+                        0,
+                        f"h{k}",
+                        status="ok",
+                        width=_photo(k)[0],
+                        height=_photo(k)[1],
+                        terms=[int(x) for x in t],
+                        **pt.photo_payload(p, *_photo(k)),
                     ),
                 )
                 for k, (p, t, w, d) in enumerate(images)
@@ -229,22 +256,77 @@ def test_explanations_and_metadata_read_the_same_rows(both):
             te, we = fe[rows_e[p].id]
             tq, wq = fq[rows_q[p].id]
             assert te.tolist() == tq.tolist() and np.allclose(we, wq, atol=1e-6)
-        me = e.metadata([rows_e[paths[0]].id], ["width", "height"])
-        mq = q.metadata([rows_q[paths[0]].id], ["width", "height"])
-        assert list(me.values()) == list(mq.values()) == [{"width": 4, "height": 3}]
+        fields = ["width", "height", "taken", "taken_source", "camera_make", "camera_model", "gps"]
+        me = e.metadata([rows_e[paths[0]].id], fields)
+        mq = q.metadata([rows_q[paths[0]].id], fields)
+        k = int(paths[0][-8:-4])  # img_0012.jpg: image 12
+        w, h, photo = _photo(k)
+        assert (
+            list(me.values())
+            == list(mq.values())
+            == [{"width": w, "height": h, **{f: photo[f] for f in fields[2:]}}]
+        )
         assert e.count() == q.count() == N_IMAGES
         assert q.words() == WORDS  # the word <-> id mapping is stored with the collection
 
 
-def test_metadata_conditions_are_refused_until_photo_metadata_exists(both):
+def test_metadata_conditions_restrict_the_candidate_stage_of_both_homes(both):
+    """``Where`` is applied before the top k is taken: k candidates that all pass, the same in both homes
+    (a post-filter of the best k would keep about a third of them)."""
     from lexsearch.collection import Condition, Where
-    from lexsearch.errors import UsageError
 
     emb, address = both
-    where = Where((Condition("camera", "eq", "X100V"),))
-    terms, weights = np.array([COL["horse"]]), np.array([1.0], np.float32)
+    where = Where((Condition("camera", "contains", "x100v"), Condition("taken", "gte", "2018-01-01")))
+    terms, weights = np.array([COL["horse"], COL["sky"]]), np.array([1.0, 0.5], np.float32)
     with open_collection(emb) as e, open_collection(address) as q:
+        found = {}
         for col in (e, q):
-            with pytest.raises(UsageError):
-                col.candidates(terms, weights, where=where)
-            assert col.candidates(terms, weights, where=Where()).ids.size > 0
+            ids = col.candidates(terms, weights, k=5, where=where).ids.tolist()
+            meta = col.metadata(ids, ["camera_model", "taken"])
+            assert len(ids) == 5 and all(m["camera_model"] == "X100V" for m in meta.values())
+            assert all(m["taken"] >= "2018-01-01" for m in meta.values())
+            found[col is e] = [col.image_paths([i])[i] for i in ids]
+            assert col.candidates(terms, weights, where=Where()).ids.size > len(ids)
+        assert found[True] == found[False]
+
+
+FILTERED = [
+    "horse after:2018 before:2021",
+    "white horse after:2019-06",
+    "horse camera:pixel",
+    "beach camera:FUJI",
+    "dog in:trips",
+    "horse orientation:portrait",
+    "sky orientation:square before:2020",
+    "horse sort:date",
+    "white horse sort:date-asc camera:pixel",
+    "beach -night sort:date in:home",
+]
+
+
+@pytest.mark.parametrize("options", [{}, {"top": 3}, {"min_score": 0.3}], ids=["default", "top3", "min"])
+def test_photo_filters_and_date_sort_answer_the_same_from_both_homes(both, options):
+    """The metadata conditions restrict the candidate stage of both homes alike (SQL on the store's
+    columns, a payload filter in Qdrant), and the date order is the same."""
+    emb, address = both
+    enc = WordEncoder()
+    opts = {"top": 12, **options}
+    with open_collection(emb) as e, open_collection(address) as q:
+        for text in FILTERED:
+            a = _answer(search(e, enc, text, **opts))
+            b = _answer(search(q, enc, text, **opts))
+            _close(a, b)
+            assert a, text
+            meta = e.metadata([r.image_id for r in search(e, enc, text, **opts)])
+            rows = list(meta.values())
+            if "after:2018" in text:
+                assert all("2018-01-01" <= m["taken"] < "2021-01-01" for m in rows)
+            if "camera:pixel" in text:
+                assert all(m["camera_model"] == "Pixel 7" for m in rows)
+            if "orientation:portrait" in text:
+                assert all(m["width"] < m["height"] for m in rows)
+            if "in:trips" in text:
+                assert all(r[0].split("/")[-2] == "trips" for r in a)
+            if "sort:date" in text:
+                dates = [m["taken"] for m in (meta[r.image_id] for r in search(e, enc, text, **opts))]
+                assert dates == sorted(dates, reverse="date-asc" not in text)

@@ -156,3 +156,30 @@ def test_addresses_name_a_server_or_a_folder():
     assert Spec("qdrant://db1:7000/p?scheme=https").url == "https://db1:7000"
     s = Spec("qdrant:///srv/q/photos")
     assert (s.folder, s.name, s.local) == ("/srv/q", "photos", True)
+
+
+def test_points_from_before_photo_metadata_get_it_from_the_next_run_without_embedding(tmp_path):
+    from photofolder import PHOTOS, make_photo_folder
+
+    root = tmp_path / "photos"
+    make_photo_folder(root)
+    address = _address(tmp_path, "old")
+    _index(address, root)
+    keys = ["taken", "taken_offset", "taken_source", "camera_make", "camera_model", "lens", "gps"]
+    keys += ["taken_key", "camera", "folders", "folder_names", "orientation"]
+    with QdrantCollection.open(address, readonly=False) as col:
+        ids = [pid for pid, _ in col.scroll_payloads()]
+        col._client.delete_payload(
+            col.name, keys=keys, points=ids, wait=True
+        )  # as an older lexsearch wrote them
+        assert all(p["taken"] is None for p in col.metadata(ids, ["taken"]).values())
+    enc = FakeEncoder()
+    again = _index(address, root, enc)
+    assert (again.indexed, enc.images_seen) == (0, 0)
+    with QdrantCollection.open(address) as col:
+        rows = col.rows_at([str(root / p.rel) for p in PHOTOS])
+        meta = col.metadata([r.id for r in rows.values()], ["taken", "taken_source", "camera_model"])
+        got = {path[len(str(root)) + 1 :]: meta[r.id] for path, r in rows.items()}
+    for p in PHOTOS:
+        model = p.camera.split(" ", 1)[1] if p.camera else None
+        assert got[p.rel] == {"taken": p.taken, "taken_source": p.source, "camera_model": model}, p.rel

@@ -26,6 +26,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from lexsearch.collection.embedded import EmbeddedCollection  # noqa: E402
 from lexsearch.index.store import Collection  # noqa: E402
 from lexsearch.search import load_encoder  # noqa: E402
 from lexsearch.serve import SearchService  # noqa: E402
@@ -64,7 +65,7 @@ def browser(tmp_path):
 @pytest.fixture
 def served(small_collection):
     _, col_path = small_collection
-    with Collection.open(col_path, readonly=True) as col:
+    with EmbeddedCollection.open(col_path, readonly=True) as col:  # as `lexsearch serve` opens it
         service = SearchService(col, load_encoder(col, device="cpu"))
         service.warm_up()
         server = Server(service, "127.0.0.1", 0)
@@ -315,3 +316,23 @@ def test_a_search_shows_its_notes(browser, paged):
     browser.get(server.url + "/?q=a+red+circle")
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .card"))
     assert not browser.find_element(By.ID, "notes").is_displayed()
+
+
+def test_the_sort_toggle_orders_by_date_and_the_address_keeps_it(browser, served):
+    browser.get(served.url + "/?q=a+red+circle")
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .card"))
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "sort")).select_by_value("date")
+    _wait(
+        browser, lambda d: "sort%3Adate" in d.current_url and d.find_elements(By.CSS_SELECTOR, "#grid .taken")
+    )
+    assert browser.find_element(By.ID, "q").get_attribute("value") == "a red circle sort:date"
+    dates = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#grid .taken")]
+    assert dates == sorted(dates, reverse=True) and all(len(d) == 10 for d in dates)
+    browser.get(served.url + "/?q=a+red+circle+sort%3Adate-asc")  # a bookmark keeps the order
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .taken"))
+    assert browser.find_element(By.ID, "sort").get_attribute("value") == "date-asc"
+    Select(browser.find_element(By.ID, "sort")).select_by_value("score")
+    _wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#grid .taken"))
+    assert browser.find_element(By.ID, "q").get_attribute("value") == "a red circle"

@@ -46,6 +46,18 @@ QUERIES: list[list[str | bytes]] = [
     ["a red circle", "--min-score", "0.15"],
     ["a red circle", "--min-score", "5"],  # every result below it
     ['"red circle" -"blue square"'],
+    [
+        "a red circle",
+        "--after",
+        "2000",
+        "--orientation",
+        "landscape",
+        "--sort",
+        "date",
+        "--json",
+    ],  # photo filters
+    ["a red circle before:2000 camera:pixel"],  # ... as words: no photo passes
+    ["a red circle", "--after", "2023-13"],  # a date that is not one
 ]
 # `explain IMAGE --heatmap OUT --word WORD` against the page's /api/heatmap/ID?word=WORD.
 WORDS = ["zzz", "cat", "red", "\u65e5\u672c"]

@@ -45,6 +45,7 @@ from lexsearch.index.build import (
     check_roots,
     model_meta,
 )
+from lexsearch.index.photometa import PHOTO_FIELDS, header_facts, mtime_taken
 from lexsearch.index.scan import scan, under_roots
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class _Writer:
         self.shared_engine = shared_engine
         self.points: list[Any] = []
         self.facts: list[tuple[int, dict]] = []
+        self.mtime_dated: set[int] = set()
         self.deletes: list[int] = []
         self.models = col._models
 
@@ -165,6 +167,8 @@ def build_qdrant(
 
     reporter.total(len(work))
     writer = _Writer(collection, shared_engine)
+    # Points dated by their file's mtime: a touched file's date follows its new mtime.
+    writer.mtime_dated = {pid for pid, facts in stored.items() if facts.get("taken_source") == "mtime"}
     moved_from: set[int] = set()
     try:
         _run(b, work, writer, collection, moved_from, options)
@@ -174,6 +178,20 @@ def build_qdrant(
         writer.deletes.extend(gone)
         b.summary.removed += sum(vanished[pid].get("status") == "ok" for pid in gone)
         writer.deletes.extend(moved_from)
+        writer.flush()
+        # Points written before photo metadata existed: their headers, read once, fill it (no embedding).
+        redone = {pt.point_id(w.file.path) for w in work}
+        older = [
+            pid
+            for pid in seen - redone
+            if stored.get(pid, {}).get("status") == "ok" and "taken_source" not in stored[pid]
+        ]
+        for pid in older:
+            path = pt.payload_path(stored[pid])
+            width, height, photo = header_facts(path, int(stored[pid].get("mtime_ns") or 0))
+            writer.facts.append((pid, {**pt.photo_payload(path, width, height, photo)}))
+            if len(writer.facts) >= 256:
+                writer.flush()
         writer.flush()
     except BaseException:
         try:  # Ctrl-C: keep what is already embedded, then let the interrupt through
@@ -237,7 +255,11 @@ def _handle(b: _Builder, d: _Done, writer: _Writer, col: QdrantCollection, moved
     f = p.work.file
     pid = pt.point_id(f.path)
     if p.kind == "touch":
-        writer.facts.append((pid, {"size": f.size, "mtime_ns": f.mtime_ns}))
+        facts: dict[str, Any] = {"size": f.size, "mtime_ns": f.mtime_ns}
+        if pid in writer.mtime_dated:
+            facts.update(mtime_taken(f.mtime_ns))
+            facts["taken_key"] = pt.taken_key(facts["taken"])
+        writer.facts.append((pid, facts))
         b.summary.unchanged += 1
     elif p.kind == "move":
         olds = b.missing_by_hash.get(p.hash or "")
@@ -247,8 +269,14 @@ def _handle(b: _Builder, d: _Done, writer: _Writer, col: QdrantCollection, moved
             _handle(b, b.embed([b.prepare(p.work, allow_move=False)])[0], writer, col, moved_from)
             return
         keep = {
-            k: v for k, v in (copied.payload or {}).items() if k in ("width", "height", "exif_time", "terms")
-        }
+            k: v
+            for k, v in (copied.payload or {}).items()
+            if k
+            in ("width", "height", "exif_time", "terms", *PHOTO_FIELDS, "taken_key", "camera", "orientation")
+        }  # the folders of the new path, not the old one's
+        if "taken_source" in keep:
+            fresh = pt.photo_payload(f.path, None, None, {"taken_source": keep["taken_source"]})
+            keep.update(folders=fresh["folders"], folder_names=fresh["folder_names"])
         payload = pt.image_payload(f.path, f.size, f.mtime_ns, p.hash, status="ok", **keep)
         writer.point(pid, copied.vector, payload)
         moved_from.add(old)
@@ -270,6 +298,7 @@ def _handle(b: _Builder, d: _Done, writer: _Writer, col: QdrantCollection, moved
             height=p.height,
             exif_time=p.exif_time,
             terms=[int(t) for t in d.terms],
+            **pt.photo_payload(f.path, p.width, p.height, p.photo),
         )
         writer.point(pid, _vectors(writer.models, d.terms, d.weights, d.dense), payload)
         b.summary.indexed += 1

@@ -23,7 +23,7 @@ DENSE = "dense"
 BUCKETS = 4096
 # Payload keys of the facts the indexer compares and the search shows; ``terms`` (the sparse vector's
 # columns, as a list) is what +must / -exclude / the query-word rule filter on.
-FACTS = ("path", "path_bytes", "size", "mtime_ns", "hash", "status")
+FACTS = ("path", "path_bytes", "size", "mtime_ns", "hash", "status", "taken_source")
 
 
 def point_id(path: str) -> int:
@@ -78,6 +78,41 @@ def image_payload(path: str, size: int, mtime_ns: int, content_hash: str | None,
     return payload
 
 
+def photo_payload(path: str, width: int | None, height: int | None, photo: dict | None) -> dict[str, Any]:
+    """The photo metadata of a point (``lexsearch.index.photometa``) and the keys its filters match:
+    ``taken_key`` (the date as a number, for ranges), ``camera`` (make + model, lower case), ``folders``
+    (every folder above the file) and ``folder_names`` (their names, lower case), ``orientation``."""
+    from lexsearch.index.photometa import orientation
+
+    if not photo:
+        return {}
+    out = {k: v for k, v in photo.items() if v is not None}
+    if photo.get("taken"):
+        out["taken_key"] = taken_key(photo["taken"])
+    camera = " ".join(x for x in (photo.get("camera_make"), photo.get("camera_model")) if x)
+    if camera:
+        out["camera"] = camera.lower()
+    folders, d = [], os.path.dirname(path)
+    while d and d not in folders:
+        folders.append(d)
+        d = os.path.dirname(d)
+    out["folders"] = [path_payload(f)["path"] for f in folders]
+    out["folder_names"] = sorted({os.path.basename(f).lower() for f in folders if os.path.basename(f)})
+    shape = orientation(width, height)
+    if shape:
+        out["orientation"] = shape
+    return out
+
+
+PHOTO_KEYS = ("taken_key", "camera", "folders", "folder_names", "orientation")
+
+
+def taken_key(taken: str) -> int:
+    """``2023-06-14T09:00:00`` (or a date ``2023-06-14``) as 20230614090000: ranges are numeric in Qdrant."""
+    digits = "".join(ch for ch in taken if ch.isdigit())
+    return int(digits.ljust(14, "0")[:14])
+
+
 # --------------------------------------------------------------------------------------------- filters
 def _has_all(models: Any, cols: tuple[int, ...]) -> Any:
     return models.Filter(
@@ -91,7 +126,7 @@ def clause_filter(models: Any, clause: Any) -> Any:
     return alts[0] if len(alts) == 1 else models.Filter(should=alts)
 
 
-def query_filter(models: Any, filters: Any, where: Any = None) -> Any | None:
+def query_filter(models: Any, filters: Any, where: Any = None, cameras: Any = None) -> Any | None:
     """The query's word filters (``lexsearch.search.parse.Filters``) and metadata conditions as one Qdrant
     filter, with the same meaning as ``lexsearch.search.candidates.apply_filters``: every +must clause,
     at least one of the query's words (``any_of``), none of the -exclude clauses."""
@@ -103,15 +138,32 @@ def query_filter(models: Any, filters: Any, where: Any = None) -> Any | None:
             must.append(models.Filter(should=[clause_filter(models, c) for c in filters.any_of]))
         must_not += [clause_filter(models, c) for c in filters.exclude]
     if where:
-        must += where_conditions(models, where)
+        must += where_conditions(models, where, cameras)
     return models.Filter(must=must, must_not=must_not or None)
 
 
-def where_conditions(models: Any, where: Any) -> list[Any]:
-    """Metadata conditions (``lexsearch.collection.interface.Where``) as payload conditions."""
+def where_conditions(models: Any, where: Any, cameras: Any = None) -> list[Any]:
+    """Metadata conditions (``lexsearch.collection.interface.Where``) as payload conditions, meaning what
+    ``lexsearch.collection.embedded.where_sql`` means. A camera substring becomes the list of the
+    collection's cameras that contain it (``cameras()``: its distinct ``camera`` values)."""
     out = []
     for c in where.conditions:
-        if c.op == "eq":
+        if c.field == "taken" and c.op in ("gte", "lt", "lte"):
+            rng = models.Range(**{c.op: taken_key(str(c.value))})
+            out.append(models.FieldCondition(key="taken_key", range=rng))
+        elif c.field == "camera" and c.op == "contains":
+            hits = [v for v in (cameras() if cameras else []) if str(c.value).lower() in v]
+            # MatchAny of nothing matches nothing, as a camera no image has should.
+            out.append(models.FieldCondition(key="camera", match=models.MatchAny(any=hits or ["\x00"])))
+        elif c.field == "folder" and c.op == "under":
+            folder = path_payload(str(c.value).rstrip(os.sep) or os.sep)["path"]
+            out.append(models.FieldCondition(key="folders", match=models.MatchValue(value=folder)))
+        elif c.field == "folder" and c.op == "named":
+            name = str(c.value).strip(os.sep).lower()
+            out.append(models.FieldCondition(key="folder_names", match=models.MatchValue(value=name)))
+        elif c.field == "orientation" and c.op == "eq":
+            out.append(models.FieldCondition(key="orientation", match=models.MatchValue(value=str(c.value))))
+        elif c.op == "eq":
             out.append(models.FieldCondition(key=c.field, match=models.MatchValue(value=c.value)))
         elif c.op == "in":
             out.append(models.FieldCondition(key=c.field, match=models.MatchAny(any=list(c.value))))

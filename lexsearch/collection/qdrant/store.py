@@ -31,6 +31,7 @@ from lexsearch.errors import (
     LexsearchError,
     UsageError,
 )
+from lexsearch.index.photometa import PHOTO_FIELDS
 from lexsearch.index.store import ImageRow, check_model
 
 logger = logging.getLogger(__name__)
@@ -224,8 +225,6 @@ class QdrantCollection:
         """
         from lexsearch.search.candidates import Candidates
 
-        if where:
-            raise UsageError("Metadata filters need photo metadata, which this collection does not hold yet.")
         empty = Candidates(np.empty(0, np.intp), np.empty(0, np.float32))
         if terms.size == 0 or (filters is not None and filters.any_of is not None and not filters.any_of):
             return empty
@@ -237,7 +236,7 @@ class QdrantCollection:
                 self.name,
                 query=m.SparseVector(indices=[int(t) for t in terms], values=[float(w) for w in weights]),
                 using=pt.SPARSE,
-                query_filter=pt.query_filter(m, filters),
+                query_filter=pt.query_filter(m, filters, where, self._cameras),
                 limit=int(k),
                 with_payload=False,
             ).points
@@ -245,6 +244,12 @@ class QdrantCollection:
         scores = np.fromiter((p.score for p in found), np.float32, len(found))
         keep = scores > 0
         return Candidates(ids[keep], scores[keep])
+
+    def _cameras(self) -> list[str]:
+        """The distinct ``camera`` payload values (a facet: one request, however many points)."""
+        with _reaching(self.spec):
+            hits = self._client.facet(self.name, key="camera", limit=100_000).hits
+        return [str(h.value) for h in hits]
 
     def _retrieve(self, ids: Sequence[int], vectors: Any, payload: Any) -> dict[int, Any]:
         out: dict[int, Any] = {}
@@ -335,7 +340,9 @@ class QdrantCollection:
         return {by_id[i]: _image_row(i, rec.payload) for i, rec in found.items()}
 
     def metadata(self, image_ids: Iterable[int], fields: Sequence[str] | None = None) -> dict[int, dict]:
-        wanted = list(fields) if fields else ["width", "height", "exif_time", "size", "mtime_ns"]
+        wanted = (
+            list(fields) if fields else ["width", "height", "exif_time", "size", "mtime_ns", *PHOTO_FIELDS]
+        )
         found = self._retrieve(list(image_ids), False, wanted)
         return {i: {f: rec.payload.get(f) for f in wanted} for i, rec in found.items()}
 
@@ -427,6 +434,11 @@ class QdrantCollection:
                 ("status", schema.KEYWORD),
                 ("bucket", schema.INTEGER),
                 ("folder", schema.KEYWORD),
+                ("taken_key", schema.INTEGER),
+                ("camera", schema.KEYWORD),  # its facet lists the cameras a camera: filter may mean
+                ("folders", schema.KEYWORD),
+                ("folder_names", schema.KEYWORD),
+                ("orientation", schema.KEYWORD),
             ):
                 self._client.create_payload_index(self.name, key, kind)
 

@@ -97,6 +97,20 @@ function setStatus(text, kind) {
   s.className = kind || "";
 }
 
+// The order is a word of the query (sort:date), so a bookmarked page keeps it: the toggle rewrites it.
+const SORT_WORD = /(^|\s)sort:("[^"]*"?|\S+)/gi;
+
+function sortOf(text) {
+  const m = [...text.matchAll(SORT_WORD)].pop();
+  const value = m ? m[2].replace(/"/g, "").toLowerCase() : "score";
+  return ["score", "date", "date-asc"].includes(value) ? value : "score";
+}
+
+function withSort(text, sort) {
+  const rest = text.replace(SORT_WORD, " ").replace(/\s+/g, " ").trim();
+  return sort === "score" ? rest : `${rest} sort:${sort}`;
+}
+
 function urlFor(mode, extra) {
   if (mode === "text") return `/api/search?q=${encodeURIComponent(state.q)}&top=${extra}`;
   if (mode === "like") return `/api/similar/${state.like}?top=${extra}`;
@@ -120,6 +134,7 @@ async function run(mode, { push = true } = {}) {
     const url = mode === "image" ? "/" : "/?" + params.toString();
     history.pushState({ q: state.q, like: state.like }, "", url);
   }
+  if (mode === "text") $("sort").value = sortOf(state.q);
   document.title = mode === "text" ? `${state.q} - lexsearch` : "lexsearch";
   showMeaning(state.gen);
   await more();
@@ -191,6 +206,7 @@ function card(r, index) {
   const meta = el("span", "meta");
   meta.append(el("span", "rank", `#${r.rank}`), el("span", "name", baseName(r.path)),
               el("span", "score", r.score.toFixed(3)));
+  if (r.taken) meta.append(el("span", "taken", r.taken.slice(0, 10))); // sorted by date: the date it sorts by
   const chips = el("span", "chips");
   r.words.forEach((w) => chips.append(chip(w.word, w.weight, state.maxWeight, false)));
   if (!r.words.length) chips.append(el("span", "faint", "similar overall, no shared word"));
@@ -259,6 +275,14 @@ document.addEventListener("DOMContentLoaded", () => {
     const text = q.value.trim();
     if (!text) { setStatus("Type some words to search for.", "empty"); return; }
     state.q = text;
+    state.like = null;
+    run("text");
+  });
+  $("sort").addEventListener("change", (ev) => {
+    const text = (state.mode === "text" ? state.q : q.value).trim();
+    if (!text) return;
+    state.q = withSort(text, ev.target.value);
+    q.value = state.q;
     state.like = null;
     run("text");
   });
