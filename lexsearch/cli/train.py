@@ -39,6 +39,12 @@ from lexsearch.cli.common import handle_errors
     type=click.Choice(["overuse", "flops"]),
     help="Regulariser [paper: overuse; the tiny preset: flops].",
 )
+@click.option(
+    "--freeze-text/--train-text",
+    "freeze_text",
+    default=None,
+    help="Freeze the text tower and train against cached caption vectors (default: mini on a CPU).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out.")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
@@ -58,6 +64,7 @@ def train(
     micro_batch_size,
     lr,
     reg,
+    freeze_text,
     resume,
     seed,
     device,
@@ -89,6 +96,7 @@ def train(
         lr=lr,
         reg=reg,
         resume=resume,
+        freeze_text=freeze_text,
         seed=seed,
         device=device,
         quiet=quiet,

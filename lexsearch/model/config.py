@@ -83,6 +83,10 @@ class ModelConfig:
     # explain calls an image's words weak below the line lexsearch.explain.WEAK_PERCENTILE. Empty = not
     # measured: no caveat.
     word_margins: dict[str, float] = field(default_factory=dict)
+    # Vocabulary columns the image read-out computes, sorted; empty = all. A run with a frozen text tower
+    # (TrainConfig.freeze_text) sets it to the union of its captions' top words: every other column of an
+    # image vector is then 0, so a query word outside it can never score (lexsearch.train.frozen_text).
+    image_columns: list[int] = field(default_factory=list)
     # --- sparsification at inference [paper] ----------------------------------------------------------------
     sparsify: str = "threshold"  # "threshold" (> 1/sqrt(V)) | "topk" | "none"
     top_k: int = 512  # used when sparsify == "topk" ("Q(512)")
@@ -117,6 +121,7 @@ class ModelConfig:
         self.image_std = tuple(self.image_std)
         self.lora_targets = tuple(self.lora_targets)
         self.vocab_ids = [int(i) for i in self.vocab_ids]
+        self.image_columns = sorted({int(i) for i in self.image_columns})
         self.caption_words = sorted({str(w) for w in self.caption_words})
 
 

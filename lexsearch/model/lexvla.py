@@ -104,6 +104,10 @@ class LexVLA(nn.Module):
         # 1 per column, 0 for the prompt's words no training caption used; follows config.caption_words.
         self.register_buffer("keep", torch.ones(len(ids), device=head.device), persistent=False)  # (V,)
         self.set_caption_words(config.caption_words)
+        self.register_buffer(
+            "image_cols", torch.zeros(0, dtype=torch.long, device=head.device), persistent=False
+        )
+        self.set_image_columns(config.image_columns)
 
         self.adapter = Adapter(
             vision_width, lm_width, config.adapter_heads, config.adapter_mlp_ratio, config.adapter_hidden
@@ -161,6 +165,29 @@ class LexVLA(nn.Module):
         self.keep.fill_(1.0)
         self.keep[masked] = 0.0
         return masked
+
+    def set_image_columns(self, columns) -> None:
+        """Restrict the image read-out to these vocabulary columns (empty = all); recorded in the config."""
+        self.config.image_columns = sorted({int(c) for c in columns})
+        cols = torch.tensor(self.config.image_columns, dtype=torch.long, device=self.keep.device)
+        self.image_cols = cols
+
+    def _image_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """``z @ Z_img^T`` on the image read-out's columns: (..., V), or (..., |columns|) when restricted."""
+        if self.image_cols.numel():
+            return codebook_logits(z, self.z_img[self.image_cols])
+        return codebook_logits(z, self.z_img)
+
+    def _image_keep(self) -> torch.Tensor:
+        return self.keep[self.image_cols] if self.image_cols.numel() else self.keep
+
+    def _full_width(self, x: torch.Tensor) -> torch.Tensor:
+        """Vectors over the read-out's columns -> (..., V), zero on the other columns."""
+        if not self.image_cols.numel():
+            return x
+        out = x.new_zeros(*x.shape[:-1], self.vocab_size)
+        out[..., self.image_cols] = x
+        return out
 
     def logit_scale(self) -> torch.Tensor:
         """exp(log scale), clamped at ``max_logit_scale`` (100, as CLIP) [paper]."""
@@ -309,9 +336,15 @@ class LexVLA(nn.Module):
         elu1p is monotone, so max-then-elu1p equals elu1p-then-max and never materialises elu1p(B, T, V).
         CLS takes part in the max [choice].
         """
+        s_img, dense = self.encode_image_columns(pixels)
+        return self._full_width(s_img), dense
+
+    def encode_image_columns(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`encode_image` on the read-out's columns only: (B, |image_columns|) (or (B, V) when
+        unrestricted), and the dense vector. What training with a frozen text tower scores."""
         z = self.image_tokens(pixels)  # (B, T, H)
-        logits = codebook_logits(z, self.z_img)  # (B, T, V)
-        s_img = lexical(logits.max(dim=1).values, self.keep)  # (B, V)
+        logits = self._image_logits(z)  # (B, T, V')
+        s_img = lexical(logits.max(dim=1).values, self._image_keep())  # (B, V')
         dense = None
         if self.dense_img is not None:
             dense = F.normalize(self.dense_img(self._dense_input(z.mean(1))), dim=-1)
@@ -325,14 +358,14 @@ class LexVLA(nn.Module):
         shows them: a photo unlike anything in training still gets a top word of weight ~0.6. The raw margin
         keeps that strength (bench/weak_words.py measures it).
         """
-        logits = codebook_logits(self.image_tokens(pixels), self.z_img).max(dim=1).values  # (B, V)
-        kept = logits[:, self.keep > 0]
+        logits = self._image_logits(self.image_tokens(pixels)).max(dim=1).values  # (B, V')
+        kept = logits[:, self._image_keep() > 0]
         return kept.max(dim=1).values - kept.median(dim=1).values
 
     def patch_vectors(self, pixels: torch.Tensor) -> torch.Tensor:
         """Patch-level lexical vectors (B, P, V): the same read-out on each patch token, no max [paper]."""
         z = self.image_tokens(pixels)[:, self.num_prefix_tokens :]  # (B, P, H)
-        return lexical(codebook_logits(z, self.z_img), self.keep)
+        return self._full_width(lexical(self._image_logits(z), self._image_keep()))
 
     def _dense_input(self, x: torch.Tensor) -> torch.Tensor:
         """What a dense head reads: detached from the adapter / LoRA unless ``dense_backprop`` (the dense

@@ -459,6 +459,10 @@ class _Trainer:
         from lexsearch.train.words import CaptionWords
 
         self.words = CaptionWords.start(self.model, self.pairs, config.init)
+        from lexsearch.train.config import resolve_freeze_text
+
+        frozen = resolve_freeze_text(config.preset, config.freeze_text, config.device)
+        self.text = self._frozen_text() if frozen else None
         for p in self.model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()  # trainable weights and Adam moments in float32, always
@@ -467,7 +471,8 @@ class _Trainer:
             self.model.lm.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
-        self.towers = D.wrap_ddp(Towers(self.model), info)
+        towers = Towers(self.model) if self.text is None else self._frozen_towers()
+        self.towers = D.wrap_ddp(towers, info)
         self.batches = Batches(self.pairs, config, info, self.model.config, steps)
         if config.cache_backbone:
             t0 = time.monotonic()
@@ -497,6 +502,34 @@ class _Trainer:
             torch.manual_seed(config.seed + info.rank)  # dropout differs across ranks, reproducibly
             if info.is_main:
                 config.save(self.out)
+
+    def _frozen_text(self):
+        """The cached text vectors of every training caption; restricts the image read-out to their words."""
+        from lexsearch.train.frozen_text import FrozenText
+
+        if not hasattr(self.pairs, "captions"):
+            raise UsageError("--freeze-text needs a caption folder (its captions are cached before training)")
+        # The LM (LoRA included) is never run in a step, so it gets no gradient and keeps its weights.
+        # A resumed model already records (and reads out on) its columns.
+        columns = self.model.config.image_columns if self.config.resume else None
+        top_k = self.config.text_top_k or self.model.config.top_k
+        text = FrozenText(self.model, list(self.pairs.captions), top_k, columns)
+        self.model.set_image_columns(text.columns.tolist())
+        log.info(
+            "frozen text: %d captions (%d through the LM now), image read-out on %d of %d words "
+            "(they hold %.1f%% of the captions' squared L2 mass)",
+            len(text.index),
+            text.computed,
+            len(text.columns),
+            self.model.vocab_size,
+            100 * text.share,
+        )
+        return text
+
+    def _frozen_towers(self):
+        from lexsearch.train.frozen_text import FrozenTowers
+
+        return FrozenTowers(self.model, self.text).to(self.info.device)
 
     # ---------------------------------------------------------------------------------------- state
     def _rng(self) -> dict[str, list[torch.Tensor]]:
@@ -616,7 +649,11 @@ class _Trainer:
         while self.step < self.total_steps:
             epoch, pixels, captions = next(data)
             self.words.see(captions)
-            ids, mask = self.model.tokenize(captions)
+            if self.text is None:
+                ids, mask = self.model.tokenize(captions)
+            else:  # cached text: each caption's row in the table
+                ids = self.text.rows(captions)[:, None]
+                mask = torch.ones_like(ids)
             self.optimizer.zero_grad(set_to_none=True)
             stats = train_step(
                 self.towers,
