@@ -38,45 +38,30 @@ def index(
     import shlex
     import shutil
 
+    from lexsearch.collection.opening import is_qdrant
     from lexsearch.errors import ModelError, UsageError
     from lexsearch.index import Collection, IndexOptions, build_index, check_roots, resolve
-    from lexsearch.index.build import Shard
     from lexsearch.model.config import read_config
-    from lexsearch.model.lazy import LazyEncoder
 
     # Everything that can be checked cheaply is checked before anything is created or loaded: a typo in a
     # folder leaves no empty collection behind, and a busy collection is refused before the model loads.
     # Every rank checks, so under torchrun each stops with the same line instead of waiting for rank 0.
     roots = check_roots(dirs)
-    from lexsearch.collection.opening import is_qdrant
-
-    if is_qdrant(collection):  # every rank writes its own points: no rank 0 writer
-        if model_dir is None:  # the model the collection records, as for the embedded store
-            from lexsearch.collection import open_collection
-
-            with open_collection(collection, readonly=True) as col:
-                model_dir = col.meta.get("model_path")
-            if not model_dir:
-                raise UsageError(
-                    f"Collection {collection} records no model (it was never indexed); give the model that "
-                    "should index it: --model MODEL_DIR"
-                )
-        if not os.path.isdir(model_dir):
-            raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
-        read_config(model_dir)
-        return _index_qdrant(
-            dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet
-        )
-    path = resolve(collection)
-    fresh = not path.exists()
-    recorded = recorded_model_and_roots(path)
+    qdrant = is_qdrant(collection)
+    if qdrant:  # read only when needed: the in-process engine is one process's at a time (torchrun ranks)
+        path, fresh = None, False
+        recorded = _qdrant_recorded(collection) if model_dir is None else {}
+    else:
+        path = resolve(collection)
+        fresh = not path.exists()
+        recorded = recorded_model_and_roots(path)
     if model_dir is None:
         model_dir = recorded.get("model_path")
         if not model_dir:
+            unreadable = "" if fresh or qdrant else ", or its index.db cannot be read"
             raise UsageError(
-                f"Collection {shown(str(path))} records no model (it was never indexed"
-                + ("" if fresh else ", or its index.db cannot be read")
-                + "); give the model that should index it: --model MODEL_DIR"
+                f"Collection {collection if qdrant else shown(str(path))} records no model (it was never "
+                f"indexed{unreadable}); give the model that should index it: --model MODEL_DIR"
             )
     if not os.path.isdir(model_dir):
         raise ModelError(f"No model at {model_dir} (expected a checkpoint folder).")
@@ -99,48 +84,30 @@ def index(
     options = IndexOptions(
         exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers
     )
-    info, shard = None, Shard()
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # launched by torchrun: join its process group
-        from lexsearch.train.distributed import init_distributed
-
-        info = init_distributed(device)
-        device = str(info.device)
-        shard = Shard(info.rank, info.world_size)
+    info, device, shard = _join_torchrun(device)
+    if qdrant:  # every rank writes its own points: no rank 0 writer
+        return _index_qdrant(
+            dirs, model_dir, collection, options, info, device, shard, rebuild, rebuild_cmd, quiet
+        )
     progress = _IndexProgress(quiet)
     try:
         if shard.rank != 0:  # a helper rank: embeds its share of rank 0's plan, writes and prints nothing
+            from lexsearch.model.lazy import LazyEncoder
+
             with decoder_noise_hidden():
                 encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
                 build_index(dirs, encoder, None, options, shard=shard)
             return
         with Collection.open(collection, readonly=False, recreate=rebuild) as col, decoder_noise_hidden():
-            # Loaded only once the collection's lock is ours: a busy collection is refused at once. The
-            # networks (torch) load only when a file needs embedding: an unchanged folder is a stat per file.
-            encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
-            progress.start()
-            try:
-                summary = build_index(
-                    dirs,
-                    encoder,
-                    col,
-                    options,
-                    progress.reporter,
-                    model_path=model_dir,
-                    rebuild_command=rebuild_cmd,
-                    shard=shard,
-                )
-            finally:
-                progress.close()  # inside: the bar writes to the stderr decoder_noise_hidden lent it
+            # Opened first: a busy collection is refused at once, before the model loads.
+            summary = _embed(build_index, dirs, col, options, progress, model_dir, device, rebuild_cmd, shard)
     except BaseException:
         # A collection this run created and never got to fill (the model would not load) is not left behind.
         if shard.rank == 0 and fresh and not progress.started and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         raise
     finally:
-        if info is not None:
-            from lexsearch.train.distributed import cleanup
-
-            cleanup(info)
+        _leave_torchrun(info)
     if not quiet:
         click.echo(f"{shown(str(col.path))}: {summary.line()}")
 
@@ -217,58 +184,77 @@ class _IndexProgress:
             self.bar = None
 
 
-def _index_qdrant(
-    dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet
-) -> None:
-    """``lexsearch index`` into Qdrant: every rank (torchrun) scans, embeds and writes its own points."""
-    import shlex
-
-    from lexsearch.collection.qdrant.build import build_qdrant
-    from lexsearch.collection.qdrant.store import QdrantCollection
-    from lexsearch.index import IndexOptions
+def _join_torchrun(device: str):
+    """(info, device, shard): the torchrun process group this run joins and its share, or none."""
     from lexsearch.index.build import Shard
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None, device, Shard()
+    from lexsearch.train.distributed import init_distributed
+
+    info = init_distributed(device)  # launched by torchrun: join its process group
+    return info, str(info.device), Shard(info.rank, info.world_size)
+
+
+def _leave_torchrun(info) -> None:
+    if info is not None:
+        from lexsearch.train.distributed import cleanup
+
+        cleanup(info)
+
+
+def _embed(build, dirs, col, options, progress, model_dir, device, rebuild_cmd, shard):
+    """Bring ``col`` up to date with ``dirs`` through ``build`` (the embedded store's or Qdrant's), with
+    the progress bar around it. The networks (torch) load only when a file needs embedding: an unchanged
+    folder is a stat per file."""
     from lexsearch.model.lazy import LazyEncoder
 
-    rebuild_cmd = shlex.join(
-        ["lexsearch", "index", *dirs, "--model", model_dir, "--collection", collection, "--rebuild"]
-    )
-    options = IndexOptions(
-        exclude=exclude, include_hidden=include_hidden, batch_size=batch_size, workers=workers
-    )
-    info, shard = None, Shard()
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        from lexsearch.train.distributed import init_distributed
+    encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
+    progress.start()
+    try:
+        return build(
+            dirs,
+            encoder,
+            col,
+            options,
+            progress.reporter,
+            model_path=model_dir,
+            rebuild_command=rebuild_cmd,
+            shard=shard,
+        )
+    finally:
+        progress.close()  # inside: the bar writes to the stderr decoder_noise_hidden lent it
 
-        info = init_distributed(device)
-        device = str(info.device)
-        shard = Shard(info.rank, info.world_size)
-        if rebuild:
-            raise click.UsageError("--rebuild under torchrun: empty the collection in one process first.")
+
+def _qdrant_recorded(collection: str) -> dict:
+    """``model_path`` and ``roots`` as a Qdrant collection records them ({} for one not created yet)."""
+    from lexsearch.collection import open_collection
+    from lexsearch.errors import CollectionNotFoundError
+
+    try:
+        with open_collection(collection, readonly=True) as col:
+            return col.meta
+    except CollectionNotFoundError:
+        return {}
+
+
+def _index_qdrant(dirs, model_dir, collection, options, info, device, shard, rebuild, rebuild_cmd, quiet):
+    """``lexsearch index`` into Qdrant: every rank (torchrun) scans, embeds and writes its own points."""
+    from lexsearch.collection.qdrant.build import build_qdrant
+    from lexsearch.collection.qdrant.store import QdrantCollection
+
     progress = _IndexProgress(quiet or shard.rank != 0)
     try:
+        if rebuild and info is not None:
+            raise click.UsageError("--rebuild under torchrun: empty the collection in one process first.")
         with (
             QdrantCollection.open(collection, readonly=False, recreate=rebuild) as col,
             decoder_noise_hidden(),
         ):
-            encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
-            progress.start()
-            try:
-                summary = build_qdrant(
-                    dirs,
-                    encoder,
-                    col,
-                    options,
-                    progress.reporter,
-                    model_path=model_dir,
-                    rebuild_command=rebuild_cmd,
-                    shard=shard,
-                )
-            finally:
-                progress.close()
+            summary = _embed(
+                build_qdrant, dirs, col, options, progress, model_dir, device, rebuild_cmd, shard
+            )
     finally:
-        if info is not None:
-            from lexsearch.train.distributed import cleanup
-
-            cleanup(info)
+        _leave_torchrun(info)
     if not quiet and shard.rank == 0:
         click.echo(f"{shown(collection)}: {summary.line()}")
