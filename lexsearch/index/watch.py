@@ -12,12 +12,14 @@ Nothing here prints or decides exit codes: batches and warnings go to the caller
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from lexsearch.errors import LexsearchError
 from lexsearch.index.build import IndexSummary
 from lexsearch.index.scan import is_image_name, under_roots
 
@@ -166,7 +168,10 @@ class FolderWatch:
         for folder, recursive in folders.items():
             observer.schedule(handler, folder, recursive=recursive)
         observer.daemon = True  # never keeps the process alive on its own
-        observer.start()
+        try:
+            observer.start()
+        except OSError as exc:
+            raise LexsearchError(_cannot_watch(exc)) from exc
         self._observer = observer
         return self
 
@@ -181,6 +186,17 @@ class FolderWatch:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _cannot_watch(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EMFILE):
+        # inotify: one watch per folder, up to fs.inotify.max_user_watches (and max_user_instances).
+        return (
+            f"cannot watch the folders{where}: the system's limit on watched folders is reached "
+            "(raise fs.inotify.max_user_watches / max_user_instances, or run 'lexsearch index' from cron)"
+        )
+    return f"cannot watch the folders{where}: {exc.strerror or exc}"
 
 
 def keep_in_step(

@@ -241,6 +241,23 @@ def test_a_batch_waits_for_the_folders_to_be_quiet(tmp_path):
     assert not fw.pending()
 
 
+def test_a_system_limit_on_watches_is_one_line(tmp_path, tiny_model_dir, monkeypatch):
+    import errno
+
+    from watchdog.observers import Observer
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(Observer, "start", full)
+    photos = tmp_path / "photos"
+    make_images(photos, 1)
+    args = ["index", str(photos), "--model", str(tiny_model_dir), "--device", "cpu", "--watch"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "max_user_watches" in result.stderr and "Traceback" not in result.output
+
+
 def test_watch_flags_refused_in_one_line(tmp_path, tiny_model_dir):
     photos = tmp_path / "photos"
     make_images(photos, 1)
