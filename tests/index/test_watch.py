@@ -290,7 +290,16 @@ def test_cli_watch_prints_a_line_per_batch_and_ends_cleanly_on_ctrl_c(tmp_path, 
     make_images(photos, 2)
     args = [sys.executable, "-m", "lexsearch", "index", str(photos), "--model", str(tiny_model_dir)]
     args += ["--device", "cpu", "--collection", "w", "--watch", "--debounce", str(DEBOUNCE_S)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    # A runner started in the background (``pytest &``) ignores SIGINT, and a child inherits that: restored
+    # to the default, so the child's Python turns it into KeyboardInterrupt as a terminal's Ctrl-C does.
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     q: queue.Queue = queue.Queue()
     out: list[str] = []
     err: list[str] = []
