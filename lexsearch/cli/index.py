@@ -26,11 +26,37 @@ from lexsearch.display import shown
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 @click.option("--rebuild", is_flag=True, help="Empty the collection first (after changing the model).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary (warnings still go to stderr).")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="After indexing, keep watching the folders and apply each change (Ctrl-C stops).",
+)
+@click.option(
+    "--debounce",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="With --watch: apply changes once the folders have been quiet this long (default 2).",
+)
 @handle_errors
 def index(
-    dirs, model_dir, collection, exclude, include_hidden, batch_size, workers, device, rebuild, quiet
+    dirs,
+    model_dir,
+    collection,
+    exclude,
+    include_hidden,
+    batch_size,
+    workers,
+    device,
+    rebuild,
+    quiet,
+    watch,
+    debounce,
 ) -> None:
     """Embed folders of images into a collection (incremental, crash-safe).
+
+    With --watch the command stays on after the first run: new, changed, moved and deleted images (and new
+    folders) are applied a couple of seconds after the folders go quiet, one line per batch, with the model
+    loaded once. The watch holds the collection's writer lock until it ends; queries are not affected.
 
     Under torchrun (``torchrun --nproc_per_node=N -m lexsearch index ...``) the ranks share the embedding
     and rank 0 alone writes the collection.
@@ -48,6 +74,15 @@ def index(
     # Every rank checks, so under torchrun each stops with the same line instead of waiting for rank 0.
     roots = check_roots(dirs)
     qdrant = is_qdrant(collection)
+    if debounce is not None and not watch:
+        raise UsageError("--debounce goes with --watch.")
+    if watch and qdrant:
+        raise UsageError(
+            "--watch keeps embedded collections only; for a Qdrant collection run 'lexsearch index' "
+            "from cron instead (see the README)."
+        )
+    if watch and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise UsageError("--watch runs in one process, not under torchrun.")
     if qdrant:  # read only when needed: the in-process engine is one process's at a time (torchrun ranks)
         path, fresh = None, False
         recorded = _qdrant_recorded(collection) if model_dir is None else {}
@@ -100,6 +135,8 @@ def index(
             return
         with Collection.open(collection, readonly=False, recreate=rebuild) as col, decoder_noise_hidden():
             # Opened first: a busy collection is refused at once, before the model loads.
+            if watch:
+                return _watch(roots, col, options, progress, model_dir, device, rebuild_cmd, quiet, debounce)
             summary = _embed(build_index, dirs, col, options, progress, model_dir, device, rebuild_cmd, shard)
     except BaseException:
         # A collection this run created and never got to fill (the model would not load) is not left behind.
@@ -203,13 +240,13 @@ def _leave_torchrun(info) -> None:
         cleanup(info)
 
 
-def _embed(build, dirs, col, options, progress, model_dir, device, rebuild_cmd, shard):
+def _embed(build, dirs, col, options, progress, model_dir, device, rebuild_cmd, shard, encoder=None):
     """Bring ``col`` up to date with ``dirs`` through ``build`` (the embedded store's or Qdrant's), with
     the progress bar around it. The networks (torch) load only when a file needs embedding: an unchanged
     folder is a stat per file."""
     from lexsearch.model.lazy import LazyEncoder
 
-    encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
+    encoder = encoder or LazyEncoder(model_dir, device=device, text_encoder="lm")
     progress.start()
     try:
         return build(
@@ -224,6 +261,97 @@ def _embed(build, dirs, col, options, progress, model_dir, device, rebuild_cmd, 
         )
     finally:
         progress.close()  # inside: the bar writes to the stderr decoder_noise_hidden lent it
+
+
+def _watch(roots, col, options, progress, model_dir, device, rebuild_cmd, quiet, debounce) -> None:
+    """``lexsearch index --watch``: the normal run, then one index run per quiet spell after changes, with
+    the same encoder (its networks load once, on the first file to embed) and the collection kept open.
+    Ends on Ctrl-C or SIGTERM with one line of totals (exit 130, as any interrupted index run)."""
+    import time
+
+    from lexsearch.index import Reporter, build_index
+    from lexsearch.index.build import IndexInterrupted
+    from lexsearch.index.watch import DEFAULT_DEBOUNCE_S, FolderWatch, WatchTotals, batch_line, keep_in_step
+    from lexsearch.model.lazy import LazyEncoder
+
+    encoder = LazyEncoder(model_dir, device=device, text_encoder="lm")
+    debounce = DEFAULT_DEBOUNCE_S if debounce is None else debounce
+    totals = WatchTotals()
+    # Started before the first run, so that nothing that changes during it is missed.
+    watch = FolderWatch(roots, debounce_s=debounce, ignore=[col.path])
+    sigterm = _sigterm_as_interrupt()
+    started = time.monotonic()
+    watching = False
+    try:
+        with watch:
+            summary = _embed(
+                build_index, roots, col, options, progress, model_dir, device, rebuild_cmd, None, encoder
+            )
+            if not quiet:
+                click.echo(f"{shown(str(col.path))}: {summary.line()}")
+                click.echo(
+                    f"watching {len(roots)} folder{'s' if len(roots) != 1 else ''} for changes "
+                    f"(applied after {debounce:g}s of quiet; Ctrl-C stops)",
+                    err=True,
+                )
+            watching = True
+            # Batches print no bar: a line each (below); a file that fails still gets its warning.
+            reporter = Reporter(on_warning=progress.warn)
+
+            def run():
+                return build_index(
+                    roots, encoder, col, options, reporter, model_path=model_dir, rebuild_command=rebuild_cmd
+                )
+
+            def report(s) -> None:
+                if not quiet:
+                    click.echo(f"{time.strftime('%H:%M:%S')} {batch_line(s)}")
+
+            keep_in_step(watch, run, on_batch=report, totals=totals)
+    except KeyboardInterrupt as exc:
+        if not watching:
+            raise  # the first run's own message (how many files it saved)
+        cut = ""
+        if isinstance(exc, IndexInterrupted) and exc.todo:
+            cut = f"; the last batch stopped early ({exc.saved} of {exc.todo} files saved, the next run does the rest)"
+        raise KeyboardInterrupt(
+            f"stopped watching after {_duration(time.monotonic() - started)}; {totals.batches} "
+            f"batch{'es' if totals.batches != 1 else ''} applied: {totals.line()}{cut}"
+        ) from None
+    finally:
+        _restore(sigterm)
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``17 min``, ``3h05``: how long a watch ran."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    hours, rest = divmod(int(seconds) // 60, 60)
+    return f"{hours}h{rest:02d}"
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a service manager's stop) ends a watch as Ctrl-C does: the batch under way commits
+    what it embedded and the totals are printed. Returns the handler to restore (None: not installed)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _restore(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _qdrant_recorded(collection: str) -> dict:

@@ -70,6 +70,7 @@ class IndexSummary:
     """What a run did, by file."""
 
     indexed: int = 0  # embedded this run (new or changed)
+    changed: int = 0  # ... of which replaced a stored image whose file changed
     unchanged: int = 0  # same size + mtime (or same content hash): not decoded
     moved: int = 0  # renamed / moved: vectors kept
     removed: int = 0  # gone from disk: removed from the collection
@@ -367,6 +368,7 @@ class _Builder:
         else:
             if p.work.old_id is not None:
                 self.changes.remove.append(p.work.old_id)
+                self.summary.changed += 1
             self.changes.insert.append(
                 NewImage(
                     f.path,

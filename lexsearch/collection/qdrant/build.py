@@ -211,7 +211,7 @@ def _total(parts: list[IndexSummary], seconds: float) -> IndexSummary:
     # Every rank scanned the same files: the skipped ones are counted once, from rank 0.
     out = IndexSummary(seconds=seconds, skipped=parts[0].skipped)
     for s in parts:
-        for name in ("indexed", "unchanged", "moved", "removed", "failed", "failed_before"):
+        for name in ("indexed", "changed", "unchanged", "moved", "removed", "failed", "failed_before"):
             setattr(out, name, getattr(out, name) + getattr(s, name))
         out.failures += s.failures
     return out
