@@ -98,7 +98,7 @@ class DupeReport:
 def check_threshold(threshold: float) -> float:
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and 0.0 < threshold <= 1.0):
         raise UsageError(
-            f"--threshold must be a number above 0 and at most 1 (a dense similarity), not {threshold}."
+            f"The threshold must be a number above 0 and at most 1 (a dense similarity), not {threshold}."
         )
     return float(threshold)
 

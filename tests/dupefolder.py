@@ -60,7 +60,7 @@ def edit(im: Image.Image, kind: str, rng: np.random.Generator) -> tuple[Image.Im
     raise ValueError(kind)
 
 
-def _save(im: Image.Image, path: Path, opts: dict) -> Path:
+def save(im: Image.Image, path: Path, opts: dict) -> Path:
     fmt = opts.pop("format")
     path = path.with_suffix(".jpg" if fmt == "JPEG" else ".png")
     im.convert("RGB").save(path, fmt, **opts)
@@ -82,7 +82,7 @@ def landscape(seed: int, size: tuple[int, int] = (240, 180)) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def _toy_by_caption(n_scan: int, size: int, seed: int) -> dict[str, list[Image.Image]]:
+def toys_by_caption(n_scan: int, size: int, seed: int) -> dict[str, list[Image.Image]]:
     from lexsearch.data.toyworld import ToyWorldConfig, render_scene
 
     cfg = ToyWorldConfig(image_size=size)
@@ -149,7 +149,7 @@ def make_dupe_folder(
     rng = np.random.default_rng(seed)
     out = DupeFolder(folder)
     originals: list[tuple[str, Image.Image]] = []
-    by_caption = _toy_by_caption(toys * 20, 128, seed + 7)
+    by_caption = toys_by_caption(toys * 20, 128, seed + 7)
     twins = [ims for ims in by_caption.values() if len(ims) >= 2]
     for k, ims in enumerate(twins[:toys]):
         originals.append((f"toy{k:02d}", ims[0]))
@@ -180,13 +180,13 @@ def make_dupe_folder(
             pass
     names: dict[str, str] = {}
     for k, (name, im) in enumerate(originals):
-        path = _save(im, folder / name, {"format": "PNG"})
+        path = save(im, folder / name, {"format": "PNG"})
         names[name] = str(path)
         out.truth[str(path)] = name
         n_edits = (k % 2 == 0) + (k % 4 == 0)
         for kind in rng.choice(EDITS, size=n_edits, replace=False):
             copy, opts = edit(im, str(kind), rng)
-            path = _save(copy, folder / f"{name}-{kind}", opts)
+            path = save(copy, folder / f"{name}-{kind}", opts)
             out.truth[str(path)] = name
     out.lookalikes = [(names[a], names[b]) for a, b in out.lookalikes]
     return out

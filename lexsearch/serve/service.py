@@ -296,6 +296,23 @@ class SearchService:
             "max_top": MAX_TOP,  # the page stops asking for more there
         }
 
+    def dupes(self, threshold: float | None = None) -> dict[str, Any]:
+        """``lexsearch dupes --json``, each file with its ``id`` (for /thumb/{id}), and the note on missing
+        hashes (or null)."""
+        from lexsearch.dupes import DEFAULT_THRESHOLD, find_dupes, index_hint
+
+        with self._lock:
+            report = find_dupes(self.collection, DEFAULT_THRESHOLD if threshold is None else threshold)
+            hint = index_hint(self.collection) if report.missing_hashes else None
+        out = report.to_json()
+        out["note"] = (
+            f"{report.missing_hashes} of {report.images} images have no perceptual hash yet and are compared "
+            f"by their dense vectors alone; '{hint}' computes them (nothing is embedded again)."
+            if hint
+            else None
+        )
+        return out
+
     # ------------------------------------------------------------------------------------- images by id
     def path_of(self, image_id: int) -> str:
         """The indexed file of ``image_id``; NotFound for any id the collection does not hold (as 'ok')."""
