@@ -38,11 +38,11 @@ class NewImage:
     height: int | None = None
     exif_time: str | None = None
     photo: dict | None = None  # ``photometa.PHOTO_FIELDS``
-    phash: str | None = None  # ``phash.image_phash``
     terms: np.ndarray | None = None  # uint32 ascending; None for a failed file
     weights: np.ndarray | None = None  # float32
     dense: np.ndarray | None = None  # (D,) float32
     error: str | None = None
+    phash: str | None = None  # ``phash.image_phash`` (last: rows are also built positionally)
 
 
 def _photo_row(photo: dict | None) -> tuple:
