@@ -233,3 +233,50 @@ def test_the_api_never_takes_a_path(indexed, client):
         "/dupes/..%2F..%2Fetc%2Fpasswd",
     ):
         assert client.get(url).status_code == 404, url
+
+
+def test_the_page_shows_each_group_side_by_side_in_a_browser(indexed, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not (chromium and shutil.which("chromedriver")):
+        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lexsearch.collection import open_collection
+    from lexsearch.search import load_encoder
+    from lexsearch.serve import SearchService
+    from lexsearch.serve.server import Server
+
+    _, col, _, families = indexed
+    options = Options()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium'}")
+    with open_collection(col, readonly=True) as c:
+        server = Server(SearchService(c, load_encoder(c, device="cpu")), "127.0.0.1", 0)
+        server.start_in_thread()
+        driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+        try:
+            driver.get(server.url)
+            driver.find_element(By.CSS_SELECTOR, 'a[href="/dupes"]').click()
+            WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".group"))
+            groups = driver.find_elements(By.CSS_SELECTOR, ".group")
+            shown_paths = [{p.text for p in g.find_elements(By.CSS_SELECTOR, ".dupe .path")} for g in groups]
+            assert sorted(shown_paths, key=sorted) == sorted(families, key=sorted)
+            # Every file with its thumbnail (loaded), pixel size, file size and date.
+            WebDriverWait(driver, 60).until(
+                lambda d: all(
+                    d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+                    for img in d.find_elements(By.CSS_SELECTOR, ".dupe img")
+                )
+            )
+            first = groups[0].find_elements(By.CSS_SELECTOR, ".dupe .facts dd")
+            assert "\u00d7" in first[0].text and first[1].text.endswith("B") and first[2].text[:2] == "20"
+            assert "never deletes" in driver.find_element(By.TAG_NAME, "header").text
+        finally:
+            driver.quit()
+            server.stop()
