@@ -208,20 +208,19 @@ def find_dupes(collection: Any, threshold: float = DEFAULT_THRESHOLD) -> DupeRep
     ids, vectors, phashes, facts = collection.dupe_rows()
     hashes, known = hash_array(phashes)
     i, j, s, bits = confirmed_pairs(vectors, hashes, known, threshold)
-    groups = []
-    for members in union_find_groups(len(ids), i, j):
-        images = sorted((_image(int(ids[m]), facts[int(ids[m])]) for m in members), key=lambda im: im.path)
-        inside = set(members)
-        pairs = sorted(
-            (
-                *sorted((facts[int(ids[x])]["path"], facts[int(ids[y])]["path"])),
-                float(sim),
-                int(h) if h >= 0 else None,
-            )
-            for x, y, sim, h in zip(i.tolist(), j.tolist(), s.tolist(), bits.tolist())
-            if x in inside
+    members = union_find_groups(len(ids), i, j)
+    group_of = {m: k for k, group in enumerate(members) for m in group}
+    pairs: list[list[tuple]] = [[] for _ in members]
+    path = lambda row: facts[int(ids[row])]["path"]  # noqa: E731
+    for x, y, sim, h in zip(i.tolist(), j.tolist(), s.tolist(), bits.tolist()):
+        pairs[group_of[x]].append((*sorted((path(x), path(y))), float(sim), int(h) if h >= 0 else None))
+    groups = [
+        DupeGroup(
+            sorted((_image(int(ids[m]), facts[int(ids[m])]) for m in group), key=lambda im: im.path),
+            sorted(pairs[k]),
         )
-        groups.append(DupeGroup(images, pairs))
+        for k, group in enumerate(members)
+    ]
     groups.sort(key=lambda g: (-len(g.images), g.images[0].path))
     return DupeReport(groups, len(ids), int((~known).sum()), threshold)
 
