@@ -116,6 +116,7 @@ def scale(n: int, dim: int, seed: int = 0) -> None:
 
     class Synthetic:  # what find_dupes reads of a collection, without SQLite
         path = "synthetic"
+        meta = {"dense_dim": dim}
 
         def dupe_rows(self):
             facts = {

@@ -205,6 +205,11 @@ def find_dupes(collection: Any, threshold: float = DEFAULT_THRESHOLD) -> DupeRep
         raise UsageError(
             f"lexsearch dupes needs a collection in the embedded store; {collection.path} lives in Qdrant."
         )
+    if not int(collection.meta.get("dense_dim") or 0):
+        raise UsageError(
+            f"Collection {collection.path} was indexed by a model without a dense head; lexsearch dupes "
+            "confirms duplicates with the dense vectors, so it needs a model that has one."
+        )
     ids, vectors, phashes, facts = collection.dupe_rows()
     hashes, known = hash_array(phashes)
     i, j, s, bits = confirmed_pairs(vectors, hashes, known, threshold)

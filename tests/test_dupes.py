@@ -280,3 +280,17 @@ def test_the_page_shows_each_group_side_by_side_in_a_browser(indexed, tmp_path):
         finally:
             driver.quit()
             server.stop()
+
+
+def test_a_model_without_a_dense_head_is_one_clear_error():
+    from lexsearch.dupes import find_dupes
+    from lexsearch.errors import UsageError
+
+    class NoDense:
+        path, meta = "col", {"dense_dim": 0}
+
+        def dupe_rows(self):
+            raise AssertionError("not read")
+
+    with pytest.raises(UsageError, match="without a dense head"):
+        find_dupes(NoDense())
