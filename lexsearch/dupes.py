@@ -234,8 +234,14 @@ def _image(image_id: int, f: dict) -> DupeImage:
     return DupeImage(image_id, f["path"], f.get("width"), f.get("height"), f.get("size"), f.get("taken"))
 
 
-def index_hint(collection: Any) -> str:
-    """The index command that fills missing hashes: the collection's own folders, as its last run named them."""
+def missing_note(report: DupeReport, collection: Any) -> str | None:
+    """The one line on images without a hash, naming the index command that computes them (or None)."""
+    if not report.missing_hashes:
+        return None
     roots = collection.meta.get("roots") or []
     where = " ".join(shlex.quote(r) for r in roots) if roots else "FOLDER"
-    return f"lexsearch index {where} --collection {shlex.quote(os.fspath(collection.path))}"
+    command = f"lexsearch index {where} --collection {shlex.quote(os.fspath(collection.path))}"
+    return (
+        f"{report.missing_hashes} of {report.images} images have no perceptual hash yet and are compared by "
+        f"their dense vectors alone; '{command}' computes them (nothing is embedded again)."
+    )

@@ -34,7 +34,7 @@ def dupes(collection: str, threshold: str | None, as_json: bool) -> None:
     import json
 
     from lexsearch.collection import is_qdrant, open_collection
-    from lexsearch.dupes import DEFAULT_THRESHOLD, check_threshold, find_dupes, index_hint
+    from lexsearch.dupes import DEFAULT_THRESHOLD, check_threshold, find_dupes, missing_note
     from lexsearch.errors import UsageError
 
     t = DEFAULT_THRESHOLD
@@ -53,13 +53,9 @@ def dupes(collection: str, threshold: str | None, as_json: bool) -> None:
         )
     with open_collection(collection, readonly=True) as col:
         report = find_dupes(col, t)
-        hint = index_hint(col) if report.missing_hashes else None
-    if hint:
-        click.echo(
-            f"Note: {report.missing_hashes} of {report.images} images have no perceptual hash yet and are "
-            f"compared by their dense vectors alone; '{hint}' computes them (nothing is embedded again).",
-            err=True,
-        )
+        note = missing_note(report, col)
+    if note:
+        click.echo(f"Note: {note}", err=True)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
         return

@@ -51,8 +51,8 @@ COMMIT_EVERY_N = 1024
 # the progress bar moves, and a commit can happen, every few seconds rather than once per block.
 CPU_FORWARD_BATCH = 8
 DEFAULT_MAX_MEGAPIXELS = MAX_MEGAPIXELS
-# The upgrade's decode for a perceptual hash: the hash reads a 32 x 32 copy, so a JPEG decodes at a reduced
-# scale (DCT scaling) no smaller than this, as the indexer's own decode for a small model does.
+# The upgrade's decode for a perceptual hash: the hash reads a 64 x 64 copy, so a JPEG decodes at a reduced
+# scale (DCT scaling) no smaller than this, as the indexer's own decode for the model's input size does.
 PHASH_DRAFT = 256
 
 

@@ -12,7 +12,7 @@ Schema (created and changed only by the named migrations below):
   that is not valid UTF-8 (see ``paths.py``): every file name the OS can give is stored losslessly. ``id``
   is AUTOINCREMENT, so ids are never reused: a deleted or changed image's id stays dead and tombstones stay
   unambiguous. The photo columns (``photometa.py``) are NULL on 'failed' rows and, until the next index run
-  fills them, on rows indexed before schema 4; so is ``phash`` (``phash.py``: 16 hex digits, '' for a file
+  fills them, on rows indexed before schema 4; so is ``phash`` (``phash.py``: 64 hex digits, '' for a file
   that could no longer be read when it was filled) on rows indexed before schema 5.
 - ``forward(image_id, terms, weights, dense)``: the sparse vector (and dense vector) of each 'ok' image.
   It is the source of truth: postings and FAISS can always be rebuilt from it.

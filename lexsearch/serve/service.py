@@ -299,19 +299,12 @@ class SearchService:
     def dupes(self, threshold: float | None = None) -> dict[str, Any]:
         """``lexsearch dupes --json``, each file with its ``id`` (for /thumb/{id}), and the note on missing
         hashes (or null)."""
-        from lexsearch.dupes import DEFAULT_THRESHOLD, find_dupes, index_hint
+        from lexsearch.dupes import DEFAULT_THRESHOLD, find_dupes, missing_note
 
         with self._lock:
             report = find_dupes(self.collection, DEFAULT_THRESHOLD if threshold is None else threshold)
-            hint = index_hint(self.collection) if report.missing_hashes else None
-        out = report.to_json()
-        out["note"] = (
-            f"{report.missing_hashes} of {report.images} images have no perceptual hash yet and are compared "
-            f"by their dense vectors alone; '{hint}' computes them (nothing is embedded again)."
-            if hint
-            else None
-        )
-        return out
+            note = missing_note(report, self.collection)
+        return {**report.to_json(), "note": note}
 
     # ------------------------------------------------------------------------------------- images by id
     def path_of(self, image_id: int) -> str:
