@@ -1,17 +1,18 @@
 """Near-duplicate groups in a collection: re-encoded, resized, slightly cropped or recoloured copies of one photo.
 
-Built only from what the collection holds, nothing is decoded or embedded:
+Built only from what the collection holds (``dupe_rows``: the embedded store's ``images`` and ``forward``
+rows, or Qdrant's points with their payload), nothing is decoded or embedded:
 
 1. Candidates: up to ``EXACT_MAX`` images, every pair whose perceptual hashes (``lexsearch.index.phash``)
    differ in at most ``MAX_BITS`` bits (FAISS's exact binary range search); images without a hash yet
    (indexed before hashes existed) add their nearest neighbours by the stored dense vectors (FAISS kNN).
    Above ``EXACT_MAX``, each image's ``NEIGHBOURS`` nearest neighbours by its dense vector (a FAISS IVF
-   index): at 100k images that took 12 s on 2 busy cores where FAISS's multi-index hashing over the
-   256-bit hashes took 29 s (bench/dupes.py).
+   index): at 100k synthetic images, measured once on 2 busy cores while choosing, that took 12 s where
+   FAISS's multi-index hashing over the 256-bit hashes took 29 s.
 2. Confirmation by the dense vectors the collection already holds: a pair is a duplicate when the inner
    product of its L2-normalised vectors reaches the threshold (or, for hashes within ``SAME_BITS`` bits, at
    least ``SAME_FLOOR``: an edit that moved the model's vector but not the picture's structure). A different
-   photo of the same scene can be close in the dense space but its hash differs in about half its bits; two
+   photo of the same scene can be close in the dense space but its hash differs in many more bits; two
    unrelated images whose hashes happen to be close (flat, dark frames) differ in the dense space. A pair
    with a hash missing is judged by the dense vectors alone, with the stricter ``DENSE_ONLY``.
 3. Groups: union-find over the confirmed pairs; the largest group first, then by path, and each group's
@@ -201,10 +202,6 @@ def confirmed_pairs(
 def find_dupes(collection: Any, threshold: float = DEFAULT_THRESHOLD) -> DupeReport:
     """The near-duplicate groups of ``collection`` (see the module doc)."""
     threshold = check_threshold(threshold)
-    if not hasattr(collection, "dupe_rows"):
-        raise UsageError(
-            f"lexsearch dupes needs a collection in the embedded store; {collection.path} lives in Qdrant."
-        )
     if not int(collection.meta.get("dense_dim") or 0):
         raise UsageError(
             f"Collection {collection.path} was indexed by a model without a dense head; lexsearch dupes "

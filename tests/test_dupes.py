@@ -126,7 +126,6 @@ def test_a_bad_threshold_is_one_line(indexed, threshold):
 
 def test_a_bad_collection_is_one_line(tmp_path):
     assert "No collection" in _one_line_error(_dupes(tmp_path / "none"))
-    assert "embedded store" in _one_line_error(_dupes("qdrant://localhost:6333/photos"))
 
 
 def _before_hashes(col):
@@ -294,3 +293,35 @@ def test_a_model_without_a_dense_head_is_one_clear_error():
 
     with pytest.raises(UsageError, match="without a dense head"):
         find_dupes(NoDense())
+
+
+def test_a_qdrant_collection_gives_the_same_groups(indexed, tmp_path):
+    """The same folder indexed into Qdrant's in-process engine: the same groups and pairs; points written
+    before hashes existed get the note, and the next index run fills them."""
+    pytest.importorskip("qdrant_client")
+    photos, col, model, _ = indexed
+    qd = f"qdrant://{tmp_path / 'qdrant'}/photos"
+    index = ["index", str(photos), "--model", str(model), "--collection", qd, "--quiet"]
+    res = CliRunner().invoke(cli, index)
+    assert res.exit_code == 0, res.output
+
+    def shape(out):
+        return [
+            (
+                [f["path"] for f in g["files"]],
+                [(p["a"], p["b"], p["hash_bits"], round(p["similarity"], 3)) for p in g["pairs"]],
+            )
+            for g in out["groups"]
+        ]
+
+    assert shape(_json(qd)) == shape(_json(col))
+    from lexsearch.collection import open_collection
+
+    with open_collection(qd, readonly=False) as c:  # as points written before hashes existed
+        c._client.delete_payload(c.name, keys=["phash"], points=c._models.Filter(must=[]), wait=True)
+    res = _dupes(qd, "--json")
+    assert res.exit_code == 0 and "no perceptual hash" in res.stderr and f"--collection {qd}" in res.stderr
+    res = CliRunner().invoke(cli, index)
+    assert res.exit_code == 0, res.output
+    res = _dupes(qd, "--json")
+    assert res.exit_code == 0 and res.stderr == "" and shape(json.loads(res.stdout)) == shape(_json(col))

@@ -33,7 +33,7 @@ def dupes(collection: str, threshold: str | None, as_json: bool) -> None:
     """
     import json
 
-    from lexsearch.collection import is_qdrant, open_collection
+    from lexsearch.collection import open_collection
     from lexsearch.dupes import DEFAULT_THRESHOLD, check_threshold, find_dupes, missing_note
     from lexsearch.errors import UsageError
 
@@ -46,11 +46,6 @@ def dupes(collection: str, threshold: str | None, as_json: bool) -> None:
                 f"--threshold must be a number above 0 and at most 1, not {threshold!r}."
             ) from None
     t = check_threshold(t)
-    if is_qdrant(collection):
-        raise UsageError(
-            "lexsearch dupes needs a collection in the embedded store (a name or folder); "
-            "Qdrant collections hold no perceptual hashes."
-        )
     with open_collection(collection, readonly=True) as col:
         report = find_dupes(col, t)
         note = missing_note(report, col)

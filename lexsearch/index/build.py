@@ -569,6 +569,16 @@ def fill_photo_meta(collection: Collection, batch: int = 500) -> int:
     return filled
 
 
+def file_phash(path: str) -> str:
+    """The perceptual hash of an indexed file, decoded again (an upgrade); '' when it cannot be read now."""
+    try:
+        image, _ = load_image(path, max_pixels=int(MAX_MEGAPIXELS * 1e6), draft_size=PHASH_DRAFT)
+        return image_phash(image)
+    except Exception as exc:  # noqa: BLE001 - the image keeps its vectors whatever its file is now
+        logger.info("%s: no perceptual hash (%s)", path, describe_error(exc))
+        return ""
+
+
 def fill_phashes(collection: Collection, batch: int = 200) -> int:
     """Compute the perceptual hash of indexed images that have none yet (rows from before schema 5): each
     file is decoded once, nothing is embedded. A file unreadable now gets '' (not retried on every run).
@@ -578,16 +588,7 @@ def fill_phashes(collection: Collection, batch: int = 200) -> int:
     q = "SELECT id, path FROM images WHERE status = 'ok' AND phash IS NULL AND id > ? ORDER BY id LIMIT ?"
     filled, last = 0, 0
     while rows := collection.db.execute(q, [last, batch]).fetchall():
-        found = {}
-        for image_id, p in rows:
-            try:
-                image, _ = load_image(
-                    py_path(p), max_pixels=int(MAX_MEGAPIXELS * 1e6), draft_size=PHASH_DRAFT
-                )
-                found[image_id] = image_phash(image)
-            except Exception as exc:  # noqa: BLE001 - the image keeps its vectors whatever its file is now
-                logger.info("%s: no perceptual hash (%s)", py_path(p), describe_error(exc))
-                found[image_id] = ""
+        found = {image_id: file_phash(py_path(p)) for image_id, p in rows}
         collection.set_phashes(found)
         filled += len(found)
         last = rows[-1][0]

@@ -1,9 +1,10 @@
 """Perceptual hashes: the cheap second signal with which ``lexsearch dupes`` confirms a near-duplicate.
 
 The hash is imagehash's pHash (the lowest frequencies of the DCT of a small greyscale copy, each bit "above
-the median"): re-encoding, resizing and mild colour or brightness changes leave it within a few bits,
-while a different photo of the same subject differs in about half of them. It is computed at index time from
-the decoded image the model sees (``build.py``), and stored as hex digits in ``images.phash``.
+the median"): re-encoding, resizing and mild colour or brightness changes keep most of its bits, while a
+different photo of the same subject differs in many more. It is computed at index time from the decoded
+image the model sees (``build.py``), and stored as hex digits in ``images.phash`` (the embedded store) or a
+point's ``phash`` payload (Qdrant).
 """
 
 from __future__ import annotations
