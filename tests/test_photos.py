@@ -20,6 +20,7 @@ from PIL import Image
 
 from lexsearch.cli import cli
 from lexsearch.collection import open_collection
+from lexsearch.index.schema import SCHEMA_VERSION
 
 ALL = {p.rel for p in PHOTOS}
 
@@ -247,7 +248,7 @@ def test_an_old_collection_is_upgraded_by_the_next_index_run_without_reembedding
     assert res.exit_code == 0, res.output
     assert snapshot() == before  # the same ids, rows, times and vectors: nothing embedded again
     with open_collection(old) as c:
-        assert c.meta["schema"] == 4 and c.metadata(range(1, 20)) == want
+        assert c.meta["schema"] == SCHEMA_VERSION and c.metadata(range(1, 20)) == want
     assert set(_found((photos, old, model), "--camera", "pixel")) == {
         p.rel for p in PHOTOS if "Pixel" in (p.camera or "")
     }

@@ -37,13 +37,14 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from lexsearch.cli import demo, evaluate, index, query, serve, train
+    from lexsearch.cli import demo, dupes, evaluate, index, query, serve, train
 
     for command in (
         train.train,
         index.index,
         query.query,
         query.explain,
+        dupes.dupes,
         evaluate.eval_,
         train.distill,
         serve.serve,

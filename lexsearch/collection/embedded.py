@@ -16,6 +16,7 @@ import numpy as np
 from lexsearch.collection.interface import Where
 from lexsearch.errors import UsageError
 from lexsearch.index.paths import db_text
+from lexsearch.index.paths import py_path as _py_path
 from lexsearch.index.photometa import PHOTO_FIELDS
 from lexsearch.index.schema import _chunks, _marks
 from lexsearch.index.store import Collection
@@ -53,6 +54,38 @@ class EmbeddedCollection(Collection):
             return False
         q = "SELECT 1 FROM images WHERE status = 'ok' AND taken_source IS NULL LIMIT 1"
         return self.db.execute(q).fetchone() is None
+
+    def dupe_rows(self) -> tuple[np.ndarray, np.ndarray, list[str | None], dict[int, dict]]:
+        """What ``lexsearch.dupes`` reads, in one pass over the indexed images with a dense vector: (ids
+        int64, L2-normalised vectors (N, D) float32, perceptual hashes (None where missing), facts by id:
+        path, width, height, size, taken). A collection not yet upgraded has no hashes and no dates."""
+        from lexsearch.index import postings as pf
+
+        present = {r[1] for r in self.db.execute("PRAGMA table_info(images)")}
+        phash = "i.phash" if "phash" in present else "NULL"
+        taken = "i.taken" if "taken" in present else "NULL"
+        dim = self._dense_dim()
+        q = (
+            f"SELECT i.id, i.path, i.width, i.height, i.size, {taken}, {phash}, f.dense FROM images i "
+            "JOIN forward f ON f.image_id = i.id WHERE i.status = 'ok' AND f.dense IS NOT NULL ORDER BY i.id"
+        )
+        ids, vecs, hashes, facts = [], [], [], {}
+        with self._read():
+            for image_id, path, w, h, size, when, ph, dense in self.db.execute(q):
+                ids.append(image_id)
+                vecs.append(pf.decode_dense(dense, dim))
+                hashes.append(ph)
+                facts[image_id] = {
+                    "path": _py_path(path),
+                    "width": w,
+                    "height": h,
+                    "size": size,
+                    "taken": db_text(when) if isinstance(when, str) else when,
+                }
+        matrix = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, max(dim, 1)), np.float32)
+        if len(matrix):
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        return np.array(ids, np.int64), matrix, hashes, facts
 
     def allowed_ids(self, where: Where) -> np.ndarray:
         """The ids of the 'ok' images that pass every condition of ``where`` (ascending intp)."""

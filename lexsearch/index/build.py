@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from lexsearch.errors import LexsearchError, UsageError
+from lexsearch.index.phash import image_phash
 from lexsearch.index.scan import Folder, ScannedFile, content_hash, normalise_roots, scan_folders, under_roots
 from lexsearch.index.store import Changes, Collection, ImageRow, NewImage
 from lexsearch.model.images import MAX_MEGAPIXELS, describe_error, load_image
@@ -50,6 +51,9 @@ COMMIT_EVERY_N = 1024
 # the progress bar moves, and a commit can happen, every few seconds rather than once per block.
 CPU_FORWARD_BATCH = 8
 DEFAULT_MAX_MEGAPIXELS = MAX_MEGAPIXELS
+# The upgrade's decode for a perceptual hash: the hash reads a 64 x 64 copy, so a JPEG decodes at a reduced
+# scale (DCT scaling) no smaller than this, as the indexer's own decode for the model's input size does.
+PHASH_DRAFT = 256
 
 
 @dataclass
@@ -170,6 +174,7 @@ class _Prepared:
     height: int | None = None
     exif_time: str | None = None
     photo: dict | None = None  # the header's photo metadata (``photometa.PHOTO_FIELDS``)
+    phash: str | None = None  # the decoded image's perceptual hash (``phash.py``)
     error: str | None = None
 
 
@@ -277,9 +282,10 @@ class _Builder:
                 f.path, max_pixels=self.max_pixels, draft_size=self.draft_size, mtime_ns=f.mtime_ns
             )
             pixels = np.asarray(self.encoder.preprocess(image), dtype=np.float32)
+            phash = image_phash(image)
         except Exception as exc:  # any per-file failure is recorded and reported, never fatal
             return _Prepared(work, "failed", hash=digest, error=describe_error(exc, f.size))
-        return _Prepared(work, "embed", hash=digest, pixels=pixels, **facts)
+        return _Prepared(work, "embed", hash=digest, pixels=pixels, phash=phash, **facts)
 
     # -- every rank: embed one block's files, in forwards of at most ``forward_batch`` images.
     def embed(self, prepared: list[_Prepared]) -> list[_Done]:
@@ -379,6 +385,7 @@ class _Builder:
                     p.height,
                     p.exif_time,
                     photo=p.photo,
+                    phash=p.phash,
                     terms=d.terms,
                     weights=d.weights,
                     dense=d.dense,
@@ -564,6 +571,34 @@ def fill_photo_meta(collection: Collection, batch: int = 500) -> int:
     return filled
 
 
+def file_phash(path: str) -> str:
+    """The perceptual hash of an indexed file, decoded again (an upgrade); '' when it cannot be read now."""
+    try:
+        image, _ = load_image(path, max_pixels=int(MAX_MEGAPIXELS * 1e6), draft_size=PHASH_DRAFT)
+        return image_phash(image)
+    except Exception as exc:  # noqa: BLE001 - the image keeps its vectors whatever its file is now
+        logger.info("%s: no perceptual hash (%s)", path, describe_error(exc))
+        return ""
+
+
+def fill_phashes(collection: Collection, batch: int = 200) -> int:
+    """Compute the perceptual hash of indexed images that have none yet (rows from before schema 5): each
+    file is decoded once, nothing is embedded. A file unreadable now gets '' (not retried on every run).
+    Returns how many rows were filled."""
+    from lexsearch.index.paths import py_path
+
+    q = "SELECT id, path FROM images WHERE status = 'ok' AND phash IS NULL AND id > ? ORDER BY id LIMIT ?"
+    filled, last = 0, 0
+    while rows := collection.db.execute(q, [last, batch]).fetchall():
+        found = {image_id: file_phash(py_path(p)) for image_id, p in rows}
+        collection.set_phashes(found)
+        filled += len(found)
+        last = rows[-1][0]
+    if filled:
+        logger.info("perceptual hashes computed for %d indexed images", filled)
+    return filled
+
+
 def build_index(
     roots: Iterable[str | os.PathLike[str]],
     encoder: Any,
@@ -626,6 +661,7 @@ def build_index(
         # Only now that every scanned file has its row: the digests of the folders read this run.
         collection.seal_folders(p.seal)
         fill_photo_meta(collection)
+        fill_phashes(collection)
     except BaseException as exc:
         # Ctrl-C: keep what is already embedded (one more commit), then let the interrupt through.
         try:

@@ -7,12 +7,13 @@ Schema (created and changed only by the named migrations below):
   roots, schema, postings_format, ``generation`` (bumped by every commit that adds or removes images), and
   the write counters behind the benchmark's write amplification (``postings_written``, ``postings_rewritten``).
 - ``images(id, path, size, mtime_ns, hash, width, height, exif_time, status, error, indexed_at, taken,
-  taken_offset, taken_source, camera_make, camera_model, lens, gps)``: one row
+  taken_offset, taken_source, camera_make, camera_model, lens, gps, phash)``: one row
   per file seen, ``status`` 'ok' or 'failed' (with ``error``). ``path`` is text, or the raw bytes of a name
   that is not valid UTF-8 (see ``paths.py``): every file name the OS can give is stored losslessly. ``id``
   is AUTOINCREMENT, so ids are never reused: a deleted or changed image's id stays dead and tombstones stay
   unambiguous. The photo columns (``photometa.py``) are NULL on 'failed' rows and, until the next index run
-  fills them, on rows indexed before schema 4.
+  fills them, on rows indexed before schema 4; so is ``phash`` (``phash.py``: 64 hex digits, '' for a file
+  that could no longer be read when it was filled) on rows indexed before schema 5.
 - ``forward(image_id, terms, weights, dense)``: the sparse vector (and dense vector) of each 'ok' image.
   It is the source of truth: postings and FAISS can always be rebuilt from it.
 - ``segments(name, n, min_id, max_id, gen, bytes)``: the immutable posting files (``segments.py``) that hold
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 DB_NAME = "index.db"
 FAISS_NAME = "dense.faiss"  # the single FAISS file of schema 1; read once by the upgrade, then deleted
 LOCK_NAME = "index.lock"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PAGE_SIZE = 16384
 
 # A reader waits this long for a writer's commit instead of failing with "database is locked". Writers
@@ -141,9 +142,23 @@ def m004_photo_metadata(db: Database) -> None:
     db.execute("CREATE INDEX images_unread ON images(id) WHERE status = 'ok' AND taken_source IS NULL")
 
 
+def m005_perceptual_hash(db: Database) -> None:
+    # Each image's perceptual hash (``phash.py``), which ``lexsearch dupes`` confirms near-duplicates with.
+    # Rows already indexed get it from the next index run, which decodes their files once (no re-embedding).
+    db.execute("ALTER TABLE images ADD COLUMN phash TEXT")
+    # "Does any image still lack its hash?" answers from this partial index at once.
+    db.execute("CREATE INDEX images_unhashed ON images(id) WHERE status = 'ok' AND phash IS NULL")
+
+
 # In order. Registered with sqlite-utils only when a writer opens a collection: readers check what is
 # applied with one SELECT, so a query process does not import sqlite-utils (~100 ms).
-MIGRATIONS = [m001_create_tables, m002_segment_files, m003_folder_digests, m004_photo_metadata]
+MIGRATIONS = [
+    m001_create_tables,
+    m002_segment_files,
+    m003_folder_digests,
+    m004_photo_metadata,
+    m005_perceptual_hash,
+]
 
 
 def migrations() -> Migrations:
@@ -157,7 +172,7 @@ def migrations() -> Migrations:
 
 # Migrations only a writer needs: a reader opens a collection they are still pending on (the next index run
 # applies them), so upgrading lexsearch never makes a search wait for an index run.
-WRITER_ONLY = frozenset({"m003_folder_digests", "m004_photo_metadata"})
+WRITER_ONLY = frozenset({"m003_folder_digests", "m004_photo_metadata", "m005_perceptual_hash"})
 
 
 def _pending(conn: sqlite3.Connection) -> list[str]:

@@ -42,6 +42,7 @@ class NewImage:
     weights: np.ndarray | None = None  # float32
     dense: np.ndarray | None = None  # (D,) float32
     error: str | None = None
+    phash: str | None = None  # ``phash.image_phash`` (last: rows are also built positionally)
 
 
 def _photo_row(photo: dict | None) -> tuple:
@@ -121,6 +122,15 @@ class StoreWriter:
                 [(*_photo_row(photo), int(i)) for i, photo in rows.items()],
             )
 
+    def set_phashes(self, rows: dict[int, str]) -> None:
+        """Store the perceptual hashes of already indexed images (the upgrade to schema 5): their vectors,
+        postings and folder digests stay as they are."""
+        self._require_writer()
+        with self._write():
+            self.db.conn.executemany(
+                "UPDATE images SET phash = ? WHERE id = ?", [(h, int(i)) for i, h in rows.items()]
+            )
+
     def apply(self, changes: Changes) -> list[int]:
         """Apply one batch of changes in one transaction; returns the new ids of ``changes.insert``.
 
@@ -183,7 +193,8 @@ class StoreWriter:
                 first = self.max_image_id + 1
                 conn.executemany(
                     "INSERT INTO images (path, size, mtime_ns, hash, width, height, exif_time, status, "
-                    f"error, indexed_at, {', '.join(PHOTO_FIELDS)}) VALUES ({_marks([0] * (10 + len(PHOTO_FIELDS)))})",
+                    f"error, indexed_at, {', '.join(PHOTO_FIELDS)}, phash) "
+                    f"VALUES ({_marks([0] * (11 + len(PHOTO_FIELDS)))})",
                     [
                         (
                             _db_path(im.path),
@@ -197,6 +208,7 @@ class StoreWriter:
                             _db_text(im.error),
                             now,
                             *_photo_row(im.photo),
+                            im.phash,
                         )
                         for im in changes.insert
                     ],

@@ -14,6 +14,10 @@
     GET  /api/explain/{id}      the image's own words
     GET  /api/explain?text=     what a query of that text means: ``lexsearch explain --text TEXT --json``
     GET  /api/heatmap/{id}?word=   the heat map of one word over the image (PNG)
+    GET  /dupes                 the near-duplicates page: each group side by side (``/api/dupes``)
+    GET  /api/dupes?threshold=  ``lexsearch dupes --json`` (each file with its ``id``) and ``note``: the
+                                line on images without a perceptual hash, or null. Read only: nothing
+                                is ever deleted, by the page or the API.
     GET  /image/{id}, /thumb/{id}  the image (upright, at most 1600 px) and its cached thumbnail
 
 An id is a positive integer the collection holds; anything else (a path, ``..`` in any encoding, an id the
@@ -56,7 +60,13 @@ MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # a phone photo is 2-12 MB; anything far be
 DEFAULT_TOP = 24
 _ID = re.compile(r"[1-9][0-9]{0,17}")  # what an image id looks like; nothing else reaches the service
 # The page's files, by name: a fixed table, so no request names a file on disk.
-_STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
+_STATIC = {
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+    "index.html": "text/html",
+    "dupes.html": "text/html",
+    "dupes.js": "text/javascript",
+}
 # Same-origin only: the page loads nothing from elsewhere (it works offline) and nothing may embed it.
 _CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; frame-ancestors 'none'"
 
@@ -93,6 +103,15 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
 
     async def page(request: Request) -> Response:
         return static_response("index.html")
+
+    async def dupes_page(request: Request) -> Response:
+        return static_response("dupes.html")
+
+    async def api_dupes(request: Request) -> Response:
+        raw = request.query_params.get("threshold")
+        threshold = None if raw in (None, "") else _float(raw, "threshold")
+        t0 = time.perf_counter()
+        return _timed(await run_in_threadpool(service.dupes, threshold), t0)
 
     async def static_file(request: Request) -> Response:
         name = request.path_params.get("name")
@@ -210,6 +229,8 @@ def create_app(service: SearchService, allowed_hosts: list[str] | None = None) -
         Route("/api/explain", explain_text),
         Route("/api/explain/{id}", explain),
         Route("/api/heatmap/{id}", heatmap),
+        Route("/dupes", dupes_page),
+        Route("/api/dupes", api_dupes),
         Route("/image/{id}", image),
         Route("/thumb/{id}", thumb),
     ]
@@ -265,11 +286,11 @@ def _with_meta(params: Any) -> str:
     return with_meta(params.get("q", ""), resolve=False, **{k: params.get(k) for k in keys})
 
 
-def _float(raw: str) -> float:
+def _float(raw: str, name: str = "min_score") -> float:
     try:
         return float(raw)
     except ValueError:
-        raise UsageError(f"min_score must be a number, not {raw!r}.") from None
+        raise UsageError(f"{name} must be a number, not {raw!r}.") from None
 
 
 def _error(status: int, message: str) -> JSONResponse:

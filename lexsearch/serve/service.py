@@ -296,6 +296,16 @@ class SearchService:
             "max_top": MAX_TOP,  # the page stops asking for more there
         }
 
+    def dupes(self, threshold: float | None = None) -> dict[str, Any]:
+        """``lexsearch dupes --json``, each file with its ``id`` (for /thumb/{id}), and the note on missing
+        hashes (or null)."""
+        from lexsearch.dupes import DEFAULT_THRESHOLD, find_dupes, missing_note
+
+        with self._lock:
+            report = find_dupes(self.collection, DEFAULT_THRESHOLD if threshold is None else threshold)
+            note = missing_note(report, self.collection)
+        return {**report.to_json(), "note": note}
+
     # ------------------------------------------------------------------------------------- images by id
     def path_of(self, image_id: int) -> str:
         """The indexed file of ``image_id``; NotFound for any id the collection does not hold (as 'ok')."""

@@ -10,6 +10,7 @@ import pytest
 
 from lexsearch.errors import CollectionNotFoundError
 from lexsearch.index import postings as pf
+from lexsearch.index.schema import SCHEMA_VERSION
 from lexsearch.index.store import Changes, Collection, NewImage
 
 META = {"model_id": "m", "vocab_hash": "v", "vocab_size": 50, "dense_dim": 4}
@@ -34,7 +35,13 @@ def col():
 
 def test_schema_is_made_by_named_migrations_in_wal_mode(col):
     names = [r[0] for r in col.db.execute("SELECT name FROM _sqlite_migrations")]
-    assert names == ["m001_create_tables", "m002_segment_files", "m003_folder_digests", "m004_photo_metadata"]
+    assert names == [
+        "m001_create_tables",
+        "m002_segment_files",
+        "m003_folder_digests",
+        "m004_photo_metadata",
+        "m005_perceptual_hash",
+    ]
     assert set(col.db.table_names()) >= {
         "meta",
         "images",
@@ -49,7 +56,7 @@ def test_schema_is_made_by_named_migrations_in_wal_mode(col):
     }
     assert col.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert col.db.execute("PRAGMA page_size").fetchone()[0] == 16384  # ten forward rows a page, not two
-    assert col.meta["schema"] == 4 and col.meta["model_id"] == "m"
+    assert col.meta["schema"] == SCHEMA_VERSION and col.meta["model_id"] == "m"
 
 
 def test_missing_collection_is_a_clear_error():
@@ -469,7 +476,7 @@ def test_a_schema_1_collection_is_upgraded_in_place(tmp_path, monkeypatch):
         Collection.open(path)
     monkeypatch.setattr(Collection, "flush_at", 60)
     with Collection.open(path, readonly=False) as col:
-        assert col.meta["schema"] == 4 and col.meta["delta_postings"] > 0
+        assert col.meta["schema"] == SCHEMA_VERSION and col.meta["delta_postings"] > 0
         assert col.verify() == []
         assert 4 not in set(np.concatenate([i for i, _ in col.postings(range(50)).values()]).tolist())
         col.apply(Changes(insert=[new_image(i, rng) for i in range(100, 110)]))  # flushes the old blobs too
@@ -543,6 +550,6 @@ def test_a_schema_2_collection_is_read_as_is_and_upgraded_by_the_next_writer(tmp
     with Collection.open(path) as c:  # a reader does not need the folders: no upgrade asked for
         assert c.count() == 5 and c.verify() == []
     with Collection.open(path, readonly=False) as c:
-        assert c.meta["schema"] == 4
+        assert c.meta["schema"] == SCHEMA_VERSION
         assert c.folder_states() == {"/x": (None, 0, 0)}
         assert c.verify() == []

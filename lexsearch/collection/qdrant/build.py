@@ -43,6 +43,7 @@ from lexsearch.index.build import (
     _Prepared,
     _Work,
     check_roots,
+    file_phash,
     model_meta,
 )
 from lexsearch.index.photometa import PHOTO_FIELDS, header_facts, mtime_taken
@@ -193,6 +194,14 @@ def build_qdrant(
             if len(writer.facts) >= 256:
                 writer.flush()
         writer.flush()
+        # Points written before perceptual hashes existed: each file decoded once for its hash (no embedding).
+        for pid in seen - redone:
+            facts = stored.get(pid, {})
+            if facts.get("status") == "ok" and "phash" not in facts:
+                writer.facts.append((pid, {"phash": file_phash(pt.payload_path(facts))}))
+                if len(writer.facts) >= 256:
+                    writer.flush()
+        writer.flush()
     except BaseException:
         try:  # Ctrl-C: keep what is already embedded, then let the interrupt through
             writer.flush()
@@ -272,7 +281,17 @@ def _handle(b: _Builder, d: _Done, writer: _Writer, col: QdrantCollection, moved
             k: v
             for k, v in (copied.payload or {}).items()
             if k
-            in ("width", "height", "exif_time", "terms", *PHOTO_FIELDS, "taken_key", "camera", "orientation")
+            in (
+                "width",
+                "height",
+                "exif_time",
+                "terms",
+                *PHOTO_FIELDS,
+                "taken_key",
+                "camera",
+                "orientation",
+                "phash",
+            )
         }  # the folders of the new path, not the old one's
         if "taken_source" in keep:
             fresh = pt.photo_payload(f.path, None, None, {"taken_source": keep["taken_source"]})
@@ -298,6 +317,7 @@ def _handle(b: _Builder, d: _Done, writer: _Writer, col: QdrantCollection, moved
             height=p.height,
             exif_time=p.exif_time,
             terms=[int(t) for t in d.terms],
+            phash=p.phash,
             **pt.photo_payload(f.path, p.width, p.height, p.photo),
         )
         writer.point(pid, _vectors(writer.models, d.terms, d.weights, d.dense), payload)

@@ -23,7 +23,8 @@ DENSE = "dense"
 BUCKETS = 4096
 # Payload keys of the facts the indexer compares and the search shows; ``terms`` (the sparse vector's
 # columns, as a list) is what +must / -exclude / the query-word rule filter on.
-FACTS = ("path", "path_bytes", "size", "mtime_ns", "hash", "status", "taken_source")
+# ``phash`` (``lexsearch.index.phash``) is read back so an index run knows which points still lack one.
+FACTS = ("path", "path_bytes", "size", "mtime_ns", "hash", "status", "taken_source", "phash")
 
 
 def point_id(path: str) -> int:

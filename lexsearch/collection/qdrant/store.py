@@ -455,6 +455,45 @@ class QdrantCollection:
                 if offset is None:
                     break
 
+    def dupe_rows(self) -> tuple[np.ndarray, np.ndarray, list[str | None], dict[int, dict]]:
+        """What ``lexsearch.dupes`` reads (as ``EmbeddedCollection.dupe_rows``): the indexed points with a
+        dense vector, a page at a time: (ids, L2-normalised vectors, hashes or None, facts by id)."""
+        m = self._models
+        flt = m.Filter(must=[m.FieldCondition(key="status", match=m.MatchValue(value="ok"))])
+        keys = ["path", "path_bytes", "width", "height", "size", "taken", "phash"]
+        dim = self._dense_dim()
+        ids, vecs, hashes, facts = [], [], [], {}
+        offset = None
+        with _reaching(self.spec):
+            while True:
+                page, offset = self._client.scroll(
+                    self.name,
+                    scroll_filter=flt,
+                    limit=READ_BATCH,
+                    offset=offset,
+                    with_payload=keys,
+                    with_vectors=[pt.DENSE],
+                )
+                for rec in page:
+                    vec = _dense_of(rec)
+                    if vec is None:
+                        continue
+                    payload = rec.payload or {}
+                    ids.append(int(rec.id))
+                    vecs.append(vec)
+                    hashes.append(payload.get("phash"))
+                    facts[int(rec.id)] = {
+                        "path": pt.payload_path(payload),
+                        **{k: payload.get(k) for k in ("width", "height", "size", "taken")},
+                    }
+                if offset is None:
+                    break
+        order = np.argsort(np.array(ids, np.int64), kind="stable")
+        matrix = np.stack(vecs)[order].astype(np.float32) if vecs else np.zeros((0, max(dim, 1)), np.float32)
+        if len(matrix):
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        return np.array(ids, np.int64)[order], matrix, [hashes[k] for k in order], facts
+
     def owned_facts(self, rank: int, world: int) -> dict[int, dict]:
         """Payload facts of the points that indexing rank ``rank`` of ``world`` owns (its buckets)."""
         m = self._models
