@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import numpy as np
 import pytest
@@ -197,9 +198,20 @@ def test_a_readers_many_row_reads_share_threads_kept_until_close(col):
     rng = np.random.default_rng(9)
     ids = col.apply(Changes(insert=[new_image(i, rng) for i in range(readers._PARALLEL_MIN_ROWS + 40)]))
     before = set(threading.enumerate())
+
+    def settled():
+        """The pool's threads once each has run its initializer: a thread the pool started for the last
+        task may still be opening its connection when the read returns (seen on a loaded machine)."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            threads = {t for t in threading.enumerate() if t.name.startswith("lexsearch-read")} - before
+            if len(reader._reader_conns) == len(threads) or time.monotonic() > deadline:
+                return threads
+            time.sleep(0.01)
+
     reader = Collection.open(col.path)
     first = reader.forward_block(ids[::-1])
-    threads = {t for t in threading.enumerate() if t.name.startswith("lexsearch-read")} - before
+    threads = settled()
     conns = list(reader._reader_conns)
     assert 1 <= len(threads) <= readers._READERS and len(conns) == len(threads)
     # More reads: the threads stay (up to _READERS of them, each with its own connection), and a row written
@@ -207,7 +219,7 @@ def test_a_readers_many_row_reads_share_threads_kept_until_close(col):
     (new,) = col.apply(Changes(insert=[new_image(999, rng)]))
     for _ in range(5):
         again = reader.forward_block([*ids[::-1], new])
-    kept = {t for t in threading.enumerate() if t.name.startswith("lexsearch-read")} - before
+    kept = settled()
     assert threads <= kept and len(kept) <= readers._READERS
     assert reader._reader_conns[: len(conns)] == conns and len(reader._reader_conns) == len(kept)
     assert (
