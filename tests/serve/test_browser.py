@@ -399,7 +399,7 @@ def _replace(field, text):
     field.send_keys(*((text,) if text else ()), Keys.ENTER)
 
 
-def test_filters_narrow_the_results_and_a_bookmark_keeps_them(browser, served_photos):
+def test_filters_narrow_the_results_and_a_bookmark_keeps_them(browser, served_photos, tmp_path):
     """A search, then a camera typed and an orientation picked in the filter bar: only the matching photos
     stay, the query text and the address hold both words, and a reload keeps them and the controls."""
     from photofolder import PHOTOS
@@ -434,6 +434,7 @@ def test_filters_narrow_the_results_and_a_bookmark_keeps_them(browser, served_ph
     assert browser.find_element(By.ID, "f-camera").get_attribute("value") == "Google Pixel"
     assert browser.find_element(By.ID, "f-orientation").get_attribute("value") == "portrait"
     assert browser.find_element(By.ID, "f-after").get_attribute("value") == ""
+    browser.save_screenshot(str(tmp_path / "filters.png"))
 
 
 def test_clearing_a_filter_removes_its_word(browser, served_photos):
