@@ -226,6 +226,16 @@ def test_no_sideways_scroll_at_phone_width(browser, served, tmp_path):
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#means button.all"))[0].click()
     browser.save_screenshot(str(tmp_path / "phone-means.png"))
     assert _sideways(browser) == [375, 375, 375], "means"
+    browser.find_element(By.CSS_SELECTOR, "#filters-box summary").click()  # the filter bar, open
+    _wait(browser, lambda d: d.find_element(By.ID, "f-orientation").is_displayed())
+    browser.save_screenshot(str(tmp_path / "phone-filters.png"))
+    assert _sideways(browser) == [375, 375, 375], "filters"
+    right = browser.execute_script(
+        "return Math.max(...[...document.querySelectorAll('#filters label, #filters button')]"
+        ".map((e) => e.getBoundingClientRect().right))"
+    )
+    assert right <= 375  # every control on the screen, none cut off by the header
+    browser.find_element(By.CSS_SELECTOR, "#filters-box summary").click()
     cards[0].click()
     dialog = browser.find_element(By.ID, "detail")
     _wait(browser, lambda d: dialog.get_attribute("open") is not None)
@@ -336,3 +346,128 @@ def test_the_sort_toggle_orders_by_date_and_the_address_keeps_it(browser, served
     Select(browser.find_element(By.ID, "sort")).select_by_value("score")
     _wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#grid .taken"))
     assert browser.find_element(By.ID, "q").get_attribute("value") == "a red circle"
+
+
+# ------------------------------------------------------------------------------------------ photo filters
+@pytest.fixture(scope="module")
+def photo_collection(_tiny_model_master, tmp_path_factory):
+    """The photo folder (two camera makes over several years, portrait, landscape and square shots),
+    indexed once for the module."""
+    from click.testing import CliRunner
+    from photofolder import make_photo_folder
+
+    from lexsearch.cli import cli
+
+    root = tmp_path_factory.mktemp("photo-filters")
+    model = root / "model"
+    shutil.copytree(_tiny_model_master, model)
+    make_photo_folder(root / "photos")
+    col = root / "col"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEXSEARCH_HOME", str(root / "home"))
+        res = CliRunner().invoke(
+            cli, ["index", str(root / "photos"), "--model", str(model), "--collection", str(col), "--quiet"]
+        )
+    assert res.exit_code == 0, res.output
+    return col
+
+
+@pytest.fixture
+def served_photos(photo_collection):
+    with EmbeddedCollection.open(photo_collection, readonly=True) as col:
+        service = SearchService(col, load_encoder(col, device="cpu"))
+        server = Server(service, "127.0.0.1", 0)
+        server.start_in_thread()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def _names(photos) -> set[str]:
+    return {p.rel.rsplit("/", 1)[-1] for p in photos}
+
+
+def _shown(driver) -> set[str]:
+    return {n.text for n in driver.find_elements(By.CSS_SELECTOR, "#grid .card .name")}
+
+
+def _replace(field, text):
+    """Select everything in a field, type over it and press Enter (the filter bar's Apply)."""
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(Keys.BACKSPACE)
+    field.send_keys(*((text,) if text else ()), Keys.ENTER)
+
+
+def test_filters_narrow_the_results_and_a_bookmark_keeps_them(browser, served_photos, tmp_path):
+    """A search, then a camera typed and an orientation picked in the filter bar: only the matching photos
+    stay, the query text and the address hold both words, and a reload keeps them and the controls."""
+    from photofolder import PHOTOS
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(served_photos.url + "/")
+    box = _wait(browser, lambda d: d.find_element(By.ID, "q"))
+    box.send_keys("red", Keys.ENTER)
+    _wait(browser, lambda d: _shown(d) == _names(PHOTOS))  # "red" matches every photo of the folder
+    bar = browser.find_element(By.ID, "filters-box")
+    assert bar.get_attribute("open") is None
+    camera = browser.find_element(By.ID, "f-camera")
+    assert not camera.is_displayed()  # folded away until wanted
+    bar.find_element(By.TAG_NAME, "summary").click()
+    _replace(camera, "Google Pixel")  # a value with a space: quoted in the query
+    pixels = _names(p for p in PHOTOS if p.camera and "google pixel" in p.camera.lower())
+    _wait(browser, lambda d: _shown(d) == pixels)
+    assert box.get_attribute("value") == 'red camera:"Google Pixel"'
+    assert "camera%3A%22Google+Pixel%22" in browser.current_url
+
+    Select(browser.find_element(By.ID, "f-orientation")).select_by_value("portrait")
+    portraits = _names(p for p in PHOTOS if p.orientation == "portrait" and p.camera and "Pixel" in p.camera)
+    assert portraits and portraits < pixels
+    _wait(browser, lambda d: _shown(d) == portraits)
+    assert box.get_attribute("value") == 'red camera:"Google Pixel" orientation:portrait'
+    assert "orientation%3Aportrait" in browser.current_url
+    assert browser.find_element(By.CSS_SELECTOR, "#filters-box summary").text == "Filters (2)"
+
+    browser.refresh()  # the bookmarked address: same results, the controls filled from the query text
+    _wait(browser, lambda d: _shown(d) == portraits)
+    assert browser.find_element(By.ID, "filters-box").get_attribute("open") is not None
+    assert browser.find_element(By.ID, "f-camera").get_attribute("value") == "Google Pixel"
+    assert browser.find_element(By.ID, "f-orientation").get_attribute("value") == "portrait"
+    assert browser.find_element(By.ID, "f-after").get_attribute("value") == ""
+    browser.save_screenshot(str(tmp_path / "filters.png"))
+
+
+def test_clearing_a_filter_removes_its_word(browser, served_photos):
+    """A bookmark with a date and a folder filter; emptying the date control drops after: from the query
+    (and the results grow), a date that is not one is refused in place, Back brings the filter back, and
+    Clear removes every filter word."""
+    from photofolder import PHOTOS
+
+    in_home = [p for p in PHOTOS if p.rel.startswith("home/")]
+    browser.get(served_photos.url + "/?q=red+after%3A2022+in%3Ahome")
+    recent = _names(p for p in in_home if p.taken >= "2022")
+    assert recent and recent < _names(in_home)
+    _wait(browser, lambda d: _shown(d) == recent)
+    after = browser.find_element(By.ID, "f-after")
+    assert after.is_displayed() and after.get_attribute("value") == "2022"  # the bar opens with its filters
+    assert browser.find_element(By.ID, "f-in").get_attribute("value") == "home"
+
+    _replace(after, "")
+    _wait(browser, lambda d: _shown(d) == _names(in_home))
+    box = browser.find_element(By.ID, "q")
+    assert box.get_attribute("value") == "red in:home"
+    assert "after" not in browser.current_url
+
+    _replace(after, "soon")  # not a date: the control says so and the query stays as it was
+    assert browser.execute_script("return !arguments[0].validity.valid", after)
+    assert box.get_attribute("value") == "red in:home"
+
+    browser.back()  # the address before: its filter back in the text and the control
+    _wait(browser, lambda d: _shown(d) == recent)
+    assert box.get_attribute("value") == "red after:2022 in:home"
+    assert after.get_attribute("value") == "2022"
+
+    browser.find_element(By.ID, "f-clear").click()
+    _wait(browser, lambda d: _shown(d) == _names(PHOTOS))
+    assert box.get_attribute("value") == "red"
+    assert browser.find_element(By.CSS_SELECTOR, "#filters-box summary").text == "Filters"

@@ -97,18 +97,66 @@ function setStatus(text, kind) {
   s.className = kind || "";
 }
 
-// The order is a word of the query (sort:date), so a bookmarked page keeps it: the toggle rewrites it.
-const SORT_WORD = /(^|\s)sort:("[^"]*"?|\S+)/gi;
+// The order and the photo filters are words of the query (sort:date after:2023 camera:"pixel 7"), so a
+// bookmarked page keeps them: the sort toggle and the filter controls rewrite their own word. The grammar is
+// lexsearch/search/meta.py's: key:value or key:"quoted value", standing alone, any case.
+const FILTER_KEYS = ["after", "before", "camera", "in", "orientation"];
+const wordsFor = (keys) => new RegExp(`(?<!\\S)(?:${keys}):(?:"([^"]*)"?|(\\S*))`, "gi");
+const META_WORD = wordsFor([...FILTER_KEYS, "sort"].join("|"));
+
+// The value of the last `key:` word in the text ("" when there is none).
+function wordOf(text, key) {
+  const m = [...text.matchAll(wordsFor(key))].pop();
+  return m ? (m[1] !== undefined ? m[1] : m[2]).trim() : "";
+}
+
+// The text with every `key:` word replaced by one `key:value` at the end (none when the value is empty).
+function withWord(text, key, value) {
+  const rest = text.replace(wordsFor(key), " ").replace(/\s+/g, " ").trim();
+  const v = value.replace(/"/g, "").trim(); // the grammar has no escaped quote
+  if (!v) return rest;
+  const word = /\s/.test(v) ? `${key}:"${v}"` : `${key}:${v}`;
+  return rest ? `${rest} ${word}` : word;
+}
 
 function sortOf(text) {
-  const m = [...text.matchAll(SORT_WORD)].pop();
-  const value = m ? m[2].replace(/"/g, "").toLowerCase() : "score";
+  const value = wordOf(text, "sort").toLowerCase();
   return ["score", "date", "date-asc"].includes(value) ? value : "score";
 }
 
-function withSort(text, sort) {
-  const rest = text.replace(SORT_WORD, " ").replace(/\s+/g, " ").trim();
-  return sort === "score" ? rest : `${rest} sort:${sort}`;
+function withSort(text, sort) { return withWord(text, "sort", sort === "score" ? "" : sort); }
+
+const filterControl = (key) => document.querySelector(`#filters [data-key="${key}"]`);
+
+// The controls show the filters of the query on screen; the summary counts them.
+function fillFilters(text, open) {
+  let active = 0;
+  for (const key of FILTER_KEYS) {
+    const control = filterControl(key);
+    const value = wordOf(text, key);
+    control.value = key === "orientation" ? value.toLowerCase() : value;
+    if (control.selectedIndex === -1) control.value = ""; // orientation:sideways: the search says why not
+    if (value) active += 1;
+  }
+  $("f-count").textContent = active ? ` (${active})` : "";
+  if (open && active) $("filters-box").open = true;
+}
+
+// The controls' values (of `keys`) written into the query, which then runs, as the sort toggle does.
+function applyFilters(keys) {
+  const q = $("q");
+  let text = (state.mode === "text" ? state.q : q.value).trim();
+  for (const key of keys) text = withWord(text, key, filterControl(key).value);
+  if (state.mode === "text" && text === state.q) return; // nothing changed (Enter after a change)
+  q.value = text;
+  if (!text.replace(META_WORD, " ").trim()) {
+    fillFilters(text, false);
+    setStatus("Type some words to search for: the filters narrow their matches.", "empty");
+    return;
+  }
+  state.q = text;
+  state.like = null;
+  run("text");
 }
 
 function urlFor(mode, extra) {
@@ -134,7 +182,10 @@ async function run(mode, { push = true } = {}) {
     const url = mode === "image" ? "/" : "/?" + params.toString();
     history.pushState({ q: state.q, like: state.like }, "", url);
   }
-  if (mode === "text") $("sort").value = sortOf(state.q);
+  if (mode === "text") {
+    $("sort").value = sortOf(state.q);
+    fillFilters(state.q, !push); // a bookmark with filters opens the filter bar
+  }
   document.title = mode === "text" ? `${state.q} - lexsearch` : "lexsearch";
   showMeaning(state.gen);
   await more();
@@ -285,6 +336,15 @@ document.addEventListener("DOMContentLoaded", () => {
     q.value = state.q;
     state.like = null;
     run("text");
+  });
+  for (const key of FILTER_KEYS) {
+    const control = filterControl(key);
+    control.addEventListener("change", () => { if (control.reportValidity()) applyFilters([key]); });
+  }
+  $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); applyFilters(FILTER_KEYS); });
+  $("f-clear").addEventListener("click", () => {
+    for (const key of FILTER_KEYS) filterControl(key).value = "";
+    applyFilters(FILTER_KEYS);
   });
   $("upload").addEventListener("change", (ev) => {
     const file = ev.target.files[0];
