@@ -129,25 +129,46 @@ def word_start_columns(model) -> torch.Tensor | None:
     return starts if not bool(starts.all()) else None
 
 
+def word_columns(model, words) -> set[int]:
+    """The columns of the content words among ``words`` (all their pieces): function words (``a``, ``with``)
+    and the columns the model masks are left out."""
+    from lexsearch.model.vocab import Vocabulary
+    from lexsearch.search.parse import FUNCTION_WORDS
+
+    backend = getattr(model.tokenizer, "backend_tokenizer", None)
+    content = [w for w in words if w.lower() not in FUNCTION_WORDS]
+    if backend is None or not content:
+        return set()
+    keep = model.keep.cpu()
+    return {c for c in Vocabulary(backend, model.config.vocab_ids).columns(content) if keep[c] > 0}
+
+
+@torch.no_grad()
+def _share(model, hidden: torch.Tensor, empty: torch.Tensor, columns: torch.Tensor, chunk: int) -> float:
+    """The mean share of the captions' squared L2 mass (full-width read-out) on ``columns``."""
+    mass = []
+    for a in range(0, len(hidden), chunk):
+        h = torch.cat([hidden[a : a + chunk], empty[None]]).to(model.z_txt.device)
+        mass.append(model.lexical_text(h).cpu()[:, columns].pow(2).sum(1))
+    return float(torch.cat(mass).mean())
+
+
+@torch.no_grad()
 def _top_columns(model, hidden: torch.Tensor, empty: torch.Tensor, top_k: int, chunk: int):
-    """The union of each caption's ``top_k`` strongest word-start words under the full-width read-out, and
-    the mean share of the captions' squared L2 mass those columns hold. In chunks: N x V floats at once
-    would be ~0.7 GB for 2,000 captions.
+    """The union of each caption's ``top_k`` strongest word-start words under the full-width read-out. In
+    chunks: N x V floats at once would be ~0.7 GB for 2,000 captions.
 
     Only word starts [choice]: Gemma's read-out of "a red circle" holds ``red`` and ``##red``, ``circle`` and
     ``##circle`` at about equal weight; a continuation piece is no word a person reads or types, and with
     both, an explanation shows each word twice."""
     starts = word_start_columns(model)
-    support, rows = set(), []
+    support = set()
     for a in range(0, len(hidden), chunk):
         h = torch.cat([hidden[a : a + chunk], empty[None]]).to(model.z_txt.device)
         x = model.lexical_text(h).cpu()
         ranked = x if starts is None else x.masked_fill(~starts, -1.0)
         support.update(ranked.topk(min(top_k, x.shape[1]), dim=1).indices.flatten().tolist())
-        rows.append(x)
-    columns = torch.tensor(sorted(support), dtype=torch.long)
-    share = float(torch.cat([x[:, columns] for x in rows]).pow(2).sum(1).mean())
-    return columns, share
+    return torch.tensor(sorted(support), dtype=torch.long), None
 
 
 class FrozenText:
@@ -159,7 +180,14 @@ class FrozenText:
     """
 
     def __init__(
-        self, model, captions: list[str], top_k: int, columns=None, progress=None, chunk: int = 256
+        self,
+        model,
+        captions: list[str],
+        top_k: int,
+        columns=None,
+        progress=None,
+        chunk: int = 256,
+        words=(),
     ) -> None:
         self.index = {c: i for i, c in enumerate(dict.fromkeys(captions))}
         hidden, empty, self.computed = caption_hidden(model, list(self.index), progress=progress)
@@ -167,7 +195,12 @@ class FrozenText:
         if columns is None:
             if model.image_cols.numel():
                 raise ValueError("the model's read-out is already restricted; pass its columns")
-            self.columns, self.share = _top_columns(model, hidden, empty, top_k, chunk)
+            columns = word_columns(model, words)
+            if top_k > 0 or not columns:
+                top, _ = _top_columns(model, hidden, empty, max(top_k, 1), chunk)
+                columns |= set(top.tolist())
+            self.columns = torch.tensor(sorted(columns), dtype=torch.long)
+            self.share = _share(model, hidden, empty, self.columns, chunk)
         else:
             self.columns = torch.tensor(list(columns), dtype=torch.long)
         self.hidden, self.empty = hidden, empty  # (N, H), (H,)

@@ -512,8 +512,8 @@ class _Trainer:
         # The LM (LoRA included) is never run in a step, so it gets no gradient and keeps its weights.
         # A resumed model already records (and reads out on) its columns.
         columns = self.model.config.image_columns if self.config.resume else None
-        top_k = self.config.text_top_k or self.model.config.top_k
-        text = FrozenText(self.model, list(self.pairs.captions), top_k, columns)
+        words = self.model.config.caption_words  # recorded from the caption folder before this
+        text = FrozenText(self.model, list(self.pairs.captions), self.config.text_top_k, columns, words=words)
         self.model.set_image_columns(text.columns.tolist())
         share = (
             ""
