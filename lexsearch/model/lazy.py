@@ -104,6 +104,11 @@ class LazyEncoder:
     def loaded(self) -> bool:
         return self._encoder is not None
 
+    def adopt(self, encoder) -> None:
+        """Use ``encoder`` (this model's ``Encoder``, loaded already) for the networks instead of loading them."""
+        with self._load_lock:
+            self._encoder = encoder
+
     def words(self, term_ids) -> list[str]:
         return [self.vocab.words[int(t)] for t in term_ids]
 

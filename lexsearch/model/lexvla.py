@@ -73,6 +73,20 @@ class Adapter(nn.Module):
         return self.proj(x)
 
 
+class TextHead(nn.Module):
+    """h + U D h, rank r, U zero-initialised (so an untrained head changes nothing): LoRA on the LM's final
+    state at the read-out position [choice; ModelConfig.text_head_rank]."""
+
+    def __init__(self, width: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(width, rank, bias=False)
+        self.up = nn.Linear(rank, width, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(self.down(h))
+
+
 class LexVLA(nn.Module):
     """The model. Frozen: the vision backbone, the LM and Z_txt. Trainable: adapter, Z_img, LoRA, temperature,
     optional dense heads. Build it with :func:`lexsearch.model.checkpoint.build_model` (bases from configs or
@@ -99,8 +113,8 @@ class LexVLA(nn.Module):
         ids = torch.tensor(config.vocab_ids, dtype=torch.long, device=head.device)
         # Z_txt: frozen LM-head rows of the kept vocabulary [paper]. A buffer, so it never gets a gradient.
         self.register_buffer("z_txt", head.detach()[ids].float().clone(), persistent=False)  # (V, H)
-        # Z_img: trainable, initialised from Z_txt [paper].
-        self.z_img = nn.Parameter(self.z_txt.clone())  # (V, H)
+        # Z_img: trainable, initialised from Z_txt [paper]; only the image read-out's rows (set_image_columns).
+        self.z_img = nn.Parameter(self.z_txt.clone())  # (V, H) or (|image_columns|, H)
         # 1 per column, 0 for the prompt's words no training caption used; follows config.caption_words.
         self.register_buffer("keep", torch.ones(len(ids), device=head.device), persistent=False)  # (V,)
         self.set_caption_words(config.caption_words)
@@ -109,6 +123,7 @@ class LexVLA(nn.Module):
         )
         self.set_image_columns(config.image_columns)
 
+        self.text_head = TextHead(lm_width, config.text_head_rank) if config.text_head_rank > 0 else None
         self.adapter = Adapter(
             vision_width, lm_width, config.adapter_heads, config.adapter_mlp_ratio, config.adapter_hidden
         )
@@ -167,18 +182,33 @@ class LexVLA(nn.Module):
         return masked
 
     def set_image_columns(self, columns) -> None:
-        """Restrict the image read-out to these vocabulary columns (empty = all); recorded in the config."""
-        self.config.image_columns = sorted({int(c) for c in columns})
-        cols = torch.tensor(self.config.image_columns, dtype=torch.long, device=self.keep.device)
-        self.image_cols = cols
+        """Restrict the read-out to these vocabulary columns (empty = all); recorded in the config.
+
+        Z_img keeps only their rows: an image vector is zero elsewhere, so the other rows could never be
+        used or trained (at Gemma's 87,784 words they are 225 MB, and Adam's step over them was ~45% of a
+        frozen-text training step). Only a full Z_img can be restricted, or one already on these columns.
+        """
+        cols = sorted({int(c) for c in columns})
+        if self.z_img.shape[0] != self.vocab_size and cols != self.config.image_columns:
+            raise ValueError("the image codebook is already restricted to other columns")
+        self.config.image_columns = cols
+        self.image_cols = torch.tensor(cols, dtype=torch.long, device=self.keep.device)
+        if cols and self.z_img.shape[0] == self.vocab_size:
+            self.z_img = nn.Parameter(self.z_img.detach()[self.image_cols].clone())
 
     def _image_logits(self, z: torch.Tensor) -> torch.Tensor:
-        """``z @ Z_img^T`` on the image read-out's columns: (..., V), or (..., |columns|) when restricted."""
-        if self.image_cols.numel():
-            return codebook_logits(z, self.z_img[self.image_cols])
+        """``z @ Z_img^T``: (..., V), or (..., |image_columns|) when restricted."""
         return codebook_logits(z, self.z_img)
 
-    def _image_keep(self) -> torch.Tensor:
+    def read_text(self, h: torch.Tensor) -> torch.Tensor:
+        """Text read-out logits of LM states h (B, H) (through the text head, if any): (B, V), or
+        (B, |image_columns|) when restricted."""
+        if self.text_head is not None:
+            h = self.text_head(h)
+        z = self.z_txt[self.image_cols] if self.image_cols.numel() else self.z_txt
+        return codebook_logits(h, z)
+
+    def _read_keep(self) -> torch.Tensor:
         return self.keep[self.image_cols] if self.image_cols.numel() else self.keep
 
     def _full_width(self, x: torch.Tensor) -> torch.Tensor:
@@ -293,14 +323,22 @@ class LexVLA(nn.Module):
         if a:
             ids, mask = self._with_empty_row(ids, mask)
         h = self.text_hidden(ids, mask, share_prefix=share_prefix).float()  # (B, H), (B + 1, H) calibrated
-        logits = codebook_logits(h, self.z_txt)  # (B, V)
+        s_txt = self._full_width(self.lexical_text(h))  # (B, V)
         if a:
-            h, logits = h[:-1], logits[:-1] - a * logits[-1:]
-        s_txt = lexical(logits, self.keep)  # (B, V)
+            h = h[:-1]
         dense = (
             F.normalize(self.dense_txt(self._dense_input(h)), dim=-1) if self.dense_txt is not None else None
         )
         return s_txt, dense
+
+    def lexical_text(self, h: torch.Tensor) -> torch.Tensor:
+        """s_txt on the read-out's columns from LM states h (B, H), or (B + 1, H) with the empty text's
+        state last when the read-out is calibrated (``config.text_calibration``): (B, V) or (B, |columns|)."""
+        logits = self.read_text(h)
+        a = self.config.text_calibration
+        if a:
+            logits = logits[:-1] - a * logits[-1:]
+        return lexical(logits, self._read_keep())
 
     def _with_empty_row(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``ids`` / ``mask`` (B, L) with the empty text's prompt as row B, all right-padded to one length."""
@@ -344,7 +382,7 @@ class LexVLA(nn.Module):
         unrestricted), and the dense vector. What training with a frozen text tower scores."""
         z = self.image_tokens(pixels)  # (B, T, H)
         logits = self._image_logits(z)  # (B, T, V')
-        s_img = lexical(logits.max(dim=1).values, self._image_keep())  # (B, V')
+        s_img = lexical(logits.max(dim=1).values, self._read_keep())  # (B, V')
         dense = None
         if self.dense_img is not None:
             dense = F.normalize(self.dense_img(self._dense_input(z.mean(1))), dim=-1)
@@ -359,13 +397,13 @@ class LexVLA(nn.Module):
         keeps that strength (bench/weak_words.py measures it).
         """
         logits = self._image_logits(self.image_tokens(pixels)).max(dim=1).values  # (B, V')
-        kept = logits[:, self._image_keep() > 0]
+        kept = logits[:, self._read_keep() > 0]
         return kept.max(dim=1).values - kept.median(dim=1).values
 
     def patch_vectors(self, pixels: torch.Tensor) -> torch.Tensor:
         """Patch-level lexical vectors (B, P, V): the same read-out on each patch token, no max [paper]."""
         z = self.image_tokens(pixels)[:, self.num_prefix_tokens :]  # (B, P, H)
-        return self._full_width(lexical(self._image_logits(z), self._image_keep()))
+        return self._full_width(lexical(self._image_logits(z), self._read_keep()))
 
     def _dense_input(self, x: torch.Tensor) -> torch.Tensor:
         """What a dense head reads: detached from the adapter / LoRA unless ``dense_backprop`` (the dense

@@ -108,6 +108,9 @@ def preset_config(name: str, **overrides) -> ModelConfig:
             # empty-text logits subtracted: 1% (0% at a = 1, which also drops `red` from "red circle"), and
             # the 256 strongest words kept until training makes the threshold sparse (bench/gemma_readout.py).
             text_calibration=0.5,
+            # A trainable low-rank correction of Gemma's final state: the text side's only trainable part
+            # when Gemma is frozen on a CPU (docs/toy-results.md 4).
+            text_head_rank=64,
             sparsify="topk",
             top_k=256,
             dense_dim=128,

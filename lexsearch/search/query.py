@@ -113,15 +113,23 @@ def search(
         raise UsageError("--top must be at least 1.")
     text, meta = split_meta(query_text)
     parsed = parse_query(text)
-    notes = _query_notes(parsed, encoder)
+    unread = _unread_words(parsed, encoder)
+    notes = _query_notes(parsed, encoder, unread)
     filters = resolve_operators(parsed, encoder.word_terms) if parsed.must or parsed.exclude else Filters()
     if not expand:
         filters.any_of = query_word_clauses(parsed, encoder.word_terms)
-        if not filters.any_of:
+        if unread:
+            filters.any_of = [c for c in filters.any_of if c.text not in unread]
+        if not filters.any_of and not unread:
             return _noted(Results(), notes)  # no query word is in the vocabulary: nothing honestly matches it
     q_sparse, q_dense = encode_query(collection, encoder, parsed.text, use_cache)
     if q_sparse.nnz == 0:
         return _noted(Results(), notes)
+    if unread:
+        meaning = _meaning_clauses(q_sparse, encoder)
+        notes = [*notes, _read_as_note(unread, meaning)]
+        if filters.any_of is not None:
+            filters.any_of = [*filters.any_of, *meaning]
     vocab = max(int(encoder.vocab_size), int(q_sparse.shape[1]))
     terms, weights = _strongest(q_sparse.indices, q_sparse.data, query_terms)
     by_date = meta.sort != "score"
@@ -174,14 +182,57 @@ def _by_date(collection: Any, ranked: Ranked, newest_first: bool) -> tuple[Ranke
     ), {int(i): d for i, d in zip(ranked.ids.tolist(), dates) if d}
 
 
-def _query_notes(parsed, encoder: Any) -> list[str]:
+def _query_notes(parsed, encoder: Any, unread: list[str] = ()) -> list[str]:
     """Lines about the query as a whole: why the LM answers rather than the model's student (the encoder's
-    ``note``), and the query's words that the model was never trained on (none without a record)."""
+    ``note``), and the query's words that the model was never trained on (none without a record; a word
+    no image is read out on gets the read-as note instead)."""
     notes = [encoder.note] if getattr(encoder, "note", "") else []
     trained = getattr(getattr(encoder, "config", None), "caption_words", None) or []
-    words = [w for part in parsed.terms for w in content_words(part)]  # +must parts are terms too
+    words = [w for part in parsed.terms for w in content_words(part) if w not in unread]  # +must too
     note = unknown_word_note(words, trained)
     return notes + [note] if note else notes
+
+
+# A query whose words no image is read out on is matched by this many of its vector's strongest words.
+MEANING_WORDS = 4
+
+
+def _unread_words(parsed, encoder: Any) -> list[str]:
+    """The query's content words that no image can hold, for a model whose read-out covers only some words
+    (``ModelConfig.image_columns``: a frozen-text mini model). [] for a model that reads images out on its
+    whole vocabulary.
+
+    Its text tower is a real LLM: "crimson" or "rouge" is a word it reads (as red), though no image is ever
+    read out on it. The "shares a query word" rule would leave such a query with no match; instead it is
+    matched by what the LM reads in it (:func:`_meaning_clauses`), and a note says so.
+    """
+    columns = getattr(getattr(encoder, "config", None), "image_columns", None)
+    if not columns:
+        return []
+    readable = set(columns)
+    unread = []
+    for part in parsed.terms:
+        for word in content_words(part):
+            terms = encoder.word_terms(word)
+            if (not terms or not set(terms) <= readable) and word not in unread:
+                unread.append(word)
+    return unread
+
+
+def _meaning_clauses(q_sparse, encoder: Any) -> list:
+    """One clause per of the query vector's ``MEANING_WORDS`` strongest words: what the LM reads in it."""
+    from lexsearch.search.parse import Clause
+
+    order = np.argsort(-q_sparse.data, kind="stable")[:MEANING_WORDS]
+    terms = q_sparse.indices[order]
+    return [Clause(w, (int(t),)) for w, t in zip(encoder.words(terms), terms)]
+
+
+def _read_as_note(unread: list[str], meaning: list) -> str:
+    names = ", ".join(f"'{w}'" for w in unread)
+    words = ", ".join(c.text for c in meaning)
+    verb = "is no word" if len(unread) == 1 else "are no words"
+    return f"{names} {verb} images are read out on; the query is matched by its meaning to the model: {words}"
 
 
 def _noted(results: Results, notes: list[str]) -> Results:

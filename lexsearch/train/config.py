@@ -76,8 +76,9 @@ class TrainConfig:
     # once and cached on disk (lexsearch.train.frozen_text); the image read-out then covers only the words
     # those vectors activate. None = on for the mini preset on a CPU, off otherwise.
     freeze_text: bool | None = None
-    # With a frozen text tower: the image read-out covers the union of each caption's text_top_k strongest
-    # words (0 = the model's top_k). Its cost is linear in that union's size.
+    # With a frozen text tower the read-out covers only some words (ModelConfig.image_columns): the content
+    # words of the training captions, and, when text_top_k > 0, each caption's text_top_k strongest words
+    # under the LM's read-out. Its cost is linear in their number.
     text_top_k: int = 0
     cache_backbone_gb: float = 4.0
     log_every: int = 10  # steps between train_log.jsonl lines
@@ -195,10 +196,13 @@ MINI_FROZEN_DEFAULTS: dict = {
     **PRESET_DEFAULTS["tiny"],
     "freeze_text": True,
     "val_every": 0,  # a validation runs Gemma on every held-out caption: only at the end
-    # On the toy world the union of the captions' top-256 words is 2,821 columns: ~11 s a step on one loaded
-    # core; their top-32, a few hundred columns, fits a schedule of 12 epochs in the 15 minutes.
-    "text_top_k": 32,
-    "epochs": 12.0,
+    # The read-out on the captions' own content words: with each caption's 32 strongest words under Gemma's
+    # read-out as well (356 columns on the toy world), images lit up Gemma's neighbours of the caption words,
+    # often in other languages (rojo, rosso, estrellas for a red circle or a yellow star); with the captions'
+    # words alone an explanation is in the captions' language, and a query in other words still reaches
+    # them through Gemma (docs/toy-results.md 4). 24 epochs fit the 15 minutes with the caption cache.
+    "text_top_k": 0,
+    "epochs": 24.0,
     "save_every": 200,  # Z_img is V x 640 (225 MB): not at every 16-step epoch
 }
 

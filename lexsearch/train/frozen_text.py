@@ -1,18 +1,21 @@
 """Training with a frozen text tower: each distinct caption runs through the LM once, ever.
 
-With the LM frozen (no LoRA update), a caption's text vector never changes, so the image side (adapter, Z_img,
-temperature, dense image head) can train against vectors computed once. What is cached on disk is the LM's
-final hidden state h (H floats) of each caption's prompt, and of the empty text's prompt (the calibration row),
-under ``LEXSEARCH_HOME/cache/text/<key>/``, key = hash of (base LM, prompt, calibration, text cut); entries
-are keyed by the caption itself. The vector follows from h exactly as :meth:`LexVLA.encode_text` computes it.
+With the LM frozen (no LoRA update), a caption's final LM state never changes, so what trains (adapter, Z_img,
+temperature, dense image head, and the text head on the LM's state, ``ModelConfig.text_head_rank``) can train
+against states computed once. What is cached on disk is the LM's final hidden state h (H floats) of each
+caption's prompt, and of the empty text's prompt (the calibration row), under
+``LEXSEARCH_HOME/cache/text/<key>/``, key = hash of (base LM, prompt, calibration, text cut); entries are
+keyed by the caption itself. The vector follows from h exactly as :meth:`LexVLA.encode_text` computes it.
 
 The image read-out is what costs on a CPU: 145 tokens x H x V per image (V = 87,784 for Gemma 3: ~8 GFLOP).
 Training restricts it to the columns the captions' vectors activate: the union of each caption's ``top_k``
 strongest words. Scores are sums over words both sides hold, so on those columns the training loss is the
 full model's loss with the image vector zero elsewhere; the model records the columns
-(``ModelConfig.image_columns``) and inference reads the image out on them only too (same vectors as in
-training, ~V/|columns| times cheaper). What it changes: an image can light up only words some training
-caption's vector held among its top ones; a query word outside them scores nothing.
+(``ModelConfig.image_columns``) and inference reads images and texts out on them only too (same vectors as
+in training, ~V/|columns| times cheaper; Z_img keeps only their rows). What it changes: an image can light up
+only words some training caption's vector held among its top ones; a query's words outside them score nothing
+and are left out of its vector (normalised on the columns), and the LM carries a query in other words or
+another language onto them (a "crimson disc" reads out as red and circle).
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from lexsearch.model.lexvla import codebook_logits, elu1p
 
 log = logging.getLogger(__name__)
 
@@ -115,45 +116,94 @@ def caption_hidden(model, captions: list[str], batch_size: int = 32, progress=No
     return hidden, cached[_caption_key("")], len(missing)
 
 
-def text_logits(model, hidden: torch.Tensor, empty: torch.Tensor, columns: torch.Tensor | None = None):
-    """Calibrated read-out logits of cached hidden states, as encode_text computes them: (N, V) or (N, |cols|)."""
-    z = model.z_txt if columns is None else model.z_txt[columns]
-    h = torch.cat([hidden, empty[None]]).to(z.device)
-    logits = codebook_logits(h, z)
-    a = model.config.text_calibration
-    return logits[:-1] - a * logits[-1:] if a else logits[:-1]
+def word_start_columns(model) -> torch.Tensor | None:
+    """A boolean mask (V,) of the columns that start a word (``red``, not the ``##red`` inside "infrared"), or
+    None for a tokenizer without word-start markers."""
+    from lexsearch.model.vocab import CONTINUATION_MARK, Vocabulary
+
+    backend = getattr(model.tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    words = Vocabulary(backend, model.config.vocab_ids).words
+    starts = torch.tensor([not w.startswith(CONTINUATION_MARK) for w in words])
+    return starts if not bool(starts.all()) else None
+
+
+def word_columns(model, words) -> set[int]:
+    """The columns of the content words among ``words`` (all their pieces): function words (``a``, ``with``)
+    and the columns the model masks are left out."""
+    from lexsearch.model.vocab import Vocabulary
+    from lexsearch.search.parse import FUNCTION_WORDS
+
+    backend = getattr(model.tokenizer, "backend_tokenizer", None)
+    content = [w for w in words if w.lower() not in FUNCTION_WORDS]
+    if backend is None or not content:
+        return set()
+    keep = model.keep.cpu()
+    return {c for c in Vocabulary(backend, model.config.vocab_ids).columns(content) if keep[c] > 0}
+
+
+@torch.no_grad()
+def _share(model, hidden: torch.Tensor, empty: torch.Tensor, columns: torch.Tensor, chunk: int) -> float:
+    """The mean share of the captions' squared L2 mass (full-width read-out) on ``columns``."""
+    mass = []
+    for a in range(0, len(hidden), chunk):
+        h = torch.cat([hidden[a : a + chunk], empty[None]]).to(model.z_txt.device)
+        mass.append(model.lexical_text(h).cpu()[:, columns].pow(2).sum(1))
+    return float(torch.cat(mass).mean())
+
+
+@torch.no_grad()
+def _top_columns(model, hidden: torch.Tensor, empty: torch.Tensor, top_k: int, chunk: int):
+    """The union of each caption's ``top_k`` strongest word-start words under the full-width read-out. In
+    chunks: N x V floats at once would be ~0.7 GB for 2,000 captions.
+
+    Only word starts [choice]: Gemma's read-out of "a red circle" holds ``red`` and ``##red``, ``circle`` and
+    ``##circle`` at about equal weight; a continuation piece is no word a person reads or types, and with
+    both, an explanation shows each word twice."""
+    starts = word_start_columns(model)
+    support = set()
+    for a in range(0, len(hidden), chunk):
+        h = torch.cat([hidden[a : a + chunk], empty[None]]).to(model.z_txt.device)
+        x = model.lexical_text(h).cpu()
+        ranked = x if starts is None else x.masked_fill(~starts, -1.0)
+        support.update(ranked.topk(min(top_k, x.shape[1]), dim=1).indices.flatten().tolist())
+    return torch.tensor(sorted(support), dtype=torch.long), None
 
 
 class FrozenText:
-    """The training captions' text vectors on the image read-out's columns, computed once from the cache.
+    """The training captions' cached LM states, and the read-out's columns.
 
-    ``vectors[i]`` is caption i's s_txt (the full model's L2-normalised vector) restricted to ``columns``;
-    ``hidden[i]`` its LM state, for the dense text head.
+    ``hidden[i]`` is caption i's final LM state, ``empty`` the empty text's (the calibration row). The text
+    vectors follow from them in each step (:meth:`LexVLA.lexical_text`, through the text head when the model
+    has one), exactly as ``encode_text`` computes them from the LM.
     """
 
     def __init__(
-        self, model, captions: list[str], top_k: int, columns=None, progress=None, chunk: int = 256
+        self,
+        model,
+        captions: list[str],
+        top_k: int,
+        columns=None,
+        progress=None,
+        chunk: int = 256,
+        words=(),
     ) -> None:
         self.index = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-        distinct = list(self.index)
-        hidden, empty, self.computed = caption_hidden(model, distinct, progress=progress)
-        keep = model.keep.cpu()
-        support, norms = set(), []
-        # Full-width pass in chunks (N x V floats at once would be ~0.7 GB for 2,000 captions): each caption's
-        # norm over all V words, and its top_k words for the union.
-        for a in range(0, len(distinct), chunk):
-            x = elu1p(text_logits(model, hidden[a : a + chunk], empty).cpu()) * keep
-            norms.append(x.norm(dim=1).clamp_min(1e-12))
-            support.update(x.topk(min(top_k, x.shape[1]), dim=1).indices.flatten().tolist())
-        self.columns = torch.tensor(sorted(support) if columns is None else list(columns), dtype=torch.long)
-        norm = torch.cat(norms)
-        x = (
-            elu1p(text_logits(model, hidden, empty, self.columns.to(model.z_txt.device)).cpu())
-            * keep[self.columns]
-        )
-        self.vectors = x / norm[:, None]  # (N, |columns|): exactly s_txt's entries on these columns
-        self.hidden = hidden  # (N, H)
-        self.share = float(self.vectors.pow(2).sum(1).mean())  # mean squared L2 mass the columns keep
+        hidden, empty, self.computed = caption_hidden(model, list(self.index), progress=progress)
+        self.share = None  # mean squared L2 mass the columns keep, when they are chosen here
+        if columns is None:
+            if model.image_cols.numel():
+                raise ValueError("the model's read-out is already restricted; pass its columns")
+            columns = word_columns(model, words)
+            if top_k > 0 or not columns:
+                top, _ = _top_columns(model, hidden, empty, max(top_k, 1), chunk)
+                columns |= set(top.tolist())
+            self.columns = torch.tensor(sorted(columns), dtype=torch.long)
+            self.share = _share(model, hidden, empty, self.columns, chunk)
+        else:
+            self.columns = torch.tensor(list(columns), dtype=torch.long)
+        self.hidden, self.empty = hidden, empty  # (N, H), (H,)
 
     def rows(self, captions: list[str]) -> torch.Tensor:
         return torch.tensor([self.index[c] for c in captions], dtype=torch.long)
@@ -161,18 +211,20 @@ class FrozenText:
 
 class FrozenTowers(nn.Module):
     """Towers' contract (pixels, ids, mask) -> (s_img, s_txt, d_img, d_txt, scale) with cached text: ``ids``
-    holds each caption's row in the FrozenText table (B, 1), and the vectors are over its columns."""
+    holds each caption's row in the FrozenText table (B, 1), and the vectors are over the read-out's columns."""
 
     def __init__(self, model: nn.Module, text: FrozenText) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("vectors", text.vectors, persistent=False)
         self.register_buffer("hidden", text.hidden, persistent=False)
+        self.register_buffer("empty", text.empty[None], persistent=False)
 
     def forward(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
         rows = ids[:, 0]
         s_img, d_img = self.model.encode_image_columns(pixels)
-        s_txt = self.vectors[rows]
+        h = self.hidden[rows]
+        calibrated = self.model.config.text_calibration
+        s_txt = self.model.lexical_text(torch.cat([h, self.empty]) if calibrated else h)
         d_txt = None
         if self.model.dense_txt is not None:
             d_txt = F.normalize(self.model.dense_txt(self.hidden[rows]), dim=-1)

@@ -512,17 +512,21 @@ class _Trainer:
         # The LM (LoRA included) is never run in a step, so it gets no gradient and keeps its weights.
         # A resumed model already records (and reads out on) its columns.
         columns = self.model.config.image_columns if self.config.resume else None
-        top_k = self.config.text_top_k or self.model.config.top_k
-        text = FrozenText(self.model, list(self.pairs.captions), top_k, columns)
+        words = self.model.config.caption_words  # recorded from the caption folder before this
+        text = FrozenText(self.model, list(self.pairs.captions), self.config.text_top_k, columns, words=words)
         self.model.set_image_columns(text.columns.tolist())
+        share = (
+            ""
+            if text.share is None
+            else f" (they hold {100 * text.share:.1f}% of the captions' squared L2 mass)"
+        )
         log.info(
-            "frozen text: %d captions (%d through the LM now), image read-out on %d of %d words "
-            "(they hold %.1f%% of the captions' squared L2 mass)",
+            "frozen text: %d captions (%d through the LM now), read-out on %d of %d words%s",
             len(text.index),
             text.computed,
             len(text.columns),
             self.model.vocab_size,
-            100 * text.share,
+            share,
         )
         return text
 

@@ -92,3 +92,42 @@ def test_the_cli_prints_the_note_on_stderr(_tiny_model_master, tmp_path, fmt):
         json.loads(res.stdout)
     res = runner.invoke(cli, ["query", "red", "star", "--collection", col])
     assert res.exit_code == 0 and "note:" not in res.stderr
+
+
+class ReadOutEncoder(TrainedBagEncoder):
+    """A model whose images are read out on some words only (``image_columns``, as a frozen-text mini model's)
+    and whose text tower reads words it has no image column for by their meaning, as a real LLM reads
+    "crimson" as red: its text vectors lie on the readable words too."""
+
+    MEANING = {"crimson": "red", "scarlet": "red", "automobile": "car", "pony": "horse"}
+
+    def __init__(self):
+        super().__init__()
+        self.config.image_columns = sorted(set(range(self.vocab_size)))
+
+    def _vec(self, words):
+        return super()._vec([self.MEANING.get(w, w) for w in words])
+
+
+def test_a_word_no_image_is_read_out_on_is_matched_by_its_meaning():
+    res = search(MemoryCollection(IMAGES), ReadOutEncoder(), "crimson automobile", top=3)
+    assert [r.image_id for r in res][:1] == [4]  # the red car
+    assert res.notes == [
+        "'crimson', 'automobile' are no words images are read out on; the query is matched by its meaning "
+        "to the model: car, red, sky"
+    ]
+
+
+def test_only_the_unread_words_are_read_by_meaning():
+    res = search(MemoryCollection(IMAGES), ReadOutEncoder(), "pony night", top=10)
+    assert [r.image_id for r in res][0] == 2  # the white horse at night
+    assert len(res.notes) == 1 and res.notes[0].startswith("'pony' is no word images are read out on")
+
+
+def test_a_model_read_out_on_every_word_keeps_the_shared_word_rule():
+    # The same query with a model whose images hold every word (no image_columns): no word of it is in
+    # the vocabulary, so nothing honestly matches.
+    enc = ReadOutEncoder()
+    enc.config.image_columns = []
+    res = search(MemoryCollection(IMAGES), enc, "crimson automobile", top=3)
+    assert list(res) == []
