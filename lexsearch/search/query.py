@@ -176,8 +176,12 @@ def _by_date(collection: Any, ranked: Ranked, newest_first: bool) -> tuple[Ranke
 
 def _query_notes(parsed, encoder: Any) -> list[str]:
     """Lines about the query as a whole: why the LM answers rather than the model's student (the encoder's
-    ``note``), and the query's words that the model was never trained on (none without a record)."""
+    ``note``, or its ``text_note`` for this text), and the query's words that the model was never trained on
+    (none without a record)."""
     notes = [encoder.note] if getattr(encoder, "note", "") else []
+    routed = encoder.text_note(parsed.text) if hasattr(encoder, "text_note") else ""
+    if routed:
+        notes.append(routed)
     trained = getattr(getattr(encoder, "config", None), "caption_words", None) or []
     words = [w for part in parsed.terms for w in content_words(part)]  # +must parts are terms too
     note = unknown_word_note(words, trained)
