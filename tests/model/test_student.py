@@ -352,6 +352,9 @@ def test_a_query_with_a_word_the_student_never_saw_goes_to_the_lm(distilled_dir,
     np.testing.assert_allclose(mixed.dense[1], lm.dense[0], atol=1e-6)
     alone = enc.student.encode_texts([texts[0], texts[2]], sparsify="none")
     np.testing.assert_allclose(mixed.sparse[[0, 2]].toarray(), alone.sparse.toarray(), atol=1e-6)
+    res = CliRunner().invoke(cli, ["explain", "--text", "un cuadrado verde", "--model", str(distilled_dir)])
+    assert res.exit_code == 0, res.output
+    assert "note: this query uses the LM: 'un', 'cuadrado', 'verde' are not words" in res.stderr
     # An explicit --text-encoder student answers every text; a record without words routes nothing.
     assert LazyEncoder(distilled_dir, text_encoder="student").route("un cuadrado verde")[0] == "student"
     del record["words"]
