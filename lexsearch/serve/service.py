@@ -402,8 +402,11 @@ class SearchService:
         if hasattr(lm, "merge_adapter"):
             lm.merge_adapter()
         if hasattr(model, "prepare_queries"):
+            from lexsearch.model.encoder import autocast
+
             dtype = query_dtype(model, self.encoder.device, precision)
-            model.prepare_queries(dtype)
+            with autocast(self.encoder.device):  # the cache in the dtype the queries' own tokens run in
+                model.prepare_queries(dtype)
             self.precision = "bf16" if dtype == torch.bfloat16 else "fp32"
         self.encoder.encode_texts(["warm up"])
         with self._lock:
