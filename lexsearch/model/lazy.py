@@ -220,6 +220,9 @@ class LazyEncoder:
                 self._student_id = str(read_student_record(self.model_dir).get("id", ""))
             # \x1f (unit separator) cannot be typed into a query, so no text collides with this key.
             return f"\x1fstudent:{self._student_id}\x1f{text}"
+        dtype = getattr(getattr(self._encoder, "model", None), "query_dtype", None)
+        if dtype is not None:  # a server's LM in bf16: close to the float32 LM's vectors, not equal
+            return f"\x1flm:{str(dtype).removeprefix('torch.')}\x1f{text}"
         return text
 
     # What needs the networks; anything else missing is a plain AttributeError (no accidental load).

@@ -163,6 +163,7 @@ class LexVLA(nn.Module):
         # Set by prepare_queries (inference only): the prefix's key/value cache and the empty text's state.
         self._query_prefix = None
         self._query_h0: torch.Tensor | None = None
+        self.query_dtype: torch.dtype | None = None  # the LM's dtype when prepare_queries cast it
 
     # ------------------------------------------------------------------------------------------- helpers
     @property
@@ -327,6 +328,7 @@ class LexVLA(nn.Module):
         self.eval()
         if dtype is not None:
             self.lm.to(dtype)
+            self.query_dtype = dtype
         self._query_prefix = None
         self._query_h0 = None
         if self._checkpointing_drops_cache():

@@ -90,3 +90,18 @@ def test_query_dtype_auto_keeps_small_lms_in_fp32(gemma):
     assert query_dtype(gemma, cpu, "bf16") == torch.bfloat16
     with pytest.raises(UsageError):
         query_dtype(gemma, cpu, "int4")
+
+
+def test_bf16_vectors_are_cached_apart_from_fp32_ones(gemma_dir):
+    from lexsearch.model.lazy import LazyEncoder
+
+    enc = LazyEncoder(gemma_dir, device="cpu", text_encoder="lm")
+    enc.encode_texts(["warm up"])
+    assert enc.query_key("a red circle") == "a red circle"
+    enc.model.prepare_queries()  # float32: the same vectors, the same key
+    assert enc.query_key("a red circle") == "a red circle"
+    enc.model.prepare_queries(torch.bfloat16)
+    assert enc.query_key("a red circle") not in (
+        "a red circle",
+        LazyEncoder(gemma_dir).query_key("a red circle"),
+    )
