@@ -322,6 +322,7 @@ def _explain_text(text, model_dir, collection, top_k, as_json, heatmap, word, de
     import json
 
     from lexsearch.errors import UsageError
+    from lexsearch.search.meta import split_meta
     from lexsearch.search.parse import parse_query
 
     # Refused before anything loads: a query's text has no picture to draw on.
@@ -337,13 +338,13 @@ def _explain_text(text, model_dir, collection, top_k, as_json, heatmap, word, de
 
             with open_collection(collection, readonly=True) as col:
                 encoder = load_encoder(col, device=device, text_encoder=text_encoder)
-                _note(encoder)
+                _note(encoder, parse_query(split_meta(text)[0]).text)
                 answer = explain_text(col, encoder, text)
         else:
             from lexsearch.model.lazy import LazyEncoder
 
             encoder = LazyEncoder(model_dir, device=device, text_encoder=text_encoder)
-            _note(encoder)
+            _note(encoder, parse_query(split_meta(text)[0]).text)
             answer = explain_text(None, encoder, text)
     if as_json:
         click.echo(json.dumps(answer))
@@ -355,9 +356,12 @@ def _explain_text(text, model_dir, collection, top_k, as_json, heatmap, word, de
         click.echo("  (no word passes the sparsification threshold)")
 
 
-def _note(encoder) -> None:
+def _note(encoder, text: str | None = None) -> None:
     if getattr(encoder, "note", ""):  # e.g. why the LM answers rather than the model's student
         click.echo(f"note: {encoder.note}", err=True)
+    routed = encoder.text_note(text) if text is not None and hasattr(encoder, "text_note") else ""
+    if routed:  # this text's words: the student was not trained on one of them
+        click.echo(f"note: {routed}", err=True)
 
 
 def _heatmap_word(encoder, word: str | None) -> list[int]:

@@ -23,8 +23,16 @@ from lexsearch.cli.common import handle_errors
     type=click.IntRange(min=1),
     help="CPU threads for the model (default: torch's; 1 is fastest for the tiny model on a busy machine).",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="The LM's precision for new queries. auto: bf16 for an LM of Gemma 3 270M's size or more on a CPU "
+    "with bf16 matrix instructions (about 4x faster there; vectors at cosine ~0.9996 to fp32), else fp32.",
+)
 @handle_errors
-def serve(collection, host, port, open_browser, model_dir, device, threads) -> None:
+def serve(collection, host, port, open_browser, model_dir, device, threads, precision) -> None:
     """Search a collection in a local web page and see why each image matched.
 
     Keeps the model and the collection open; `lexsearch query` on the same collection uses the running
@@ -48,7 +56,9 @@ def serve(collection, host, port, open_browser, model_dir, device, threads) -> N
             click.echo(f"note: {encoder.note}", err=True)
         service = SearchService(col, encoder)
         click.echo(f"Loading the model for {col.path} ...", err=True)
-        service.warm_up(threads)
+        service.warm_up(threads, precision)
+        if service.precision == "bf16":
+            click.echo("New queries run the LM in bf16 (--precision fp32: float32).", err=True)
         server = Server(service, host, port)
         click.echo(f"lexsearch serve: {server.url}/  ({col.count()} images; Ctrl-C stops)")
         if open_browser:

@@ -9,6 +9,11 @@ model folder, torch-free) or the LM text tower. ``auto`` takes the student when 
 distilled from these very weights and passed its quality check (the verdict its distillation recorded);
 otherwise the LM, with a one-line note saying why (``LazyEncoder.note``; the CLI prints it). ``lm`` always
 runs the LM; ``student`` insists on the student (with a note when it failed its check).
+
+Under ``auto`` the choice is also made per text: the student was trained only on its training captions'
+words (``student.json`` records them under ``words``), and a query holding any other word (another language,
+a word no caption used) goes to the LM, with a note naming the word (``LazyEncoder.text_note``): a piece the
+student never saw has an untrained embedding, and its answer would be wrong without a sign of it.
 """
 
 from __future__ import annotations
@@ -99,6 +104,12 @@ class LazyEncoder:
         self.text_encoder, self.note = choose_text_encoder(self.model_dir, self.model_id, text_encoder)
         self._student = None
         self._student_id: str | None = None
+        # The words the student was trained on (auto only): a text with another word goes to the LM.
+        self._student_words: frozenset[str] = frozenset()
+        if self.text_encoder == "student" and text_encoder == "auto":
+            from lexsearch.model.student import read_student_record
+
+            self._student_words = frozenset(read_student_record(self.model_dir).get("words") or ())
 
     @property
     def loaded(self) -> bool:
@@ -151,21 +162,72 @@ class LazyEncoder:
         keep[masked] = 0.0
         return keep
 
+    def route(self, text: str) -> tuple[str, str]:
+        """(``"student"`` or ``"lm"``, note) for one text: under ``auto`` a text holding a word the student
+        was not trained on goes to the LM, and the note names the word ("" when there is nothing to say).
+        A student whose record lists no words (distilled before the record) answers every text."""
+        if self.text_encoder != "student" or not self._student_words:
+            return self.text_encoder, ""
+        from lexsearch.model.vocab import text_words, unknown_words
+
+        unknown = unknown_words(text_words(text), self._student_words)
+        if not unknown:
+            return "student", ""
+        names = ", ".join(f"'{w}'" for w in unknown)
+        what = "is not a word" if len(unknown) == 1 else "are not words"
+        return "lm", f"this query uses the LM: {names} {what} the student was trained on"
+
+    def text_note(self, text: str) -> str:
+        """Why ``text`` goes to the LM rather than the student ("" when it does not, or nothing to say)."""
+        return self.route(text)[1]
+
     def encode_texts(self, texts, batch_size: int = 32, sparsify=None):
-        """Texts through the chosen text encoder (the student needs no torch)."""
-        if self.text_encoder == "student":
+        """Texts through the chosen text encoder (the student needs no torch); under ``auto``, a text with a
+        word the student was not trained on through the LM (``route``)."""
+        texts = list(texts)
+        if self.text_encoder != "student":
+            return self._network("encode_texts")(texts, batch_size=batch_size, sparsify=sparsify)
+        to_lm = [i for i, t in enumerate(texts) if self.route(t)[0] == "lm"]
+        if not to_lm:
             return self.student.encode_texts(texts, batch_size=batch_size, sparsify=sparsify)
-        return self._network("encode_texts")(texts, batch_size=batch_size, sparsify=sparsify)
+        lm = self._network("encode_texts")(
+            [texts[i] for i in to_lm], batch_size=batch_size, sparsify=sparsify
+        )
+        if len(to_lm) == len(texts):
+            return lm
+        return self._merged(texts, to_lm, lm, batch_size, sparsify)
+
+    def _merged(self, texts, to_lm, lm, batch_size, sparsify):
+        """The student's rows and the LM's (``lm``, of ``texts[to_lm]``) in the order of ``texts``."""
+        import numpy as np
+        import scipy.sparse as sp
+
+        from lexsearch.model.vectors import Encoded
+
+        lm_set = set(to_lm)
+        to_student = [i for i in range(len(texts)) if i not in lm_set]
+        st = self.student.encode_texts(
+            [texts[i] for i in to_student], batch_size=batch_size, sparsify=sparsify
+        )
+        order = np.argsort(np.asarray(to_student + to_lm))  # row of each text in [student rows; LM rows]
+        sparse = sp.vstack([sp.csr_matrix(st.sparse), sp.csr_matrix(lm.sparse)]).tocsr()[order]
+        dense = None
+        if st.dense is not None and lm.dense is not None:
+            dense = np.concatenate([np.asarray(st.dense), np.asarray(lm.dense)])[order]
+        return Encoded(sparse, dense)
 
     def query_key(self, text: str) -> str:
         """The query cache's key of ``text``: the LM's and the student's vectors never answer for each other."""
-        if self.text_encoder == "student":
+        if self.route(text)[0] == "student":
             from lexsearch.model.student import read_student_record
 
             if self._student_id is None:
                 self._student_id = str(read_student_record(self.model_dir).get("id", ""))
             # \x1f (unit separator) cannot be typed into a query, so no text collides with this key.
             return f"\x1fstudent:{self._student_id}\x1f{text}"
+        dtype = getattr(getattr(self._encoder, "model", None), "query_dtype", None)
+        if dtype is not None:  # a server's LM in bf16: close to the float32 LM's vectors, not equal
+            return f"\x1flm:{str(dtype).removeprefix('torch.')}\x1f{text}"
         return text
 
     # What needs the networks; anything else missing is a plain AttributeError (no accidental load).

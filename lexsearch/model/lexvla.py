@@ -18,6 +18,7 @@ Shapes: B batch, T tokens (CLS + patches), P patches, Hv backbone width, H LM wi
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -159,6 +160,10 @@ class LexVLA(nn.Module):
         cut = prefix.rstrip().rfind(" ")
         shared = prefix[:cut] if cut > 0 else ""
         self.register_buffer("prefix_ids", self._ids(shared, special=True), persistent=False)
+        # Set by prepare_queries (inference only): the prefix's key/value cache and the empty text's state.
+        self._query_prefix = None
+        self._query_h0: torch.Tensor | None = None
+        self.query_dtype: torch.dtype | None = None  # the LM's dtype when prepare_queries cast it
 
     # ------------------------------------------------------------------------------------------- helpers
     @property
@@ -280,12 +285,13 @@ class LexVLA(nn.Module):
         # The choice must not depend on grad mode: GradCache's no-grad pass and its re-forward with a graph
         # must take one path, or their features (and LoRA dropout's draws) differ.
         if share_prefix and not self._checkpointing_drops_cache():
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=self.decoder.config)
             key = self._cache_kwarg()
-            self.decoder(input_ids=prefix[None], use_cache=True, **{key: cache})
-            cache.batch_repeat_interleave(bsz)
+            if self._query_prefix is not None and not self.training:
+                cache = copy.deepcopy(self._query_prefix)  # the forward appends to it: a fresh copy
+            else:
+                cache = self._prefix_cache()
+            if bsz > 1:
+                cache.batch_repeat_interleave(bsz)
             positions = torch.arange(n_prefix, n_prefix + length, device=device)[None].expand(bsz, -1)
             out = self.decoder(
                 input_ids=ids,
@@ -301,6 +307,36 @@ class LexVLA(nn.Module):
             hidden = self.decoder(input_ids=full, attention_mask=full_mask, use_cache=False).last_hidden_state
             last = full_mask.sum(1) - 1
         return hidden[torch.arange(bsz, device=device), last]  # (B, H)
+
+    def _prefix_cache(self):
+        """The shared prompt prefix run through the LM: its key/value cache (batch 1)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.decoder.config)
+        prefix = self.prefix_ids.to(self.z_txt.device)
+        self.decoder(input_ids=prefix[None], use_cache=True, **{self._cache_kwarg(): cache})
+        return cache
+
+    @torch.no_grad()
+    def prepare_queries(self, dtype: torch.dtype | None = None) -> None:
+        """Inference only (a server's warm-up, after any LoRA merge): run the LM in ``dtype`` (None: as it
+        is), and compute once what every text's encoding shares: the prompt prefix's key/value cache (a
+        query then runs only its own ~16 tokens through the LM) and, when the read-out is calibrated, the
+        empty text's state h0 (not a second row per query). Both are what each call computed before, so in
+        the same dtype the vectors are the same. ``train()`` drops them: trained weights would change them.
+        """
+        self.eval()
+        if dtype is not None:
+            self.lm.to(dtype)
+            self.query_dtype = dtype
+        self._query_prefix = None
+        self._query_h0 = None
+        if self._checkpointing_drops_cache():
+            return
+        self._query_prefix = self._prefix_cache()
+        if self.config.text_calibration:
+            ids, mask = self.tokenize([""])
+            self._query_h0 = self.text_hidden(ids.to(self.z_txt.device), mask.to(self.z_txt.device)).float()
 
     def _cache_kwarg(self) -> str:
         """The decoder's name for its key/value cache argument: ``cache`` from transformers 5.24 on,
@@ -320,11 +356,12 @@ class LexVLA(nn.Module):
         """s_txt (B, V) = L2norm(elu1p(h @ Z_txt^T)): next-token logits on the vocabulary, no softmax [paper];
         and the dense text vector (B, D) or None."""
         a = self.config.text_calibration
-        if a:
+        h0 = self._query_h0 if a and not self.training else None  # computed once by prepare_queries
+        if a and h0 is None:
             ids, mask = self._with_empty_row(ids, mask)
         h = self.text_hidden(ids, mask, share_prefix=share_prefix).float()  # (B, H), (B + 1, H) calibrated
-        s_txt = self._full_width(self.lexical_text(h))  # (B, V)
-        if a:
+        s_txt = self._full_width(self.lexical_text(h if h0 is None else torch.cat([h, h0])))  # (B, V)
+        if a and h0 is None:
             h = h[:-1]
         dense = (
             F.normalize(self.dense_txt(self._dense_input(h)), dim=-1) if self.dense_txt is not None else None
@@ -421,5 +458,7 @@ class LexVLA(nn.Module):
 
     def train(self, mode: bool = True) -> LexVLA:
         super().train(mode)
+        if mode:  # what prepare_queries computed holds for these weights only
+            self._query_prefix = self._query_h0 = None
         self.vision.eval()  # frozen backbone: no dropout / stochastic depth, ever
         return self

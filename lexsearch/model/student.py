@@ -9,7 +9,8 @@ model), so the index, the scores and the explanations are unchanged. It is train
     x    = [CLS; E[pieces]] + P[positions]                      (1 + L, d)
     x    = x + MHA(LN(x));  x = x + MLP(LN(x))                  pre-LN blocks, bidirectional, GELU (tanh)
     c    = LN_f(x[0])                                           (d,)
-    s    = L2norm(elu1p(c @ W_out^T + b_out))                   (V,)  W_out = Z_txt @ P folded at export
+    s    = L2norm(elu1p(c @ W_out^T + b_out) * keep)            (C,)  W_out = Z_txt[cols] M @ P folded at export
+                                                                      (zero on the V - C other columns)
     dense = L2norm(c @ W_dense^T + b_dense)                     (D,)  when the model has a dense head
 
 Why numpy rather than ONNX Runtime: at these sizes the whole encode is a few small matrix products, and
@@ -152,7 +153,12 @@ class StudentEncoder:
         self, arch: StudentConfig, weights: dict[str, np.ndarray], backend: Any, record: dict
     ) -> None:
         self.arch = arch
-        self.w = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+        # The vocabulary columns of the output rows (the model's read-out columns), or None: all V, in order.
+        columns = weights.get("out.columns")
+        self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
+        self.w = {
+            k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items() if k != "out.columns"
+        }
         self.backend = backend  # tokenizers.Tokenizer
         self.record = record
         self.teacher_id = str(record.get("teacher_model_id", ""))
@@ -209,12 +215,21 @@ class StudentEncoder:
             if ids
             else np.zeros((0, self.arch.width), np.float32)
         )
-        s = _elu1p(c @ self.w["out.weight"].T + self.w["out.bias"])
-        s = _normalize(s if self.keep is None else s * self.keep)
+        s = self.lexical(c @ self.w["out.weight"].T + self.w["out.bias"])
         dense = None
         if self.arch.dense_dim:
             dense = _normalize(c @ self.w["dense.weight"].T + self.w["dense.bias"]).astype(np.float32)
         return s.astype(np.float32), dense
+
+    def lexical(self, logits: np.ndarray) -> np.ndarray:
+        """Output-layer logits (n, C) -> lexical vectors (n, V): elu1p, placed on the output's columns (the
+        others stay absent: zero, not elu1p(0) = 1), masked, L2-normalised."""
+        s = _elu1p(logits)
+        if self.columns is not None:
+            full = np.zeros((s.shape[0], self.vocab_size), s.dtype)
+            full[:, self.columns] = s
+            s = full
+        return _normalize(s if self.keep is None else s * self.keep)
 
     def encode_texts(self, texts, batch_size: int = 32, sparsify: str | tuple | None = None) -> Encoded:
         """Texts -> ``Encoded`` (sparse (n, V) CSR, dense (n, D) or None), sparsified like the model."""
@@ -232,6 +247,9 @@ class StudentRecord:
     top_k: int
     id: str = ""
     distill: dict[str, Any] = field(default_factory=dict)
+    # The words (lexsearch.model.vocab.text_words) of the captions it was trained on: under ``auto`` a query
+    # with any other word goes to the LM (lexsearch.model.lazy.LazyEncoder.route).
+    words: list[str] = field(default_factory=list)
 
     def to_json(self, arch: StudentConfig) -> str:
         payload = {"format": STUDENT_FORMAT, "arch": asdict(arch), **asdict(self)}

@@ -184,9 +184,12 @@ def _by_date(collection: Any, ranked: Ranked, newest_first: bool) -> tuple[Ranke
 
 def _query_notes(parsed, encoder: Any, unread: list[str] = ()) -> list[str]:
     """Lines about the query as a whole: why the LM answers rather than the model's student (the encoder's
-    ``note``), and the query's words that the model was never trained on (none without a record; a word
-    no image is read out on gets the read-as note instead)."""
+    ``note``, or its ``text_note`` for this text), and the query's words that the model was never trained on
+    (none without a record; a word no image is read out on gets the read-as note instead)."""
     notes = [encoder.note] if getattr(encoder, "note", "") else []
+    routed = encoder.text_note(parsed.text) if hasattr(encoder, "text_note") else ""
+    if routed:
+        notes.append(routed)
     trained = getattr(getattr(encoder, "config", None), "caption_words", None) or []
     words = [w for part in parsed.terms for w in content_words(part) if w not in unread]  # +must too
     note = unknown_word_note(words, trained)

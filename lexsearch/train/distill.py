@@ -59,6 +59,7 @@ from lexsearch.model.student import (
     passes,
     token_ids,
 )
+from lexsearch.model.vocab import caption_words
 
 logger = logging.getLogger(__name__)
 
@@ -164,21 +165,76 @@ class StudentNet(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.to_hidden(self.readout(ids, mask))
 
-    def export(self, z_txt: torch.Tensor, dense_head: nn.Linear | None) -> dict[str, np.ndarray]:
-        """numpy weights for ``StudentEncoder``: Z_txt and the dense head folded into the output layer."""
+    def export(
+        self, readout: TextReadout | torch.Tensor, dense_head: nn.Linear | None
+    ) -> dict[str, np.ndarray]:
+        """numpy weights for ``StudentEncoder``: the text read-out (``TextReadout``: text head, calibration,
+        columns; or a bare (V, H) Z_txt) and the dense head folded into the output layer."""
+        if isinstance(readout, torch.Tensor):
+            z = readout.detach().float()
+            keep = torch.ones(z.shape[0], device=z.device)
+            readout = TextReadout(z, torch.zeros(z.shape[0], device=z.device), None, keep, int(z.shape[0]))
         out = {}
         for name, t in self.state_dict().items():
             if not name.startswith("to_hidden."):
                 out[name] = t
         p_w, p_b = self.to_hidden.weight.detach().double(), self.to_hidden.bias.detach().double()
-        z = z_txt.detach().double()
-        out["out.weight"] = z @ p_w  # (V, d)
-        out["out.bias"] = z @ p_b  # (V,)
+        w = readout.weight.detach().double()
+        out["out.weight"] = w @ p_w  # (C, d)
+        out["out.bias"] = w @ p_b + readout.bias.detach().double()  # (C,)
         if dense_head is not None:
             dw, db = dense_head.weight.detach().double(), dense_head.bias.detach().double()
             out["dense.weight"] = dw @ p_w  # (D, d)
             out["dense.bias"] = dw @ p_b + db  # (D,)
-        return {k: v.detach().float().cpu().contiguous().numpy() for k, v in out.items()}
+        arrays = {k: v.detach().float().cpu().contiguous().numpy() for k, v in out.items()}
+        if readout.columns is not None:
+            arrays["out.columns"] = readout.columns.detach().cpu().numpy().astype(np.int64)
+        return arrays
+
+
+@dataclass
+class TextReadout:
+    """The model's text read-out as one affine map of the LM state h, on the read-out's columns:
+    ``s_txt = L2norm(elu1p(h @ weight^T + bias) * keep)`` there, zero on the other columns.
+
+    Everything from h to the logits is linear: the text head is ``M h`` with ``M = I + U D``, the read-out
+    ``Z_txt[columns] M h``, the calibration subtracts ``a Z_txt[columns] M h0`` (h0: the empty text's state).
+    So ``weight = Z_txt[columns] M`` and ``bias = -a weight h0``; the student predicts h and its export folds
+    both into its output layer. Without head, columns and calibration it is ``h @ Z_txt^T``, as before."""
+
+    weight: torch.Tensor  # (C, H) float32
+    bias: torch.Tensor  # (C,)
+    columns: torch.Tensor | None  # (C,) vocabulary columns, None = all V
+    keep: torch.Tensor  # (C,) the model's mask on these columns
+    width: int  # V: the full vector's width (the threshold sparsification's 1/sqrt(V))
+
+    def lexical(self, h: torch.Tensor) -> torch.Tensor:
+        """s_txt on the columns (B, C) of LM states h (B, H), as ``LexVLA.lexical_text``."""
+        return F.normalize((F.elu(h.float() @ self.weight.T + self.bias) + 1.0) * self.keep, dim=-1)
+
+    def to(self, device: torch.device) -> TextReadout:
+        cols = None if self.columns is None else self.columns.to(device)
+        return TextReadout(
+            self.weight.to(device), self.bias.to(device), cols, self.keep.to(device), self.width
+        )
+
+
+@torch.no_grad()
+def text_readout(model: Any, h0: torch.Tensor | None) -> TextReadout:
+    """The ``TextReadout`` of a LexVLA; ``h0`` (H,) the empty text's LM state (needed when calibrated)."""
+    cols = model.image_cols if model.image_cols.numel() else None
+    z = (model.z_txt if cols is None else model.z_txt[cols]).double()  # (C, H)
+    if model.text_head is not None:  # Z M = Z + (Z U) D
+        head = model.text_head
+        z = z + (z @ head.up.weight.double()) @ head.down.weight.double()
+    a = float(model.config.text_calibration or 0.0)
+    bias = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
+    if a:
+        if h0 is None:
+            raise ValueError("a calibrated read-out needs the empty text's state h0")
+        bias = -a * (z @ h0.double().to(z.device))
+    keep = model.keep if cols is None else model.keep[cols]
+    return TextReadout(z.float(), bias.float(), cols, keep.float().clone(), int(model.vocab_size))
 
 
 # --------------------------------------------------------------------------------------------- the texts
@@ -297,12 +353,15 @@ class ScoreBank:
     sparse: torch.Tensor
     dense: torch.Tensor | None
     source: str  # "images" | "texts"
+    width: int = 0  # V when ``sparse`` holds only the text read-out's columns (0: it is full width)
 
 
-def kept(s: torch.Tensor, mode: str, k: int) -> torch.Tensor:
-    """The model's sparsification of (B, V) vectors in torch, differentiable where an entry is kept."""
+def kept(s: torch.Tensor, mode: str, k: int, width: int = 0) -> torch.Tensor:
+    """The model's sparsification of (B, V) vectors in torch, differentiable where an entry is kept.
+
+    ``width``: the full vectors' V when ``s`` holds only some columns of them (the others zero)."""
     if mode == "threshold":
-        return s * (s > 1.0 / math.sqrt(s.shape[-1])).to(s.dtype)
+        return s * (s > 1.0 / math.sqrt(width or s.shape[-1])).to(s.dtype)
     if mode == "topk" and k < s.shape[-1]:
         mask = torch.zeros_like(s).scatter_(-1, s.detach().topk(k, dim=-1).indices, 1.0)
         return s * mask
@@ -336,7 +395,7 @@ def image_bank(
 def fused_scores(s: torch.Tensor, d: torch.Tensor | None, bank: ScoreBank, mode: str, k: int) -> torch.Tensor:
     """(B, N) scores of texts against the bank as a query ranks them: lexical over the sparsified query,
     fused with the dense cosine when both sides have dense vectors."""
-    lexical = kept(s, mode, k) @ bank.sparse.T
+    lexical = kept(s, mode, k, bank.width) @ bank.sparse.T
     if d is None or bank.dense is None:
         return lexical
     return (1.0 - FUSED_DENSE_WEIGHT) * lexical + FUSED_DENSE_WEIGHT * (d @ bank.dense.T)
@@ -435,11 +494,14 @@ def distill(
     # so the first ones are a sample of all), leaving the other half to train, and the cap holds.
     hidden = teacher_hidden(model, texts, device, progress=labelled, deadline=t0 + 0.5 * (cap - t0))  # (n, H)
     texts = texts[: len(hidden)]
-    z_txt = model.z_txt.float().to(device)  # (V, H) frozen
+    # The teacher's vector is the model's own (text head, calibration, columns: ``TextReadout``).
+    h0 = teacher_hidden(model, [""], device)[0] if mcfg.text_calibration else None
+    readout = text_readout(model, h0).to(device)  # frozen
+    lm_width = int(readout.weight.shape[1])
     dense_head = model.dense_txt
     arch = StudentConfig(
         n_tokens=int(backend.get_vocab_size()),
-        vocab_size=int(z_txt.shape[0]),
+        vocab_size=int(readout.width),
         width=cfg.width,
         layers=cfg.layers,
         heads=cfg.heads,
@@ -451,11 +513,11 @@ def distill(
     # At least 16 where there are texts enough: the quality check is measured on them.
     n_val = min(max(len(texts) // 10, min(16, len(texts) // 4)), 2000)
     val_idx, train_idx = np.arange(n_val), np.arange(n_val, len(texts))
-    net = StudentNet(arch, int(z_txt.shape[1])).to(device)
+    net = StudentNet(arch, lm_width).to(device)
     h_var = hidden.var(0).mean().clamp_min(1e-8).item()
 
     def targets(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        s = F.normalize(F.elu(h @ z_txt.T) + 1.0, dim=-1)
+        s = readout.lexical(h)  # (B, C): the read-out's columns only (zero elsewhere)
         d = F.normalize(dense_head(h), dim=-1) if dense_head is not None else None
         return s, d
 
@@ -465,18 +527,28 @@ def distill(
         # The image side may take at most a quarter of what is left of the budget; fewer images if slower.
         deadline = time.monotonic() + 0.25 * max(0.0, budget - (time.monotonic() - t0))
         bank = image_bank(encoder, list(images)[: cfg.bank_size], deadline)
+        if bank is not None and readout.columns is not None:  # scored on the text read-out's columns
+            cols = readout.columns.cpu()
+            bank = ScoreBank(bank.sparse[:, cols], bank.dense, bank.source, readout.width)
     row = {t: i for i, t in enumerate(texts)}
     # (Captions whose labelling a busy machine cut short are left out.)
     idx = [row[c] for c in dict.fromkeys(captions) if c in row][: cfg.bank_size]
     if cfg.bank_size > 0 and bank is None and idx:
         with torch.no_grad():
             s, d = targets(hidden[idx].to(device))
+            width = readout.width if readout.columns is not None else 0
             bank = ScoreBank(
-                _stored(kept(s, mode, top_k).cpu()), None if d is None else _stored(d.cpu()), "texts"
+                _stored(kept(s, mode, top_k, width).cpu()),
+                None if d is None else _stored(d.cpu()),
+                "texts",
+                width,
             )
     if bank is not None:
         bank = ScoreBank(
-            bank.sparse.to(device), None if bank.dense is None else bank.dense.to(device), bank.source
+            bank.sparse.to(device),
+            None if bank.dense is None else bank.dense.to(device),
+            bank.source,
+            bank.width,
         )
 
     def loss_of(idx: np.ndarray) -> torch.Tensor:
@@ -574,7 +646,7 @@ def distill(
     net.eval()
     cos, overlap = figures.get("cosine", float("nan")), figures.get("overlap", float("nan"))
     out_dir = Path(model_dir)
-    weights = net.export(z_txt, dense_head)
+    weights = net.export(readout, dense_head)
     minutes = (time.monotonic() - t0) / 60.0
     gate = {
         "passed": passed,
@@ -587,6 +659,7 @@ def distill(
         sparsify=mcfg.sparsify,
         top_k=int(mcfg.top_k),
         id=f"{encoder.model_id}-{int(time.time())}-{secrets.token_hex(4)}",  # unique: keys the query cache
+        words=sorted(caption_words(c for c in dict.fromkeys(captions) if c in row)),
         distill={
             **asdict(cfg),
             "texts": len(texts),

@@ -325,3 +325,70 @@ def test_labelling_stops_at_its_deadline(tiny_model_dir):
     cut = teacher_hidden(model, texts, torch.device("cpu"), batch_size=8, deadline=time.monotonic() - 1)
     assert every.shape[0] == 40 and cut.shape[0] == 8
     torch.testing.assert_close(cut, every[:8])
+
+
+def test_a_query_with_a_word_the_student_never_saw_goes_to_the_lm(distilled_dir, tmp_path):
+    """student.json records the training captions' words; under auto a text with any other word (another
+    language, a word no caption used) is encoded by the LM, with a note naming it, and the rest by the student.
+    """
+    from lexsearch.model import Encoder
+    from lexsearch.model.lazy import LazyEncoder
+    from lexsearch.model.vocab import caption_words
+
+    record = json.loads((distilled_dir / "student.json").read_text())
+    assert record["words"] == sorted(caption_words(TINY_TEXTS))
+    enc = LazyEncoder(distilled_dir, device="cpu")
+    assert enc.route("A Green square!") == ("student", "")
+    route, note = enc.route("un cuadrado verde")
+    assert route == "lm" and "'cuadrado'" in note and "'verde'" in note and "student" in note
+    assert enc.route("a red circle with stripes")[0] == "lm"  # "with", "stripes": no caption used them
+    assert enc.query_key("a red circle") != enc.query_key("a red circle with stripes")
+
+    texts = ["a red circle", "un cuadrado verde", "a large blue star"]
+    mixed = enc.encode_texts(texts, sparsify="none")
+    assert enc.loaded  # the LM loaded for the unseen words only
+    lm = Encoder.load(distilled_dir, device="cpu").encode_texts(texts[1:2], sparsify="none")
+    np.testing.assert_allclose(mixed.sparse[1].toarray(), lm.sparse.toarray(), atol=1e-6)
+    np.testing.assert_allclose(mixed.dense[1], lm.dense[0], atol=1e-6)
+    alone = enc.student.encode_texts([texts[0], texts[2]], sparsify="none")
+    np.testing.assert_allclose(mixed.sparse[[0, 2]].toarray(), alone.sparse.toarray(), atol=1e-6)
+    res = CliRunner().invoke(cli, ["explain", "--text", "un cuadrado verde", "--model", str(distilled_dir)])
+    assert res.exit_code == 0, res.output
+    assert "note: this query uses the LM: 'un', 'cuadrado', 'verde' are not words" in res.stderr
+    # An explicit --text-encoder student answers every text; a record without words routes nothing.
+    assert LazyEncoder(distilled_dir, text_encoder="student").route("un cuadrado verde")[0] == "student"
+    del record["words"]
+    (distilled_dir / "student.json").write_text(json.dumps(record))
+    assert LazyEncoder(distilled_dir).route("un cuadrado verde") == ("student", "")
+
+
+def test_in_a_fresh_process_unseen_words_are_answered_by_the_lm_with_a_note(distilled_dir, tmp_path):
+    col = _index(distilled_dir, tmp_path)
+    code = (
+        "import sys, json\n"
+        "from click.testing import CliRunner\n"
+        "from lexsearch.cli import cli\n"
+        "args = ['query', 'QUERY', '--collection', COL, '--json']\n"
+        "res = CliRunner().invoke(cli, args)\n"
+        "assert res.exit_code == 0, res.output\n"
+        "print(json.dumps([json.loads(res.stdout), res.stderr]))\n" + HEAVY
+    ).replace("COL", repr(col))
+
+    def run(query: str, *extra: str) -> tuple[list, str, str]:
+        src = code.replace("'QUERY'", repr(query)).replace(
+            "'--json']", f"'--json', {', '.join(map(repr, extra))}]"
+        )
+        out = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.strip().splitlines()
+        results, stderr = json.loads(lines[-2])
+        return results, stderr, lines[-1]
+
+    results, stderr, heavy = run("a green square")
+    assert heavy == "[]" and "uses the LM" not in stderr and results  # the student, no torch
+    results, stderr, heavy = run("un cuadrado verde")
+    assert "torch" in heavy
+    assert "note: this query uses the LM: 'un', 'cuadrado', 'verde' are not words the student" in stderr
+    by_lm, _, _ = run("un cuadrado verde", "--text-encoder", "lm")
+    assert [r["path"] for r in results] == [r["path"] for r in by_lm]
+    assert [r["score"] for r in results] == [r["score"] for r in by_lm]
