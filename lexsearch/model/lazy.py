@@ -163,14 +163,18 @@ class LazyEncoder:
         return keep
 
     def route(self, text: str) -> tuple[str, str]:
-        """(``"student"`` or ``"lm"``, note) for one text: under ``auto`` a text holding a word the student
-        was not trained on goes to the LM, and the note names the word ("" when there is nothing to say).
+        """(``"student"`` or ``"lm"``, note) for one text: under ``auto`` a text holding a content word the
+        student was not trained on goes to the LM, and the note names the word ("" when there is nothing to
+        say).
         A student whose record lists no words (distilled before the record) answers every text."""
         if self.text_encoder != "student" or not self._student_words:
             return self.text_encoder, ""
         from lexsearch.model.vocab import text_words, unknown_words
+        from lexsearch.search.parse import FUNCTION_WORDS
 
-        unknown = unknown_words(text_words(text), self._student_words)
+        # Function words ("the", "of") carry no match, and the student trained on texts with fillers added.
+        words = [w for w in text_words(text) if w.lower() not in FUNCTION_WORDS]
+        unknown = unknown_words(words, self._student_words)
         if not unknown:
             return "student", ""
         names = ", ".join(f"'{w}'" for w in unknown)

@@ -341,7 +341,8 @@ def test_a_query_with_a_word_the_student_never_saw_goes_to_the_lm(distilled_dir,
     assert enc.route("A Green square!") == ("student", "")
     route, note = enc.route("un cuadrado verde")
     assert route == "lm" and "'cuadrado'" in note and "'verde'" in note and "student" in note
-    assert enc.route("a red circle with stripes")[0] == "lm"  # "with", "stripes": no caption used them
+    assert enc.route("a red circle with stripes")[0] == "lm"  # no caption used "stripes"
+    assert enc.route("the red circle")[0] == "student"  # a function word is no reason to load the LM
     assert enc.query_key("a red circle") != enc.query_key("a red circle with stripes")
 
     texts = ["a red circle", "un cuadrado verde", "a large blue star"]
