@@ -235,7 +235,8 @@ class StudentEncoder:
         """Texts -> ``Encoded`` (sparse (n, V) CSR, dense (n, D) or None), sparsified like the model."""
         mode, k = parse_sparsify(sparsify, self.sparsify, self.top_k)
         s, dense = self.raw(list(texts))
-        return Encoded(sparsify_array(s, mode, k), dense)
+        width = None if self.columns is None else len(self.columns)
+        return Encoded(sparsify_array(s, mode, k, width), dense)
 
 
 @dataclass

@@ -33,14 +33,21 @@ def parse_sparsify(mode: str | tuple | None, default: str, default_k: int) -> tu
     return mode, default_k
 
 
-def sparsify_array(vectors: np.ndarray, mode: str, k: int) -> sp.csr_matrix:
-    """(n, V) non-negative float32 vectors -> CSR keeping entries > 1/sqrt(V) [paper], the top k, or all.
+def threshold(vocab: int, width: int | None = None) -> float:
+    """The threshold rule's cut-off: 1/sqrt(V) [paper], V the words a vector can hold: the read-out's
+    ``width`` when the model reads out on some columns only (``ModelConfig.image_columns``), else all."""
+    return 1.0 / math.sqrt(width or vocab)
+
+
+def sparsify_array(vectors: np.ndarray, mode: str, k: int, width: int | None = None) -> sp.csr_matrix:
+    """(n, V) non-negative float32 vectors -> CSR keeping entries above :func:`threshold` [paper], the top
+    k, or all.
 
     The numpy twin of ``lexsearch.model.encoder.sparsify_vectors`` (same rule, no torch)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     n, vocab = vectors.shape
     if mode == "threshold":
-        kept = np.where(vectors > 1.0 / math.sqrt(vocab), vectors, 0.0).astype(np.float32)
+        kept = np.where(vectors > threshold(vocab, width), vectors, 0.0).astype(np.float32)
     elif mode == "topk" and k < vocab:
         idx = np.argpartition(-vectors, k - 1, axis=1)[:, :k]
         kept = np.zeros_like(vectors)

@@ -515,6 +515,9 @@ class _Trainer:
         words = self.model.config.caption_words  # recorded from the caption folder before this
         text = FrozenText(self.model, list(self.pairs.captions), self.config.text_top_k, columns, words=words)
         self.model.set_image_columns(text.columns.tolist())
+        # The paper's threshold, 1/sqrt(V), with V the words the read-out covers: a top-256 cut keeps all of a
+        # few dozen columns, and an image that holds every word at some weight matches every -word.
+        self.model.config.sparsify = "threshold"
         share = (
             ""
             if text.share is None
