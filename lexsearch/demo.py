@@ -82,7 +82,7 @@ def _model_key(n_images: int, seed: int, minutes: float, preset: str = "tiny") -
     payload = {"v": __version__, "model": DEMO_MODEL_VERSION, "n": n_images, "seed": seed, "minutes": minutes}
     if preset != "tiny":  # (the tiny demo's key is unchanged, so its earlier models are reused)
         payload["preset"] = preset
-        payload["preset_model"] = 2  # 2: a threshold-sparsified read-out on the captions' words
+        payload["preset_model"] = 3  # 3: sparsified at its own cut-off, on the captions' words
     payload = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 

@@ -99,6 +99,10 @@ class ModelConfig:
     # --- sparsification at inference [paper] ----------------------------------------------------------------
     sparsify: str = "threshold"  # "threshold" (> 1/sqrt(V)) | "topk" | "none"
     top_k: int = 512  # used when sparsify == "topk" ("Q(512)")
+    # The threshold rule's cut-off; 0 = 1/sqrt(V) [paper]. A frozen-text run, whose read-out covers a few
+    # dozen words, records its own (train.loop.FROZEN_TEXT_THRESHOLD): at 1/sqrt(13) = 0.28 a query kept ~3
+    # words and R@1 fell from 58 to 30; at 0.1 an image keeps ~4.5 and R@1 stays (docs/toy-results.md 4).
+    threshold: float = 0.0
     # --- optional dense heads (beyond the paper): 0 turns them off ------------------------------------------
     dense_dim: int = 0
     # [choice] False: the dense heads learn on detached features, so their InfoNCE never changes the adapter,

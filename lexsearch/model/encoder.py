@@ -54,13 +54,13 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def sparsify_vectors(vectors: torch.Tensor, mode: str, k: int, width: int | None = None) -> sp.csr_matrix:
-    """(n, V) non-negative vectors -> CSR keeping entries above ``vectors.threshold`` (1/sqrt(V) [paper], V
-    the read-out's ``width`` when restricted), the top k, or all."""
+def sparsify_vectors(vectors: torch.Tensor, mode: str, k: int, cut: float | None = None) -> sp.csr_matrix:
+    """(n, V) non-negative vectors -> CSR keeping entries above ``vectors.threshold`` (1/sqrt(V) [paper], or
+    the model's own ``cut``), the top k, or all."""
     vectors = vectors.float()
     n, vocab = vectors.shape
     if mode == "threshold":
-        kept = torch.where(vectors > threshold(vocab, width), vectors, torch.zeros_like(vectors))
+        kept = torch.where(vectors > threshold(vocab, cut), vectors, torch.zeros_like(vectors))
     elif mode == "topk":
         values, idx = vectors.topk(min(k, vocab), dim=1)
         kept = torch.zeros_like(vectors).scatter_(1, idx, values)
@@ -81,8 +81,6 @@ class Encoder:
         self.model_id = model_id
         self.model_dir = model_dir
         self.vocab_size = model.vocab_size
-        # The words a vector can hold: the read-out's columns when restricted (None: all V).
-        self.readout_width = len(model.config.image_columns) or None
         self.dense_dim = model.config.dense_dim
         self.image_size = model.config.image_size
         side = self.image_size // model.patch_size
@@ -116,7 +114,7 @@ class Encoder:
         mode, k = parse_sparsify(sparsify_mode, self.config.sparsify, self.config.top_k)
         with autocast(self.device):
             s_img, dense = self.model.encode_image(torch.from_numpy(np.asarray(pixels)).to(self.device))
-        return Encoded(sparsify_vectors(s_img, mode, k, self.readout_width), _numpy(dense))
+        return Encoded(sparsify_vectors(s_img, mode, k, self.config.threshold), _numpy(dense))
 
     def encode_images(
         self,
@@ -159,7 +157,7 @@ class Encoder:
             ids, mask = self.model.tokenize(list(texts[start : start + batch_size]))
             with autocast(self.device):
                 s_txt, dense = self.model.encode_text(ids.to(self.device), mask.to(self.device))
-            parts.append(Encoded(sparsify_vectors(s_txt, mode, k, self.readout_width), _numpy(dense)))
+            parts.append(Encoded(sparsify_vectors(s_txt, mode, k, self.config.threshold), _numpy(dense)))
         return _concat(parts, self.vocab_size)
 
     @torch.inference_mode()
@@ -178,7 +176,7 @@ class Encoder:
                 else:
                     ids, mask = self.model.tokenize([word])
                     rows.append(self.model.encode_text(ids.to(self.device), mask.to(self.device))[0][0])
-        return Encoded(sparsify_vectors(torch.stack(rows), mode, k, self.readout_width), None)
+        return Encoded(sparsify_vectors(torch.stack(rows), mode, k, self.config.threshold), None)
 
     # ------------------------------------------------------------------------------------ vocabulary
     def words(self, term_ids: Sequence[int] | np.ndarray) -> list[str]:

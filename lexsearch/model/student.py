@@ -164,6 +164,7 @@ class StudentEncoder:
         self.teacher_id = str(record.get("teacher_model_id", ""))
         self.sparsify = str(record.get("sparsify", "threshold"))
         self.top_k = int(record.get("top_k", 512))
+        self.threshold = float(record.get("threshold", 0.0))  # the model's own cut-off; 0 = 1/sqrt(V)
         self.vocab_size = arch.vocab_size
         self.dense_dim = arch.dense_dim
         # Identifies this student's vectors in a query cache (LM vectors and student vectors never mix).
@@ -235,8 +236,7 @@ class StudentEncoder:
         """Texts -> ``Encoded`` (sparse (n, V) CSR, dense (n, D) or None), sparsified like the model."""
         mode, k = parse_sparsify(sparsify, self.sparsify, self.top_k)
         s, dense = self.raw(list(texts))
-        width = None if self.columns is None else len(self.columns)
-        return Encoded(sparsify_array(s, mode, k, width), dense)
+        return Encoded(sparsify_array(s, mode, k, self.threshold), dense)
 
 
 @dataclass
@@ -247,6 +247,7 @@ class StudentRecord:
     sparsify: str
     top_k: int
     id: str = ""
+    threshold: float = 0.0  # the model's ModelConfig.threshold
     distill: dict[str, Any] = field(default_factory=dict)
     # The words (lexsearch.model.vocab.text_words) of the captions it was trained on: under ``auto`` a query
     # with any other word goes to the LM (lexsearch.model.lazy.LazyEncoder.route).

@@ -33,13 +33,13 @@ def parse_sparsify(mode: str | tuple | None, default: str, default_k: int) -> tu
     return mode, default_k
 
 
-def threshold(vocab: int, width: int | None = None) -> float:
-    """The threshold rule's cut-off: 1/sqrt(V) [paper], V the words a vector can hold: the read-out's
-    ``width`` when the model reads out on some columns only (``ModelConfig.image_columns``), else all."""
-    return 1.0 / math.sqrt(width or vocab)
+def threshold(vocab: int, cut: float | None = None) -> float:
+    """The threshold rule's cut-off: the model's own (``ModelConfig.threshold``) when it records one, else
+    1/sqrt(V) [paper]."""
+    return float(cut) if cut else 1.0 / math.sqrt(vocab)
 
 
-def sparsify_array(vectors: np.ndarray, mode: str, k: int, width: int | None = None) -> sp.csr_matrix:
+def sparsify_array(vectors: np.ndarray, mode: str, k: int, cut: float | None = None) -> sp.csr_matrix:
     """(n, V) non-negative float32 vectors -> CSR keeping entries above :func:`threshold` [paper], the top
     k, or all.
 
@@ -47,7 +47,7 @@ def sparsify_array(vectors: np.ndarray, mode: str, k: int, width: int | None = N
     vectors = np.asarray(vectors, dtype=np.float32)
     n, vocab = vectors.shape
     if mode == "threshold":
-        kept = np.where(vectors > threshold(vocab, width), vectors, 0.0).astype(np.float32)
+        kept = np.where(vectors > threshold(vocab, cut), vectors, 0.0).astype(np.float32)
     elif mode == "topk" and k < vocab:
         idx = np.argpartition(-vectors, k - 1, axis=1)[:, :k]
         kept = np.zeros_like(vectors)

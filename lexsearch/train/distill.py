@@ -658,6 +658,7 @@ def distill(
         teacher_model_id=encoder.model_id,
         sparsify=mcfg.sparsify,
         top_k=int(mcfg.top_k),
+        threshold=float(mcfg.threshold),
         id=f"{encoder.model_id}-{int(time.time())}-{secrets.token_hex(4)}",  # unique: keys the query cache
         words=sorted(caption_words(c for c in dict.fromkeys(captions) if c in row)),
         distill={

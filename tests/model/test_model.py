@@ -83,6 +83,12 @@ def test_threshold_and_topk_keep_what_they_should():
     top = sparsify_vectors(v, "topk", 2)
     np.testing.assert_allclose(top.toarray(), [[0.9, 0.3, 0, 0], [0, 0, 0.8, 0.6]])
     assert sparsify_vectors(v, "none", 0).nnz == 8
+    # A model's own cut-off replaces 1/sqrt(V); the torch and numpy rules agree.
+    from lexsearch.model.vectors import sparsify_array
+
+    own = [[0.9, 0.3, 0.2, 0], [0, 0, 0.8, 0.6]]
+    np.testing.assert_allclose(sparsify_vectors(v, "threshold", 0, cut=0.15).toarray(), own)
+    np.testing.assert_allclose(sparsify_array(v.numpy(), "threshold", 0, cut=0.15).toarray(), own)
     assert parse_sparsify("topk:7", "threshold", 512) == ("topk", 7)
     assert parse_sparsify(None, "threshold", 512) == ("threshold", 512)
     with pytest.raises(UsageError):

@@ -189,6 +189,10 @@ def test_a_frozen_text_run_trains_the_image_side_and_the_text_head_only(headed_d
     assert weights["z_img"].shape[0] == len(cols)
     assert (weights["z_img"] - model.z_txt[cols]).abs().max() > 0  # the image codebook did train
     assert weights["text_head.up.weight"].abs().max() > 0  # the text head left its zero init
+    from lexsearch.train.loop import FROZEN_TEXT_THRESHOLD
+
+    # A few dozen columns are sparsified at the run's own cut-off, not at 1/sqrt(V) of the whole vocabulary.
+    assert model.config.sparsify == "threshold" and model.config.threshold == FROZEN_TEXT_THRESHOLD
 
 
 def test_mini_freezes_its_text_tower_on_a_cpu_by_default():
