@@ -390,7 +390,8 @@ class LexVLA(nn.Module):
 
     def word_vectors(self, vocab_columns: torch.Tensor) -> torch.Tensor:
         """Word-level vectors of single-piece words: L2norm(elu1p(Z_txt[w] @ Z_txt^T)) [paper]. (W, V)."""
-        return lexical(codebook_logits(self.z_txt[vocab_columns], self.z_txt), self.keep)
+        z = self.z_txt[self.image_cols] if self.image_cols.numel() else self.z_txt  # on the read-out's words
+        return self._full_width(lexical(codebook_logits(self.z_txt[vocab_columns], z), self._read_keep()))
 
     # ------------------------------------------------------------------------------------------- image
     def backbone_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
