@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -21,8 +22,14 @@ def test_demo_runs_the_whole_loop_and_reuses_its_model(tmp_path, lexsearch_home)
     assert "t2i R@1" in out and "240 indexed" in out
     assert "$ lexsearch query 'a red circle' --collection demo" in out
     assert "$ lexsearch query 'zebra' --collection demo" in out
-    # The word the toy world never names is called one, as `lexsearch query zebra` says it.
-    assert "$ lexsearch query 'zebra' --collection demo\nnote: 'zebra' is not a word this model" in out
+    # The word the toy world never names is called one, as `lexsearch query zebra` says it (after the note
+    # that the query goes to the LM, when the student answers the others: it never saw the word either).
+    said = re.search(r"\$ lexsearch query 'zebra' --collection demo\n((?:note: .*\n)*)", out).group(1)
+    assert "note: 'zebra' is not a word this model" in said
+    assert set(said.splitlines()) <= {
+        "note: 'zebra' is not a word this model was trained on; results for it are guesses",
+        "note: this query uses the LM: 'zebra' is not a word the student was trained on",
+    }
     assert "the image shows:" in out
     # The demo distils a student, and its queries go through it if (and only if) it passed its check.
     assert "Distilling a torch-free query encoder" in first.stderr
