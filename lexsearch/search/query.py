@@ -13,7 +13,14 @@ from lexsearch.errors import UsageError
 from lexsearch.search.candidates import CANDIDATES, Candidates, PruneConfig, candidates
 from lexsearch.search.explain import EXPLAIN_WORDS, explain_row, unknown_word_note
 from lexsearch.search.meta import SORT_CAP, split_meta
-from lexsearch.search.parse import Filters, content_words, parse_query, query_word_clauses, resolve_operators
+from lexsearch.search.parse import (
+    Clause,
+    Filters,
+    content_words,
+    parse_query,
+    query_word_clauses,
+    resolve_operators,
+)
 from lexsearch.search.postings import PostingsIndex
 from lexsearch.search.rerank import DENSE_WEIGHT, ForwardRows, Ranked, lexical_scores, query_vector, rerank
 from lexsearch.search.results import Result, Results
@@ -224,8 +231,6 @@ def _unread_words(parsed, encoder: Any) -> list[str]:
 
 def _meaning_clauses(q_sparse, encoder: Any) -> list:
     """One clause per of the query vector's ``MEANING_WORDS`` strongest words: what the LM reads in it."""
-    from lexsearch.search.parse import Clause
-
     order = np.argsort(-q_sparse.data, kind="stable")[:MEANING_WORDS]
     terms = q_sparse.indices[order]
     return [Clause(w, (int(t),)) for w, t in zip(encoder.words(terms), terms)]

@@ -154,7 +154,7 @@ def _share(model, hidden: torch.Tensor, empty: torch.Tensor, columns: torch.Tens
 
 
 @torch.no_grad()
-def _top_columns(model, hidden: torch.Tensor, empty: torch.Tensor, top_k: int, chunk: int):
+def _top_columns(model, hidden: torch.Tensor, empty: torch.Tensor, top_k: int, chunk: int) -> set[int]:
     """The union of each caption's ``top_k`` strongest word-start words under the full-width read-out. In
     chunks: N x V floats at once would be ~0.7 GB for 2,000 captions.
 
@@ -168,7 +168,7 @@ def _top_columns(model, hidden: torch.Tensor, empty: torch.Tensor, top_k: int, c
         x = model.lexical_text(h).cpu()
         ranked = x if starts is None else x.masked_fill(~starts, -1.0)
         support.update(ranked.topk(min(top_k, x.shape[1]), dim=1).indices.flatten().tolist())
-    return torch.tensor(sorted(support), dtype=torch.long), None
+    return support
 
 
 class FrozenText:
@@ -197,8 +197,7 @@ class FrozenText:
                 raise ValueError("the model's read-out is already restricted; pass its columns")
             columns = word_columns(model, words)
             if top_k > 0 or not columns:
-                top, _ = _top_columns(model, hidden, empty, max(top_k, 1), chunk)
-                columns |= set(top.tolist())
+                columns |= _top_columns(model, hidden, empty, max(top_k, 1), chunk)
             self.columns = torch.tensor(sorted(columns), dtype=torch.long)
             self.share = _share(model, hidden, empty, self.columns, chunk)
         else:

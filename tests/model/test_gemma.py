@@ -34,13 +34,13 @@ TINY_GEMMA = dict(
 TEXTS = ["a red circle", "a small green triangle on a striped background at the very top of the picture"]
 
 
-def _gemma_checkpoint(out_dir, **lm_overrides):
+def _gemma_checkpoint(out_dir, config: dict | None = None, **lm_overrides):
+    """A tiny random Gemma 3 checkpoint; ``config``: ModelConfig fields over the small defaults."""
     from lexsearch.model.architectures import write_random_checkpoint
     from lexsearch.model.presets import preset_config
 
-    config = preset_config(
-        "paper", adapter_heads=2, adapter_hidden=64, lora_r=2, max_text_tokens=32, dense_dim=0
-    )
+    fields = dict(adapter_heads=2, adapter_hidden=64, lora_r=2, max_text_tokens=32, dense_dim=0)
+    config = preset_config("paper", **{**fields, **(config or {})})
     return write_random_checkpoint(
         out_dir, config, real_tokenizer(), TINY_VISION, dict(TINY_GEMMA, **lm_overrides)
     )

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.model.test_gemma import TINY_GEMMA
-from tests.realtok import TINY_VISION, real_tokenizer
+from tests.model.test_gemma import _gemma_checkpoint
 
 TEXTS = ["a red circle", "a small green triangle", "blue square on the left", "Purple star!"]
 
@@ -18,22 +17,10 @@ TEXTS = ["a red circle", "a small green triangle", "blue square on the left", "P
 def headed_dir(tmp_path_factory):
     """A tiny random Gemma-architecture model with a non-zero text head, calibration 0.5, a dense head, the
     read-out restricted to 40 columns and the prompt-only columns masked; saved as a checkpoint."""
-    from lexsearch.model.architectures import write_random_checkpoint
     from lexsearch.model.checkpoint import load_checkpoint, save_checkpoint
-    from lexsearch.model.presets import preset_config
 
     out = tmp_path_factory.mktemp("headed-gemma")
-    config = preset_config(
-        "paper",
-        adapter_heads=2,
-        adapter_hidden=64,
-        lora_r=2,
-        max_text_tokens=32,
-        dense_dim=8,
-        text_head_rank=4,
-        text_calibration=0.5,
-    )
-    write_random_checkpoint(out, config, real_tokenizer(), TINY_VISION, TINY_GEMMA)
+    _gemma_checkpoint(out, config={"dense_dim": 8, "text_head_rank": 4, "text_calibration": 0.5})
     model = load_checkpoint(out)
     torch.manual_seed(0)
     with torch.no_grad():

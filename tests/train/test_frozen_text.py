@@ -14,25 +14,6 @@ from tests.model.test_gemma import _gemma_checkpoint
 CAPTIONS = ["a red circle", "a small green triangle", "blue square on the left", "a red circle"]
 
 
-def _checkpoint(out_dir, text_head_rank: int = 0):
-    """The tiny random Gemma 3 of test_gemma, optionally with a text head."""
-    from lexsearch.model.architectures import write_random_checkpoint
-    from lexsearch.model.presets import preset_config
-    from tests.model.test_gemma import TINY_GEMMA, TINY_VISION
-    from tests.realtok import real_tokenizer
-
-    config = preset_config(
-        "paper",
-        adapter_heads=2,
-        adapter_hidden=64,
-        lora_r=2,
-        max_text_tokens=32,
-        dense_dim=0,
-        text_head_rank=text_head_rank,
-    )
-    return write_random_checkpoint(out_dir, config, real_tokenizer(), TINY_VISION, dict(TINY_GEMMA))
-
-
 @pytest.fixture(scope="module")
 def gemma_dir(tmp_path_factory):
     return _gemma_checkpoint(tmp_path_factory.mktemp("tiny-gemma"))
@@ -40,7 +21,7 @@ def gemma_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def headed_dir(tmp_path_factory):
-    return _checkpoint(tmp_path_factory.mktemp("tiny-gemma-head"), text_head_rank=4)
+    return _gemma_checkpoint(tmp_path_factory.mktemp("tiny-gemma-head"), config={"text_head_rank": 4})
 
 
 @pytest.fixture
